@@ -1,0 +1,35 @@
+//! What rendezvous knows about one member resource.
+
+use std::time::Instant;
+
+use crate::wire::addresses::Endpoint;
+use crate::{FullJid, NodeIdBytes, PublicKeyBytes};
+
+/// Addresses a member told us in the address exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    pub key: PublicKeyBytes,
+    pub endpoints: Vec<Endpoint>,
+    pub learned: Instant,
+}
+
+/// One resource online in our overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub jid: FullJid,
+    pub node: NodeIdBytes,
+    /// When its presence arrived.
+    pub since: Instant,
+    pub addresses: Option<Addresses>,
+}
+
+impl Member {
+    pub fn new(jid: FullJid, node: NodeIdBytes, since: Instant) -> Self {
+        Self {
+            jid,
+            node,
+            since,
+            addresses: None,
+        }
+    }
+}
