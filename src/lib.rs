@@ -1,1 +1,16 @@
+//! ringlet: a private, encrypted peer-to-peer overlay built from ordinary XMPP accounts.
+//!
+//! The crate holds the node runtime and everything above the transports:
+//! - [`config`]: the TOML configuration;
+//! - [`identity`]: the node key and its `NodeId`;
+//! - [`node`]: a running node and the API to embed one;
+//! - [`control`]: the local control socket (`ringlet status`).
+//!
+//! The XMPP transport (session, rendezvous, relay) lives in the `ringlet-xmpp` crate.
 
+pub mod config;
+pub mod control;
+pub mod identity;
+pub mod node;
+
+pub use identity::NodeId;

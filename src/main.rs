@@ -1,1 +1,192 @@
-fn main() {}
+//! The `ringlet` command line: `up` runs a node, `status` asks a running one.
+//!
+//! Exit codes: 0 success, 1 the node failed (login refused, server unreachable, …) or is not
+//! running, 2 the configuration or the command line is wrong.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{ArgAction, Parser, Subcommand};
+use ringlet::config::Config;
+use ringlet::control::{self, ControlServer};
+use ringlet::node::{self, status::Status, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "ringlet",
+    version,
+    about = "A private P2P overlay built from XMPP accounts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground until SIGINT or SIGTERM
+    Up {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+    /// Show the status of the running node
+    Status {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let config_path = match &cli.command {
+        Command::Up { config } | Command::Status { config, .. } => config.clone(),
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up { .. } => up(config).await,
+            Command::Status { json, .. } => status(config, json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let default = format!("ringlet={level},ringlet_xmpp={level},warn");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+async fn up(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut handle = node::start(&config, Options::default()).await?;
+    tracing::info!(node = %handle.node_id(), jid = %handle.jid(), overlay = %config.overlay, "node up");
+    let server = match ControlServer::bind(&config.control_socket, handle.controller()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = handle.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let stopped_on_its_own = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break false,
+            _ = sigterm.recv() => break false,
+            ev = handle.recv() => match ev {
+                // Nothing consumes application datagrams in the daemon yet: they are dropped.
+                Some(ev) => tracing::trace!(?ev, "application event"),
+                None => break true,
+            },
+        }
+    };
+    drop(server);
+    if stopped_on_its_own {
+        handle.wait().await?;
+        anyhow::bail!("the node stopped");
+    }
+    tracing::info!("shutting down");
+    handle.shutdown().await?;
+    Ok(())
+}
+
+async fn status(config: Config, json: bool) -> anyhow::Result<()> {
+    let value = control::request(&config.control_socket, "status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let status: Status = serde_json::from_value(value).context("unexpected status format")?;
+    print!("{}", render(&status));
+    Ok(())
+}
+
+fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "node      {}", s.node_id);
+    let _ = writeln!(out, "jid       {}", s.jid.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "overlay   {} ({}, up {:.0} s)",
+        s.overlay, s.state, s.uptime_s
+    );
+    for svc in &s.services {
+        let port = svc.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let transport = svc
+            .transport
+            .as_deref()
+            .map(|t| format!("/{t}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "service   {} {}{}{} ({})",
+            svc.kind, svc.host, port, transport, svc.source
+        );
+    }
+    let _ = writeln!(out, "peers     {}", s.peers.len());
+    if !s.peers.is_empty() {
+        let w = s.peers.iter().map(|p| p.jid.len()).max().unwrap_or(3).max(3);
+        let _ = writeln!(
+            out,
+            "  {:<12}  {:<w$}  {:<6}  {:>9}  {:>7}",
+            "NODE", "JID", "PATH", "RTT", "SINCE"
+        );
+        for p in &s.peers {
+            let rtt = p
+                .rtt_ms
+                .map(|r| format!("{r:.1} ms"))
+                .unwrap_or_else(|| "-".into());
+            let node = &p.node_id[..12.min(p.node_id.len())];
+            let _ = writeln!(
+                out,
+                "  {node:<12}  {:<w$}  {:<6}  {rtt:>9}  {:>5.0} s",
+                p.jid, p.path, p.since_s
+            );
+        }
+    }
+    out
+}

@@ -10,12 +10,12 @@
 //!
 //! Wire formats live in [`wire`], one module per format.
 
-// pub mod connect;
+pub mod connect;
 pub mod core;
 pub mod names;
 pub mod relay;
 pub mod rendezvous;
-// pub mod session;
+pub mod session;
 pub mod stanzas;
 pub mod wire;
 

@@ -61,9 +61,7 @@ impl Core {
             Iq::Result {
                 from, id, payload, ..
             } => self.handle_result(now, from, &id, payload),
-            Iq::Error {
-                from, id, error, ..
-            } => self.handle_error(now, from, &id, &error),
+            Iq::Error { from, id, error, .. } => self.handle_error(now, from, &id, &error),
         }
     }
 
@@ -84,12 +82,7 @@ impl Core {
                 if is_set && payload.is("query", NS_ROSTER) {
                     match Roster::try_from(payload) {
                         Ok(roster) => self.rendezvous.handle_roster(roster, Some(&id)),
-                        Err(_) => self.refuse(
-                            reply_to,
-                            &id,
-                            ErrorType::Modify,
-                            DefinedCondition::BadRequest,
-                        ),
+                        Err(_) => self.refuse(reply_to, &id, ErrorType::Modify, DefinedCondition::BadRequest),
                     }
                 } else if !is_set && payload.is("ping", NS_PING) {
                     self.transmits
@@ -109,12 +102,7 @@ impl Core {
                         }
                         _ => {
                             self.counters.malformed_requests += 1;
-                            self.refuse(
-                                reply_to,
-                                &id,
-                                ErrorType::Modify,
-                                DefinedCondition::BadRequest,
-                            );
+                            self.refuse(reply_to, &id, ErrorType::Modify, DefinedCondition::BadRequest);
                         }
                     }
                 } else if !is_set && payload.is("ping", NS_PING) {
@@ -137,12 +125,7 @@ impl Core {
     ) {
         let Some(from) = from.filter(|f| self.rendezvous.is_member(f)) else {
             self.counters.refused_not_member += 1;
-            self.refuse(
-                reply_to,
-                id,
-                ErrorType::Auth,
-                DefinedCondition::NotAuthorized,
-            );
+            self.refuse(reply_to, id, ErrorType::Auth, DefinedCondition::NotAuthorized);
             return;
         };
         match RelayFrame::parse(payload, MAX_FRAGMENT_PAYLOAD) {
@@ -157,13 +140,7 @@ impl Core {
         }
     }
 
-    fn handle_result(
-        &mut self,
-        now: Instant,
-        from: Option<Jid>,
-        id: &str,
-        payload: Option<Element>,
-    ) {
+    fn handle_result(&mut self, now: Instant, from: Option<Jid>, id: &str, payload: Option<Element>) {
         let from_server = matches!(self.origin(from.as_ref()), Origin::Server);
         if Relay::owns_id(id) {
             if let Some(Ok(full)) = from.map(Jid::try_into_full) {
@@ -171,14 +148,11 @@ impl Core {
             }
         } else if self.extdisco_id.as_deref() == Some(id) && from_server {
             self.extdisco_id = None;
-            let services = payload
-                .and_then(|p| extdisco::parse(&p).ok())
-                .unwrap_or_default();
+            let services = payload.and_then(|p| extdisco::parse(&p).ok()).unwrap_or_default();
             self.services = Some(services.clone());
             self.events.push_back(Event::Services(services));
         } else if Rendezvous::owns_id(id) && (from_server || !Rendezvous::is_roster_id(id)) {
-            self.rendezvous
-                .handle_result(now, from.as_ref(), id, payload);
+            self.rendezvous.handle_result(now, from.as_ref(), id, payload);
         } else if !id.starts_with(LIVENESS_PROBE_PREFIX) {
             self.counters.unmatched_results += 1;
         }
@@ -210,11 +184,6 @@ impl Core {
 
     fn unsupported(&mut self, to: Option<Jid>, id: &str) {
         self.counters.unsupported_requests += 1;
-        self.refuse(
-            to,
-            id,
-            ErrorType::Cancel,
-            DefinedCondition::ServiceUnavailable,
-        );
+        self.refuse(to, id, ErrorType::Cancel, DefinedCondition::ServiceUnavailable);
     }
 }

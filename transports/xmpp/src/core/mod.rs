@@ -220,12 +220,7 @@ impl Core {
     }
 
     /// Queues a datagram for a member resource.
-    pub fn send_datagram(
-        &mut self,
-        now: Instant,
-        to: &FullJid,
-        data: &[u8],
-    ) -> Result<(), SendError> {
+    pub fn send_datagram(&mut self, now: Instant, to: &FullJid, data: &[u8]) -> Result<(), SendError> {
         if !self.rendezvous.is_member(to) {
             return Err(SendError::NotMember(to.clone()));
         }
@@ -317,15 +312,9 @@ fn relay_stanza(t: relay::Transmit) -> Stanza {
         relay::Transmit::Ack { to, id } => stanzas::empty_result(Some(to.into()), &id).into(),
         relay::Transmit::Reject { to, id, reason } => {
             let (type_, condition) = match reason {
-                relay::RejectReason::BadRequest => {
-                    (ErrorType::Modify, DefinedCondition::BadRequest)
-                }
-                relay::RejectReason::TooLarge => {
-                    (ErrorType::Modify, DefinedCondition::NotAcceptable)
-                }
-                relay::RejectReason::Busy => {
-                    (ErrorType::Wait, DefinedCondition::ResourceConstraint)
-                }
+                relay::RejectReason::BadRequest => (ErrorType::Modify, DefinedCondition::BadRequest),
+                relay::RejectReason::TooLarge => (ErrorType::Modify, DefinedCondition::NotAcceptable),
+                relay::RejectReason::Busy => (ErrorType::Wait, DefinedCondition::ResourceConstraint),
             };
             stanzas::error(to.into(), &id, type_, condition).into()
         }

@@ -25,8 +25,7 @@ fn bare(s: &str) -> BareJid {
 fn core(overlay: &str, key: u8, friends: &[&str]) -> Core {
     let key = [key; 32];
     let friends: BTreeSet<BareJid> = friends.iter().map(|f| bare(f)).collect();
-    let rendezvous =
-        rendezvous::Config::new(names::overlay_ns(overlay), node_id_of(&key), key, friends);
+    let rendezvous = rendezvous::Config::new(names::overlay_ns(overlay), node_id_of(&key), key, friends);
     Core::new(
         Config {
             rendezvous,
@@ -277,10 +276,7 @@ fn malformed_relay_payloads_are_rejected_and_counted() {
             payload,
         };
         p.a.handle_stanza(p.now, iq.into());
-        assert_eq!(
-            single_error(drain(&mut p.a)),
-            (p.jb.to_string(), "bad-request")
-        );
+        assert_eq!(single_error(drain(&mut p.a)), (p.jb.to_string(), "bad-request"));
     }
     assert_eq!(p.a.counters().malformed_relay, bodies.len() as u64);
     assert!(events(&mut p.a).is_empty());
@@ -322,7 +318,9 @@ fn friends_are_subscribed_and_their_requests_accepted() {
     let mut a = core("alpha", 1, &["bob@two.test"]);
     a.handle_online(now, full("alice@one.test/ringlet.a"), false);
     let first = drain(&mut a);
-    assert!(first.iter().any(|s| matches!(s, Stanza::Iq(Iq::Get { payload, .. }) if payload.is("query", "jabber:iq:roster"))));
+    assert!(first.iter().any(
+        |s| matches!(s, Stanza::Iq(Iq::Get { payload, .. }) if payload.is("query", "jabber:iq:roster"))
+    ));
     let roster: Element = "<query xmlns='jabber:iq:roster'/>".parse().unwrap();
     let id = first.iter().find_map(|s| match s {
         Stanza::Iq(Iq::Get { id, payload, .. }) if payload.is("query", "jabber:iq:roster") => {
@@ -350,10 +348,7 @@ fn friends_are_subscribed_and_their_requests_accepted() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        kinds,
-        vec![PresenceType::Subscribe, PresenceType::Subscribed]
-    );
+    assert_eq!(kinds, vec![PresenceType::Subscribe, PresenceType::Subscribed]);
     let mut req = Presence::new(PresenceType::Subscribe);
     req.from = Some(bare("bob@two.test").into());
     a.handle_stanza(now, req.into());
@@ -369,9 +364,7 @@ fn extdisco_answer_is_reported() {
     let mut a = core("alpha", 1, &[]);
     a.handle_online(now, full("alice@one.test/ringlet.a"), false);
     let id = drain(&mut a).into_iter().find_map(|s| match s {
-        Stanza::Iq(Iq::Get { id, payload, .. })
-            if payload.is("services", crate::wire::NS_EXTDISCO) =>
-        {
+        Stanza::Iq(Iq::Get { id, payload, .. }) if payload.is("services", crate::wire::NS_EXTDISCO) => {
             Some(id)
         }
         _ => None,

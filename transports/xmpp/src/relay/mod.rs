@@ -245,9 +245,10 @@ impl Relay {
     /// A sender idle for long starts a fresh stream, so a receiver that forgot the old one
     /// never sees it continue mid-sequence.
     fn retire_idle_sender(&mut self, now: Instant, to: &FullJid) {
-        let idle = self.senders.get(to).is_some_and(|s| {
-            s.is_idle() && now.duration_since(s.last_active) >= self.cfg.sender_idle_reset
-        });
+        let idle = self
+            .senders
+            .get(to)
+            .is_some_and(|s| s.is_idle() && now.duration_since(s.last_active) >= self.cfg.sender_idle_reset);
         if idle {
             self.senders.remove(to);
         }
@@ -269,10 +270,7 @@ impl Relay {
             self.evict_streams_of(from);
         }
         let limits = self.limits();
-        let receiver = self
-            .receivers
-            .entry(key)
-            .or_insert_with(|| Receiver::new(now));
+        let receiver = self.receivers.entry(key).or_insert_with(|| Receiver::new(now));
         let outcome = receiver.on_frame(now, frame, limits, can_deliver);
         let to = from.clone();
         let id = id.to_owned();
@@ -295,12 +293,9 @@ impl Relay {
                 self.counters.refused_in += 1;
                 let reason = match refusal {
                     Refusal::DatagramTooLarge => RejectReason::TooLarge,
-                    Refusal::OutsideWindow | Refusal::InconsistentFragments => {
-                        RejectReason::BadRequest
-                    }
+                    Refusal::OutsideWindow | Refusal::InconsistentFragments => RejectReason::BadRequest,
                 };
-                self.transmits
-                    .push_back(Transmit::Reject { to, id, reason });
+                self.transmits.push_back(Transmit::Reject { to, id, reason });
             }
             Outcome::Busy => {
                 self.counters.busy_in += 1;
@@ -477,8 +472,7 @@ impl Relay {
         let partial_age = self.cfg.peer_timeout * 2;
         let receivers = self.receivers.values().map(|r| {
             let idle = r.last_active + self.cfg.receiver_idle_expiry;
-            r.oldest_partial()
-                .map_or(idle, |t| idle.min(t + partial_age))
+            r.oldest_partial().map_or(idle, |t| idle.min(t + partial_age))
         });
         senders.chain(receivers).min()
     }

@@ -138,11 +138,7 @@ impl Receiver {
         }
         let done = self.partial.remove(&first).map(|p| {
             self.partial_bytes -= p.bytes;
-            p.fragments
-                .into_iter()
-                .flatten()
-                .flatten()
-                .collect::<Vec<u8>>()
+            p.fragments.into_iter().flatten().flatten().collect::<Vec<u8>>()
         });
         Outcome::Complete(done.unwrap_or_default())
     }

@@ -188,15 +188,9 @@ impl Sender {
             return true;
         };
         let wire = wire_len(next.data.len(), self.overhead);
-        let lowest = self
-            .inflight
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq);
+        let lowest = self.inflight.keys().next().copied().unwrap_or(self.next_seq);
         let over_cwnd = !self.inflight.is_empty()
-            && (self.inflight_wire + wire > self.window.cwnd()
-                || self.inflight.len() >= max_window);
+            && (self.inflight_wire + wire > self.window.cwnd() || self.inflight.len() >= max_window);
         over_cwnd || self.next_seq - lowest >= max_window as u64
     }
 
@@ -206,10 +200,7 @@ impl Sender {
     fn poll_retransmit(&mut self, now: Instant) -> Option<Outgoing> {
         let (seq, timed_out) = match self.inflight.iter().find(|(_, f)| f.resend) {
             Some((&seq, _)) => (seq, false),
-            None => (
-                *self.inflight.iter().find(|(_, f)| f.deadline <= now)?.0,
-                true,
-            ),
+            None => (*self.inflight.iter().find(|(_, f)| f.deadline <= now)?.0, true),
         };
         if timed_out {
             self.backoff = (self.backoff + 1).min(6);

@@ -102,8 +102,7 @@ impl Sim {
         if from_a {
             self.wire_bytes_a += msg.size();
             if let Some(rate) = self.uplink_rate {
-                depart = self.uplink_free.max(self.now)
-                    + Duration::from_secs_f64(msg.size() as f64 / rate);
+                depart = self.uplink_free.max(self.now) + Duration::from_secs_f64(msg.size() as f64 / rate);
                 self.uplink_free = depart;
             }
         }
@@ -211,9 +210,7 @@ fn to_wire(t: Transmit) -> Wire {
 fn sizes(n: usize, seed: u64) -> Vec<usize> {
     let mut rng = StdRng::seed_from_u64(seed);
     let max = 200.0 * 1024.0f64;
-    let mut v: Vec<usize> = (0..n)
-        .map(|_| max.powf(rng.random::<f64>()) as usize)
-        .collect();
+    let mut v: Vec<usize> = (0..n).map(|_| max.powf(rng.random::<f64>()) as usize).collect();
     v[0] = 1;
     v[n - 1] = 200 * 1024;
     v
@@ -269,11 +266,7 @@ fn delivers_every_datagram_once_despite_loss_and_duplication() {
     sim.run_until(Duration::from_secs(600), |s| s.received.len() >= data.len());
     sim.run_until(Duration::from_secs(5), |_| false); // late duplicates must not show up
     assert_exactly_once(&data, &sim.received);
-    assert!(
-        sim.a_events.is_empty(),
-        "unexpected events: {:?}",
-        sim.a_events
-    );
+    assert!(sim.a_events.is_empty(), "unexpected events: {:?}", sim.a_events);
     assert!(
         sim.a.counters().retransmits > 0,
         "loss must have caused retransmissions"
@@ -330,22 +323,13 @@ fn throttled_uplink_is_used_at_its_rate_without_stalling() {
     let mut sim = Sim::new(Config::default(), Config::default());
     let rate = 10.0 * 1024.0;
     sim.uplink_rate = Some(rate);
-    let data: Vec<Vec<u8>> = (0..40)
-        .map(|i| datagram(i, 1000 + (i * 997) % 15_000))
-        .collect();
+    let data: Vec<Vec<u8>> = (0..40).map(|i| datagram(i, 1000 + (i * 997) % 15_000)).collect();
     send_all(&mut sim, &data);
     let took = sim.run_until(Duration::from_secs(600), |s| s.received.len() == data.len());
     assert_exactly_once(&data, &sim.received);
     let wire_rate = sim.wire_bytes_a as f64 / took.as_secs_f64();
-    assert!(
-        wire_rate >= 0.9 * rate,
-        "used {wire_rate:.0} B/s of {rate} B/s"
-    );
-    assert!(
-        sim.a_events.is_empty(),
-        "unexpected events: {:?}",
-        sim.a_events
-    );
+    assert!(wire_rate >= 0.9 * rate, "used {wire_rate:.0} B/s of {rate} B/s");
+    assert!(sim.a_events.is_empty(), "unexpected events: {:?}", sim.a_events);
     let stats = sim.a.peer_stats(&sim.jb).unwrap();
     assert!(
         stats.srtt.unwrap() < Duration::from_secs(5),

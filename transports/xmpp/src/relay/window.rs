@@ -107,10 +107,7 @@ impl Window {
                 self.cwnd += (acked * self.min / self.cwnd).max(1);
             }
             self.cwnd = self.cwnd.min(self.max);
-        } else if self
-            .last_decrease
-            .is_none_or(|t| now.duration_since(t) >= srtt)
-        {
+        } else if self.last_decrease.is_none_or(|t| now.duration_since(t) >= srtt) {
             self.cwnd = (self.cwnd * 3 / 4).max(self.min);
             self.ssthresh = self.cwnd;
             self.last_decrease = Some(now);

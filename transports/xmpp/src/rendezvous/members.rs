@@ -1,6 +1,6 @@
 //! What rendezvous knows about one member resource.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::wire::addresses::Endpoint;
 use crate::{FullJid, NodeIdBytes, PublicKeyBytes};
@@ -21,6 +21,8 @@ pub struct Member {
     /// When its presence arrived.
     pub since: Instant,
     pub addresses: Option<Addresses>,
+    /// Round trip of the last address exchange (through the XMPP server).
+    pub rtt: Option<Duration>,
 }
 
 impl Member {
@@ -30,6 +32,7 @@ impl Member {
             node,
             since,
             addresses: None,
+            rtt: None,
         }
     }
 }

@@ -54,12 +54,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(
-        ns: String,
-        node: NodeIdBytes,
-        key: PublicKeyBytes,
-        friends: BTreeSet<BareJid>,
-    ) -> Self {
+    pub fn new(ns: String, node: NodeIdBytes, key: PublicKeyBytes, friends: BTreeSet<BareJid>) -> Self {
         Self {
             ns,
             node,
@@ -131,7 +126,7 @@ pub struct Rendezvous {
     extra_endpoints: Vec<Endpoint>,
     seeking: bool,
     next_round: Option<Instant>,
-    /// IQ id → (member asked, deadline).
+    /// IQ id → (member asked, sent at).
     pending: BTreeMap<String, (FullJid, Instant)>,
     next_id: u64,
     rng: StdRng,
@@ -238,8 +233,7 @@ impl Rendezvous {
     /// The session is gone (stream reset, or shutting down): forget every member.
     pub fn session_lost(&mut self) {
         for (jid, m) in std::mem::take(&mut self.members) {
-            self.events
-                .push_back(Event::MemberDown { jid, node: m.node });
+            self.events.push_back(Event::MemberDown { jid, node: m.node });
         }
     }
 
@@ -274,9 +268,7 @@ impl Rendezvous {
         match presence.type_ {
             PresenceType::Subscribe => self.accept_subscription(from.to_bare()),
             PresenceType::None => match from.try_into_full() {
-                Ok(full) if Some(&full) != self.own.as_ref() => {
-                    self.on_available(now, full, &presence)
-                }
+                Ok(full) if Some(&full) != self.own.as_ref() => self.on_available(now, full, &presence),
                 _ => {}
             },
             PresenceType::Unavailable | PresenceType::Error => {
@@ -360,8 +352,7 @@ impl Rendezvous {
             }
         }
         if let Some(id) = push_id {
-            self.transmits
-                .push_back(stanzas::empty_result(None, id).into());
+            self.transmits.push_back(stanzas::empty_result(None, id).into());
             return;
         }
         let own_bare = self.own.as_ref().map(|o| o.to_bare());
@@ -390,8 +381,7 @@ impl Rendezvous {
         self.counters.address_requests_in += 1;
         if request.ns != self.cfg.ns || !self.members.contains_key(from) {
             self.counters.address_requests_refused += 1;
-            self.transmits
-                .push_back(stanzas::not_authorized(from, id).into());
+            self.transmits.push_back(stanzas::not_authorized(from, id).into());
             return;
         }
         let reply = AddressReply {
@@ -415,20 +405,14 @@ impl Rendezvous {
     }
 
     /// A result for one of our IQs.
-    pub fn handle_result(
-        &mut self,
-        now: Instant,
-        from: Option<&Jid>,
-        id: &str,
-        payload: Option<Element>,
-    ) {
+    pub fn handle_result(&mut self, now: Instant, from: Option<&Jid>, id: &str, payload: Option<Element>) {
         if id.starts_with(ROSTER_ID_PREFIX) {
             if let Some(roster) = payload.and_then(|p| Roster::try_from(p).ok()) {
                 self.handle_roster(roster, None);
             }
             return;
         }
-        let Some((asked, _)) = self.pending.remove(id) else {
+        let Some((asked, sent)) = self.pending.remove(id) else {
             return;
         };
         let valid = from.is_some_and(|f| f.as_str() == asked.as_str());
@@ -447,8 +431,8 @@ impl Rendezvous {
                         endpoints: r.endpoints,
                         learned: now,
                     });
-                    self.events
-                        .push_back(Event::AddressesLearned { jid: asked });
+                    m.rtt = Some(now.duration_since(sent));
+                    self.events.push_back(Event::AddressesLearned { jid: asked });
                 }
             }
             _ => self.counters.address_replies_rejected += 1,
@@ -461,7 +445,9 @@ impl Rendezvous {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.pending.retain(|_, (_, deadline)| *deadline > now);
+        let timeout = self.cfg.request_timeout;
+        self.pending
+            .retain(|_, (_, sent)| now.duration_since(*sent) < timeout);
         if self.own.is_none() || !self.seeking {
             return;
         }
@@ -502,8 +488,7 @@ impl Rendezvous {
         };
         self.transmits
             .push_back(stanzas::get(&jid, &id, request.emit()).into());
-        self.pending
-            .insert(id, (jid, now + self.cfg.request_timeout));
+        self.pending.insert(id, (jid, now));
     }
 
     fn round_interval(&mut self) -> Duration {
@@ -526,7 +511,11 @@ impl Rendezvous {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pending = self.pending.values().map(|(_, d)| *d).min();
+        let pending = self
+            .pending
+            .values()
+            .map(|(_, sent)| *sent + self.cfg.request_timeout)
+            .min();
         let round = if self.seeking && self.own.is_some() {
             self.next_round
         } else {

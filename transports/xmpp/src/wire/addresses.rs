@@ -71,8 +71,7 @@ impl AddressReply {
         let ns = check_root(elem)?;
         let node = parse_node_id(required(elem, "node")?, "node")?;
         let mut key = [0u8; 32];
-        hex::decode_to_slice(required(elem, "key")?, &mut key)
-            .map_err(|_| WireError::BadAttr("key"))?;
+        hex::decode_to_slice(required(elem, "key")?, &mut key).map_err(|_| WireError::BadAttr("key"))?;
         let mut endpoints = Vec::new();
         for child in elem.children().filter(|c| c.is("endpoint", NS_RENDEZVOUS)) {
             if endpoints.len() == MAX_ENDPOINTS {

@@ -21,10 +21,7 @@ pub const NS_EXTDISCO: &str = "urn:xmpp:extdisco:2";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("expected <{name} xmlns='{ns}'/>")]
-    WrongElement {
-        name: &'static str,
-        ns: &'static str,
-    },
+    WrongElement { name: &'static str, ns: &'static str },
     #[error("attribute '{0}' is missing")]
     MissingAttr(&'static str),
     #[error("attribute '{0}' is malformed")]
@@ -46,10 +43,7 @@ macro_rules! ncname {
 pub(crate) use ncname;
 
 /// Reads a required attribute.
-pub(crate) fn required<'a>(
-    elem: &'a crate::Element,
-    name: &'static str,
-) -> Result<&'a str, WireError> {
+pub(crate) fn required<'a>(elem: &'a crate::Element, name: &'static str) -> Result<&'a str, WireError> {
     elem.attr(name).ok_or(WireError::MissingAttr(name))
 }
 

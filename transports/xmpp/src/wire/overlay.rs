@@ -68,20 +68,13 @@ mod tests {
         .parse()
         .unwrap();
         assert_eq!(OverlayTag::parse(&bad_ns), Err(WireError::BadAttr("ns")));
-        let bad_node: Element =
-            format!("<overlay xmlns='{NS_OVERLAY}' ns='0123456789abcdef' node='12'/>")
-                .parse()
-                .unwrap();
-        assert_eq!(
-            OverlayTag::parse(&bad_node),
-            Err(WireError::BadAttr("node"))
-        );
+        let bad_node: Element = format!("<overlay xmlns='{NS_OVERLAY}' ns='0123456789abcdef' node='12'/>")
+            .parse()
+            .unwrap();
+        assert_eq!(OverlayTag::parse(&bad_node), Err(WireError::BadAttr("node")));
         let missing: Element = format!("<overlay xmlns='{NS_OVERLAY}' ns='0123456789abcdef'/>")
             .parse()
             .unwrap();
-        assert_eq!(
-            OverlayTag::parse(&missing),
-            Err(WireError::MissingAttr("node"))
-        );
+        assert_eq!(OverlayTag::parse(&missing), Err(WireError::MissingAttr("node")));
     }
 }

@@ -47,8 +47,7 @@ impl RelayFrame {
         if stream_hex.len() != 8 {
             return Err(WireError::BadAttr("stream"));
         }
-        let stream =
-            u32::from_str_radix(stream_hex, 16).map_err(|_| WireError::BadAttr("stream"))?;
+        let stream = u32::from_str_radix(stream_hex, 16).map_err(|_| WireError::BadAttr("stream"))?;
         let seq_text = required(elem, "seq")?;
         if seq_text.is_empty() || !seq_text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(WireError::BadAttr("seq"));
@@ -153,10 +152,7 @@ mod tests {
             Err(WireError::BadAttr("seq"))
         );
         assert_eq!(
-            RelayFrame::parse(
-                &elem("stream='0000000a' seq='99999999999999999999'", "AA=="),
-                100
-            ),
+            RelayFrame::parse(&elem("stream='0000000a' seq='99999999999999999999'", "AA=="), 100),
             Err(WireError::BadAttr("seq"))
         );
         assert_eq!(

@@ -1,0 +1,222 @@
+//! The local control socket: a Unix socket (mode 0600) speaking newline-delimited JSON.
+//!
+//! Request: `{"id":1,"cmd":"status"}`. Response: `{"id":1,"ok":true,"result":{…}}` or
+//! `{"id":1,"ok":false,"error":"…"}`. Lines are limited to 64 KiB, connections to 32 at a time,
+//! and an idle connection is closed after 60 s.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::node::Controller;
+
+const MAX_LINE: usize = 64 * 1024;
+const MAX_CONNECTIONS: usize = 32;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another ringlet node is already running with control socket {0}")]
+    InUse(PathBuf),
+    #[error("cannot create control socket {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("no ringlet node is running (control socket {path}: {reason})")]
+    NotRunning { path: PathBuf, reason: String },
+    #[error("control socket {path}: {reason}")]
+    Protocol { path: PathBuf, reason: String },
+    #[error("the node refused the request: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: u64,
+    cmd: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    id: u64,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The listening control socket; the socket file is removed when it is dropped.
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an error.
+    pub async fn bind(path: &Path, controller: Controller) -> Result<Self, ControlError> {
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(ControlError::InUse(path.into()));
+            }
+            let _ = fs::remove_file(path);
+        }
+        let bind_err = |source| ControlError::Bind {
+            path: path.into(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let task = tokio::spawn(accept_loop(listener, controller));
+        Ok(Self {
+            path: path.into(),
+            task,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, controller: Controller) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("control socket: too many connections; closing one");
+            continue;
+        };
+        let controller = controller.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_connection(stream, controller).await {
+                tracing::debug!(error = %e, "control connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(stream: UnixStream, controller: Controller) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(u64::MAX);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.set_limit(MAX_LINE as u64 + 1);
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if n > MAX_LINE {
+            let resp = Response {
+                id: 0,
+                ok: false,
+                result: None,
+                error: Some("request line too long".into()),
+            };
+            write_response(&mut write, &resp).await?;
+            return Ok(());
+        }
+        let resp = match serde_json::from_str::<Request>(line.trim_end()) {
+            Err(e) => Response {
+                id: 0,
+                ok: false,
+                result: None,
+                error: Some(format!("bad request: {e}")),
+            },
+            Ok(req) => handle(req, &controller).await,
+        };
+        write_response(&mut write, &resp).await?;
+    }
+}
+
+async fn write_response(write: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(resp).unwrap_or_default();
+    bytes.push(b'\n');
+    write.write_all(&bytes).await
+}
+
+async fn handle(req: Request, controller: &Controller) -> Response {
+    let fail = |error: String| Response {
+        id: req.id,
+        ok: false,
+        result: None,
+        error: Some(error),
+    };
+    match req.cmd.as_str() {
+        "status" => match controller.status().await {
+            Some(status) => Response {
+                id: req.id,
+                ok: true,
+                result: serde_json::to_value(status).ok(),
+                error: None,
+            },
+            None => fail("the node is stopping".into()),
+        },
+        other => fail(format!("unknown command '{other}'")),
+    }
+}
+
+/// Sends one command to the node behind `path` and returns its result.
+pub async fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
+    let not_running = |reason: String| ControlError::NotRunning {
+        path: path.into(),
+        reason,
+    };
+    let protocol = |reason: String| ControlError::Protocol {
+        path: path.into(),
+        reason,
+    };
+    let exchange = async {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| not_running(e.to_string()))?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(&Request {
+            id: 1,
+            cmd: cmd.into(),
+        })
+        .map_err(|e| protocol(e.to_string()))?;
+        line.push(b'\n');
+        write
+            .write_all(&line)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let mut reply = String::new();
+        BufReader::new(read)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let resp: Response =
+            serde_json::from_str(&reply).map_err(|e| protocol(format!("bad response: {e}")))?;
+        match (resp.ok, resp.result, resp.error) {
+            (true, Some(result), _) => Ok(result),
+            (_, _, Some(error)) => Err(ControlError::Refused(error)),
+            _ => Err(protocol("empty response".into())),
+        }
+    };
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(protocol("no answer within 5 s".into())))
+}

@@ -1,0 +1,267 @@
+//! A running ringlet node, and the API to embed one.
+//!
+//! [`start`] logs in (bounded in time, with a distinct error per cause) and spawns the node's
+//! single task ([`runtime`]), which owns the XMPP session and the protocol cores. The returned
+//! [`NodeHandle`] sends datagrams to members, receives [`AppEvent`]s, reads [`Status`] and
+//! shuts the node down; a [`Controller`] does the same without the event stream (the control
+//! socket uses one).
+
+mod runtime;
+pub mod status;
+
+use std::time::Duration;
+
+use ringlet_xmpp::connect::{LoginConfig, LoginError, Timeouts};
+use ringlet_xmpp::core;
+use ringlet_xmpp::session::{Session, SessionConfig};
+use ringlet_xmpp::{names, rendezvous, FullJid};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use self::status::Status;
+use crate::config::Config;
+use crate::identity::{IdentityError, NodeId, NodeKey};
+
+/// Events for the application embedding the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppEvent {
+    /// A member of the overlay came online.
+    PeerUp { node: NodeId, jid: String },
+    /// A member went offline.
+    PeerDown { node: NodeId, jid: String },
+    /// A datagram from a member, delivered exactly once.
+    Datagram { from: NodeId, data: Vec<u8> },
+    /// Datagrams towards a peer were given up (`dropped` of them) or refused.
+    SendFailed {
+        to: String,
+        reason: String,
+        dropped: usize,
+    },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Login(#[from] LoginError),
+}
+
+/// Why a running node stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("XMPP session failed: {0}")]
+    Session(LoginError),
+    #[error("XMPP session ended unexpectedly")]
+    SessionEnded,
+}
+
+/// Why a datagram was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("node {0} is not online in this overlay")]
+    UnknownPeer(NodeId),
+    #[error(transparent)]
+    Relay(#[from] core::SendError),
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+pub(crate) enum Command {
+    Status(oneshot::Sender<Status>),
+    Send {
+        to: NodeId,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Cloneable access to a running node without its event stream.
+#[derive(Clone)]
+pub struct Controller {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Controller {
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Queues a datagram for the member with NodeId `to` (over the XMPP relay for now).
+    pub async fn send(&self, to: NodeId, data: Vec<u8>) -> Result<(), SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Send { to, data, reply })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    /// Asks the node to leave the overlay and stop; returns when it has.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A running node.
+pub struct NodeHandle {
+    controller: Controller,
+    events: mpsc::Receiver<AppEvent>,
+    task: Option<JoinHandle<Result<(), NodeError>>>,
+    node_id: NodeId,
+    jid: FullJid,
+}
+
+impl NodeHandle {
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The full JID the first session was bound to.
+    pub fn jid(&self) -> &FullJid {
+        &self.jid
+    }
+
+    pub fn controller(&self) -> Controller {
+        self.controller.clone()
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        self.controller.status().await
+    }
+
+    pub async fn send(&self, to: NodeId, data: Vec<u8>) -> Result<(), SendError> {
+        self.controller.send(to, data).await
+    }
+
+    /// The next event; `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<AppEvent> {
+        self.events.recv().await
+    }
+
+    /// Waits until the node stops on its own (a fatal session error) or is shut down.
+    pub async fn wait(&mut self) -> Result<(), NodeError> {
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Err(NodeError::SessionEnded)),
+            None => Ok(()),
+        }
+    }
+
+    /// Leaves the overlay (unavailable presence) and stops the node.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.controller.shutdown().await;
+        self.wait().await
+    }
+}
+
+/// Tuning that is not part of the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Capacity of the application event queue; when it is full, senders are asked to wait.
+    pub app_queue: usize,
+    /// Seed for the protocol cores' randomness; `None` draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            app_queue: 1024,
+            seed: None,
+        }
+    }
+}
+
+/// Loads the node key, logs in and starts the node.
+pub async fn start(config: &Config, options: Options) -> Result<NodeHandle, StartError> {
+    let (key, created) = NodeKey::load_or_create(&config.key_file)?;
+    if created {
+        tracing::info!(path = %config.key_file.display(), "created a new node key");
+    }
+    start_with_key(config, key, options).await
+}
+
+/// Starts a node with a given key (tests and embedders that manage keys themselves).
+pub async fn start_with_key(
+    config: &Config,
+    key: NodeKey,
+    options: Options,
+) -> Result<NodeHandle, StartError> {
+    let seed = match options.seed {
+        Some(seed) => seed,
+        None => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| IdentityError::Random(e.to_string()))?;
+            u64::from_le_bytes(bytes)
+        }
+    };
+    let node_id = key.node_id();
+    let ns = names::overlay_ns(&config.overlay);
+    let instance = (seed as u32).to_le_bytes();
+    let resource = names::resource(&ns, instance);
+    let jid = config
+        .jid
+        .with_resource_str(&resource)
+        .map_err(|e| LoginError::Protocol {
+            server: String::new(),
+            reason: format!("bad resource: {e}"),
+        })?;
+    let login = LoginConfig {
+        jid,
+        password: config.password.clone(),
+        server: config.server.clone(),
+        tls: config.tls,
+        ca_file: config.ca_file.clone(),
+        attempt_timeout: config.login_timeout,
+        // A silent server is probed after 30 s and given up 20 s later.
+        timeouts: Timeouts {
+            read_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(20),
+        },
+    };
+    let mut session_cfg = SessionConfig::new(login, seed);
+    session_cfg.first_login_timeout = config.login_timeout;
+    tracing::info!(jid = %config.jid, server = %session_cfg.login.server_name(), tls = %config.tls, "logging in");
+    let session = Session::connect(session_cfg).await?;
+    let mut rendezvous = rendezvous::Config::new(
+        ns,
+        node_id.0,
+        key.public_bytes(),
+        config.friends.iter().cloned().collect(),
+    );
+    rendezvous.seek_interval = config.seek_interval;
+    rendezvous.seek_jitter = config.seek_interval / 2;
+    let core = core::Core::new(
+        core::Config {
+            rendezvous,
+            relay: config.relay.clone(),
+        },
+        seed,
+    );
+    let (commands, command_rx) = mpsc::channel(64);
+    let (event_tx, events) = mpsc::channel(options.app_queue.max(1));
+    let jid = session.jid().clone();
+    let task = runtime::spawn(runtime::Parts {
+        core,
+        session,
+        commands: command_rx,
+        app: event_tx,
+        node_id,
+        overlay: config.overlay.clone(),
+        stun_fallback: config.stun_servers.clone(),
+    });
+    Ok(NodeHandle {
+        controller: Controller { commands },
+        events,
+        task: Some(task),
+        node_id,
+        jid,
+    })
+}

@@ -1,0 +1,172 @@
+//! The status report (`ringlet status --json`): every key is always present, unknown values
+//! are `null`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ringlet_xmpp::core::SessionState;
+use serde::{Deserialize, Serialize};
+
+use super::runtime::Runtime;
+use crate::identity::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node_id: String,
+    pub jid: Option<String>,
+    pub overlay: String,
+    /// `connecting`, `online` or `reconnecting`.
+    pub state: String,
+    /// Server-reflexive addresses (`ip:port`), from the NAT traversal layer.
+    pub reflexive: Vec<String>,
+    /// NAT behaviour (`{"mapping","filtering","udp"}`) once detected.
+    pub nat: Option<serde_json::Value>,
+    pub peers: Vec<Peer>,
+    pub ring: Ring,
+    pub counters: BTreeMap<String, u64>,
+    /// STUN/TURN services: from XEP-0215, else the configured fallback.
+    pub services: Vec<Service>,
+    pub uptime_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub node_id: String,
+    pub jid: String,
+    /// `direct`, `tunnel` or `xmpp`.
+    pub path: String,
+    /// Where the path leads: `xmpp://<full JID>` for the relay.
+    pub remote: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub since_s: f64,
+    /// Endpoint URIs the peer announced in the address exchange.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ring {
+    pub left: Option<String>,
+    pub right: Option<String>,
+    pub size_estimate: Option<u64>,
+    pub consistent: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub kind: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub transport: Option<String>,
+    /// `xep-0215` or `config`.
+    pub source: String,
+}
+
+pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
+    let core = &rt.core;
+    let mut peers: Vec<Peer> = core
+        .members()
+        .map(|m| {
+            let relay_rtt = core.relay_stats(&m.jid).and_then(|s| s.srtt);
+            Peer {
+                node_id: NodeId(m.node).to_string(),
+                jid: m.jid.to_string(),
+                path: "xmpp".into(),
+                remote: Some(format!("xmpp://{}", m.jid)),
+                rtt_ms: relay_rtt.or(m.rtt).map(|d| d.as_secs_f64() * 1000.0),
+                since_s: now.duration_since(m.since).as_secs_f64(),
+                endpoints: m
+                    .addresses
+                    .as_ref()
+                    .map(|a| a.endpoints.iter().map(|e| e.uri.clone()).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| (&a.node_id, &a.jid).cmp(&(&b.node_id, &b.jid)));
+    let state = match core.state() {
+        SessionState::Connecting => "connecting",
+        SessionState::Online => "online",
+        SessionState::Suspended => "reconnecting",
+    };
+    let services = match core.services() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .map(|s| Service {
+                kind: s.kind.clone(),
+                host: s.host.clone(),
+                port: s.port,
+                transport: s.transport.clone(),
+                source: "xep-0215".into(),
+            })
+            .collect(),
+        _ => rt
+            .stun_fallback
+            .iter()
+            .filter_map(|s| s.rsplit_once(':'))
+            .map(|(host, port)| Service {
+                kind: "stun".into(),
+                host: host.to_owned(),
+                port: port.parse().ok(),
+                transport: Some("udp".into()),
+                source: "config".into(),
+            })
+            .collect(),
+    };
+    Status {
+        node_id: rt.node_id.to_string(),
+        jid: core.own_jid().map(|j| j.to_string()),
+        overlay: rt.overlay.clone(),
+        state: state.into(),
+        reflexive: Vec::new(),
+        nat: None,
+        peers,
+        ring: Ring {
+            left: None,
+            right: None,
+            size_estimate: None,
+            consistent: None,
+        },
+        counters: counters(rt),
+        services,
+        uptime_s: now.duration_since(rt.started).as_secs_f64(),
+    }
+}
+
+fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
+    let c = rt.core.counters();
+    let r = rt.core.relay_counters();
+    let z = rt.core.rendezvous_counters();
+    [
+        ("stanzas_in", c.stanzas_in),
+        ("stanzas_out", c.stanzas_out),
+        ("session_resets", c.resets),
+        ("reconnect_failures", rt.reconnect_failures),
+        ("strangers_ignored", c.strangers_ignored + z.strangers_ignored),
+        ("refused_not_member", c.refused_not_member),
+        ("malformed_relay", c.malformed_relay),
+        ("malformed_requests", c.malformed_requests),
+        ("malformed_presence", z.malformed_presence),
+        ("unsupported_requests", c.unsupported_requests),
+        ("unmatched_results", c.unmatched_results),
+        ("messages_ignored", c.messages_ignored),
+        ("address_requests_in", z.address_requests_in),
+        ("address_requests_out", z.address_requests_out),
+        ("address_requests_refused", z.address_requests_refused),
+        ("address_replies_rejected", z.address_replies_rejected),
+        ("relay_datagrams_in", r.datagrams_in),
+        ("relay_datagrams_out", r.datagrams_out),
+        ("relay_bytes_in", r.bytes_in),
+        ("relay_bytes_out", r.bytes_out),
+        ("relay_fragments_in", r.fragments_in),
+        ("relay_fragments_acked", r.fragments_out),
+        ("relay_duplicates_in", r.duplicates_in),
+        ("relay_retransmits", r.retransmits),
+        ("relay_refused_in", r.refused_in),
+        ("relay_busy_in", r.busy_in),
+        ("relay_peer_failures", r.peer_failures),
+        ("app_dropped", rt.app_dropped),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
