@@ -70,6 +70,10 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         app_dropped: 0,
         reconnect_failures: 0,
     };
+    // `Session::connect` returned with the first session bound: start from it.
+    tracing::info!(jid = %session.jid(), "online");
+    rt.core.handle_online(Instant::now(), session.jid().clone());
+    rt.after_input(&sender);
     let result = loop {
         rt.core.set_app_can_deliver(rt.app.capacity() > 0);
         let deadline = rt.core.poll_timeout().map(tokio::time::Instant::from_std);
@@ -117,13 +121,9 @@ impl Runtime {
     fn on_session(&mut self, ev: SessionEvent) {
         let now = Instant::now();
         match ev {
-            SessionEvent::Online { jid, resumed } => {
-                if resumed {
-                    tracing::info!("XMPP session resumed");
-                } else {
-                    tracing::info!(%jid, "online");
-                }
-                self.core.handle_online(now, jid, resumed);
+            SessionEvent::Online { jid } => {
+                tracing::info!(%jid, "online again");
+                self.core.handle_online(now, jid);
             }
             SessionEvent::Suspended => {
                 tracing::warn!("XMPP connection lost; reconnecting");

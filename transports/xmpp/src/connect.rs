@@ -331,10 +331,15 @@ where
         .send_header(header(domain))
         .await
         .map_err(|e| protocol(server, e))?;
-    let (features, stream) = pending
+    let (mut features, stream) = pending
         .recv_features()
         .await
         .map_err(|e| protocol(server, format!("{e:?}")))?;
+    // XEP-0198 is hidden from tokio-xmpp: when resumption fails, Prosody 0.12 answers
+    // `<failed/>` without the optional `h` attribute, xmpp-parsers 0.23 rejects that, and
+    // tokio-xmpp then retries the same resumption forever. Every reconnect is therefore a
+    // fresh session, which the node handles by re-announcing presence and resending relay data.
+    features.stream_management = None;
     let identity: Jid = cfg.jid.clone().into();
     Ok(Connection {
         stream: stream.box_stream(),

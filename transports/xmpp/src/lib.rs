@@ -22,6 +22,7 @@ pub mod wire;
 pub use tokio_xmpp::jid::{BareJid, FullJid, Jid};
 pub use tokio_xmpp::minidom::Element;
 pub use tokio_xmpp::Stanza;
+pub use xmpp_parsers;
 
 /// The first 160 bits of SHA-256 of a node's public key (the root crate wraps it as `NodeId`).
 pub type NodeIdBytes = [u8; 20];

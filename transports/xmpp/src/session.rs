@@ -1,21 +1,28 @@
 //! The XMPP session: one task owns `tokio-xmpp`'s `StanzaStream` (never the split `Client`,
 //! which loses wakeups) and moves stanzas between it and the node through bounded channels.
 //!
-//! - The first login is bounded by `first_login_timeout`; a wrong password, an untrusted
-//!   certificate or a server without STARTTLS end it at once with a distinct [`LoginError`].
-//! - Afterwards the stream reconnects by itself: attempts are spaced by a jittered exponential
-//!   backoff from `backoff_min` to `backoff_max`; fatal errors stop the session with
-//!   [`SessionEvent::Failed`] instead of retrying forever.
-//! - [`SessionEvent::Online`] with `resumed: false` means a new session (XEP-0198 could not
-//!   resume): presence and rendezvous state must be re-established by the caller.
+//! - [`Session::connect`] returns once the first session is bound ([`Session::jid`]); it is
+//!   bounded by `first_login_timeout`, and a wrong password, an untrusted certificate or a
+//!   server without STARTTLS end it at once with a distinct [`LoginError`].
+//! - Afterwards the stream reconnects by itself and reports every new session as
+//!   [`SessionEvent::Online`]; presence and rendezvous state must then be re-established.
+//!   Stream management is not used (see [`crate::connect`]), so every reconnect is a new
+//!   session. Fatal errors stop the session with [`SessionEvent::Failed`].
+//! - Attempts are spaced by a jittered exponential backoff from `backoff_min` to
+//!   `backoff_max`. The backoff outlives single reconnects: a stream that dies within
+//!   `stable_after` of being established makes the next attempt wait, so no failure mode can
+//!   spin in a hot loop.
+#![allow(clippy::disallowed_methods)] // I/O runtime: reads the clock for the backoff
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_xmpp::stanzastream::{Connection, Event as StreamEvent, StanzaStream, StreamEvent as StreamState};
 
 use crate::connect::{self, LoginConfig, LoginError};
@@ -29,6 +36,8 @@ pub struct SessionConfig {
     pub first_login_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// A connection that lived this long resets the backoff.
+    pub stable_after: Duration,
     /// Depth of the outgoing and incoming stanza queues.
     pub queue_depth: usize,
     /// Seed for the backoff jitter.
@@ -42,6 +51,7 @@ impl SessionConfig {
             first_login_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(4),
+            stable_after: Duration::from_secs(10),
             queue_depth: 256,
             seed,
         }
@@ -51,10 +61,9 @@ impl SessionConfig {
 /// What the session reports.
 #[derive(Debug)]
 pub enum SessionEvent {
-    /// Bound to `jid`; `resumed` means no state was lost.
+    /// A new session (after a reconnect) is bound to `jid`.
     Online {
         jid: FullJid,
-        resumed: bool,
     },
     /// The connection broke; reconnecting.
     Suspended,
@@ -123,17 +132,17 @@ impl Session {
     pub async fn connect(cfg: SessionConfig) -> Result<Session, LoginError> {
         let tls = connect::tls_config(cfg.login.ca_file.as_deref())?;
         let (report_tx, mut reports) = mpsc::channel(16);
+        let backoff = Arc::new(Mutex::new(Backoff::new(cfg.seed)));
         let reconnect_cfg = cfg.clone();
-        let mut attempt_seed = cfg.seed;
         let connector = move |_: Option<String>, slot: oneshot::Sender<Connection>| {
-            attempt_seed = attempt_seed.wrapping_add(1);
-            tokio::spawn(reconnect(
+            let job = reconnect(
                 reconnect_cfg.clone(),
                 tls.clone(),
                 slot,
                 report_tx.clone(),
-                attempt_seed,
-            ));
+                backoff.clone(),
+            );
+            tokio::spawn(job);
         };
         let mut stream = StanzaStream::new(Box::new(connector), cfg.queue_depth);
         let server = cfg.login.server_name();
@@ -143,14 +152,18 @@ impl Session {
         let jid = loop {
             tokio::select! {
                 ev = stream.next() => match ev {
-                    Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => {
-                        match bound_jid.try_into_full() {
-                            Ok(jid) => break jid,
-                            Err(bare) => return Err(LoginError::Protocol { server, reason: format!("server bound a bare JID {bare}") }),
+                    Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => match bound_jid.try_into_full() {
+                        Ok(jid) => break jid,
+                        Err(bare) => {
+                            let reason = format!("server bound a bare JID {bare}");
+                            return Err(LoginError::Protocol { server, reason });
                         }
-                    }
+                    },
                     Some(_) => {}
-                    None => return Err(LoginError::Protocol { server, reason: "stream ended during login".into() }),
+                    None => {
+                        let reason = "stream ended during login".into();
+                        return Err(LoginError::Protocol { server, reason });
+                    }
                 },
                 report = reports.recv() => match report {
                     Some(Report::Failed(e)) => return Err(e),
@@ -158,17 +171,14 @@ impl Session {
                     None => {}
                 },
                 _ = &mut deadline => {
-                    return Err(last_error.unwrap_or(LoginError::Timeout { server, secs: cfg.first_login_timeout.as_secs() }));
+                    let secs = cfg.first_login_timeout.as_secs();
+                    return Err(last_error.unwrap_or(LoginError::Timeout { server, secs }));
                 }
             }
         };
         let (event_tx, events) = mpsc::channel(cfg.queue_depth);
         let (cmd_tx, commands) = mpsc::channel(cfg.queue_depth);
-        let _ = event_tx.try_send(SessionEvent::Online {
-            jid: jid.clone(),
-            resumed: false,
-        });
-        let task = tokio::spawn(run(stream, jid.clone(), commands, reports, event_tx));
+        let task = tokio::spawn(run(stream, commands, reports, event_tx));
         Ok(Session {
             jid,
             events,
@@ -177,7 +187,7 @@ impl Session {
         })
     }
 
-    /// The JID the first login was bound to.
+    /// The JID the first session was bound to.
     pub fn jid(&self) -> &FullJid {
         &self.jid
     }
@@ -192,7 +202,7 @@ impl Session {
     }
 
     /// Sends `last` (e.g. unavailable presence), closes the stream cleanly and waits for the
-    /// task to end, at most `grace`.
+    /// task to end, at most `grace` for each step.
     pub async fn close(self, last: Option<Stanza>, grace: Duration) {
         let Session {
             events, sender, task, ..
@@ -212,7 +222,6 @@ impl Session {
 /// The session task: the single owner of the stanza stream.
 async fn run(
     mut stream: StanzaStream,
-    mut jid: FullJid,
     mut commands: mpsc::Receiver<Command>,
     mut reports: mpsc::Receiver<Report>,
     events: mpsc::Sender<SessionEvent>,
@@ -230,13 +239,15 @@ async fn run(
             ev = stream.next() => match ev {
                 Some(StreamEvent::Stanza(s)) => SessionEvent::Stanza(s),
                 Some(StreamEvent::Stream(StreamState::Suspended)) => SessionEvent::Suspended,
-                Some(StreamEvent::Stream(StreamState::Resumed)) => SessionEvent::Online { jid: jid.clone(), resumed: true },
-                Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => {
-                    if let Ok(full) = bound_jid.try_into_full() {
-                        jid = full;
+                Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => match bound_jid.try_into_full() {
+                    Ok(jid) => SessionEvent::Online { jid },
+                    Err(bare) => {
+                        tracing::error!(%bare, "server bound a bare JID; ignoring this session");
+                        continue;
                     }
-                    SessionEvent::Online { jid: jid.clone(), resumed: false }
-                }
+                },
+                // Never happens without stream management, which is not negotiated.
+                Some(StreamEvent::Stream(StreamState::Resumed)) => continue,
                 None => return,
             },
             report = reports.recv() => match report {
@@ -255,24 +266,72 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), stream.close()).await;
 }
 
-/// One reconnect: attempts spaced by jittered exponential backoff until a stream is up, a
-/// fatal error is reported, or the stanza stream is gone.
+/// Backoff shared by all reconnects of one session.
+struct Backoff {
+    rng: StdRng,
+    /// Wait before the next attempt (zero: attempt at once).
+    delay: Duration,
+    /// When the current connection was established.
+    connected_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            delay: Duration::ZERO,
+            connected_at: None,
+        }
+    }
+
+    /// The wait before the first attempt of a reconnect: none after a stable connection (and
+    /// before the very first one), the growing backoff after one that died young.
+    fn on_disconnect(&mut self, cfg: &SessionConfig) -> Duration {
+        let young = self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() < cfg.stable_after);
+        if young {
+            self.next(cfg)
+        } else {
+            self.delay = Duration::ZERO;
+            Duration::ZERO
+        }
+    }
+
+    /// Doubles the delay (within `backoff_min..=backoff_max`) and returns it jittered ±20 %.
+    fn next(&mut self, cfg: &SessionConfig) -> Duration {
+        self.delay = (self.delay * 2).clamp(cfg.backoff_min, cfg.backoff_max);
+        self.delay.mul_f64(self.rng.random_range(0.8..1.2))
+    }
+}
+
+/// One reconnect: attempts spaced by the backoff until a stream is up, a fatal error is
+/// reported, or the stanza stream is gone.
 async fn reconnect(
     cfg: SessionConfig,
-    tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    tls: Arc<ClientConfig>,
     mut slot: oneshot::Sender<Connection>,
     reports: mpsc::Sender<Report>,
-    seed: u64,
+    backoff: Arc<Mutex<Backoff>>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut delay = cfg.backoff_min;
+    // The lock is only held for arithmetic, never across an await.
+    let lock = || backoff.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut wait = lock().on_disconnect(&cfg);
     loop {
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = slot.closed() => return,
+            }
+        }
         let attempt = tokio::select! {
             result = connect::login(&cfg.login, &tls) => result,
             _ = slot.closed() => return,
         };
         match attempt {
             Ok(conn) => {
+                lock().connected_at = Some(Instant::now());
                 let _ = slot.send(conn);
                 return;
             }
@@ -285,15 +344,64 @@ async fn reconnect(
                 return;
             }
             Err(error) => {
-                let jittered = delay.mul_f64(rng.random_range(0.8..1.2));
-                tracing::debug!(%error, retry_in = ?jittered, "XMPP connection attempt failed");
-                let _ = reports.try_send(Report::Retrying(error, jittered));
-                tokio::select! {
-                    _ = tokio::time::sleep(jittered) => {}
-                    _ = slot.closed() => return,
-                }
-                delay = (delay * 2).min(cfg.backoff_max);
+                wait = lock().next(&cfg);
+                tracing::debug!(%error, retry_in = ?wait, "XMPP connection attempt failed");
+                let _ = reports.try_send(Report::Retrying(error, wait));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::{Timeouts, TlsMode};
+
+    fn cfg() -> SessionConfig {
+        let login = LoginConfig {
+            jid: FullJid::new("a@b.test/r").unwrap(),
+            password: "p".into(),
+            server: None,
+            tls: TlsMode::Plain,
+            ca_file: None,
+            attempt_timeout: Duration::from_secs(1),
+            timeouts: Timeouts::tight(),
+        };
+        SessionConfig::new(login, 1)
+    }
+
+    #[test]
+    fn failed_attempts_back_off_exponentially_within_bounds() {
+        let cfg = cfg();
+        let mut b = Backoff::new(1);
+        assert_eq!(
+            b.on_disconnect(&cfg),
+            Duration::ZERO,
+            "first attempt is immediate"
+        );
+        let waits: Vec<Duration> = (0..8).map(|_| b.next(&cfg)).collect();
+        assert!(waits[0] >= cfg.backoff_min.mul_f64(0.8) && waits[0] <= cfg.backoff_min.mul_f64(1.2));
+        assert!(waits[2] > waits[0]);
+        assert!(waits.iter().all(|w| *w <= cfg.backoff_max.mul_f64(1.2)));
+    }
+
+    #[test]
+    fn a_connection_that_dies_young_does_not_reconnect_at_once() {
+        let cfg = cfg();
+        let mut b = Backoff::new(1);
+        b.connected_at = Some(Instant::now());
+        let first = b.on_disconnect(&cfg);
+        assert!(first >= cfg.backoff_min.mul_f64(0.8), "waited {first:?}");
+        b.connected_at = Some(Instant::now());
+        assert!(
+            b.on_disconnect(&cfg) > first,
+            "keeps growing while connections die young"
+        );
+        b.connected_at = Some(Instant::now() - cfg.stable_after);
+        assert_eq!(
+            b.on_disconnect(&cfg),
+            Duration::ZERO,
+            "a stable connection resets the backoff"
+        );
     }
 }

@@ -177,12 +177,9 @@ impl Core {
         self.app_can_deliver = can;
     }
 
-    /// The session is bound to `jid`. `resumed` means XEP-0198 resumption: nothing was lost.
-    pub fn handle_online(&mut self, now: Instant, jid: FullJid, resumed: bool) {
+    /// A new session is bound to `jid` (at start and after every reconnect).
+    pub fn handle_online(&mut self, now: Instant, jid: FullJid) {
         self.state = SessionState::Online;
-        if resumed {
-            return;
-        }
         self.counters.resets += 1;
         self.relay.set_own_jid(&jid);
         let domain: Jid = crate::BareJid::from_parts(None, jid.domain()).into();

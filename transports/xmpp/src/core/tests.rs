@@ -84,8 +84,8 @@ fn pair() -> Pair {
     let jb = full("bob@two.test/ringlet.b");
     let mut a = core("alpha", 1, &["bob@two.test"]);
     let mut b = core("alpha", 2, &["alice@one.test"]);
-    a.handle_online(now, ja.clone(), false);
-    b.handle_online(now, jb.clone(), false);
+    a.handle_online(now, ja.clone());
+    b.handle_online(now, jb.clone());
     drain(&mut a);
     drain(&mut b);
     let pa = presence_of(&a, &ja);
@@ -316,7 +316,7 @@ fn unavailable_presence_removes_the_member_and_fails_pending_datagrams() {
 fn friends_are_subscribed_and_their_requests_accepted() {
     let now = Instant::now();
     let mut a = core("alpha", 1, &["bob@two.test"]);
-    a.handle_online(now, full("alice@one.test/ringlet.a"), false);
+    a.handle_online(now, full("alice@one.test/ringlet.a"));
     let first = drain(&mut a);
     assert!(first.iter().any(
         |s| matches!(s, Stanza::Iq(Iq::Get { payload, .. }) if payload.is("query", "jabber:iq:roster"))
@@ -362,7 +362,7 @@ fn friends_are_subscribed_and_their_requests_accepted() {
 fn extdisco_answer_is_reported() {
     let now = Instant::now();
     let mut a = core("alpha", 1, &[]);
-    a.handle_online(now, full("alice@one.test/ringlet.a"), false);
+    a.handle_online(now, full("alice@one.test/ringlet.a"));
     let id = drain(&mut a).into_iter().find_map(|s| match s {
         Stanza::Iq(Iq::Get { id, payload, .. }) if payload.is("services", crate::wire::NS_EXTDISCO) => {
             Some(id)
@@ -404,7 +404,7 @@ fn seeking_asks_at_most_ten_members_per_round() {
     let ja = full("alice@one.test/ringlet.a");
     let mut a = core("alpha", 1, &["bob@two.test"]);
     a.set_seeking(now, false);
-    a.handle_online(now, ja, false);
+    a.handle_online(now, ja);
     drain(&mut a);
     for i in 0..25u8 {
         let m = core("alpha", 10 + i, &[]);

@@ -93,6 +93,10 @@ impl Receiver {
         let count = usize::from(frame.frag.count);
         let index = usize::from(frame.frag.index);
         if count == 1 {
+            if frame.data.len() > limits.max_datagram {
+                self.resolve(seq);
+                return Outcome::Refused(Refusal::DatagramTooLarge);
+            }
             if !can_deliver {
                 return Outcome::Busy;
             }

@@ -372,6 +372,24 @@ fn receiver_refuses_oversized_datagrams_and_the_rest_continue() {
 }
 
 #[test]
+fn receiver_refuses_a_single_fragment_over_its_limit() {
+    let small = Config {
+        max_datagram: 4_000,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(Config::default(), small);
+    let ok = datagram(2, 3_000);
+    send_all(&mut sim, &[datagram(1, 6_000), ok.clone()]);
+    sim.run_until(Duration::from_secs(60), |s| {
+        !s.received.is_empty() && !s.a_events.is_empty()
+    });
+    assert_eq!(sim.received, vec![ok]);
+    assert!(
+        matches!(&sim.a_events[0], Event::DatagramRefused { condition, .. } if condition == "not-acceptable")
+    );
+}
+
+#[test]
 fn send_refuses_too_large_and_bounds_its_queue() {
     let cfg = Config {
         queue_bytes: 100_000,

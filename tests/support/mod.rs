@@ -1,0 +1,378 @@
+//! Shared harness for the integration tests: node configs, `ringlet up` processes and status
+//! polling against real Prosody servers from `ringlet-lab`.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringlet::config::Config;
+use ringlet::node::status::Status;
+use ringlet_lab::{ChildGuard, Netns, Prosody, ProsodySpec};
+
+pub const PASSWORD: &str = "correct horse";
+
+/// One node's settings.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub jid: String,
+    pub password: String,
+    pub server: String,
+    pub tls: &'static str,
+    pub ca_file: Option<PathBuf>,
+    pub overlay: String,
+    pub friends: Vec<String>,
+    /// Extra TOML appended at the end (whole sections).
+    pub extra: String,
+    pub login_timeout_s: u64,
+}
+
+impl NodeSpec {
+    pub fn new(jid: &str, server: &str, overlay: &str, friends: &[&str]) -> Self {
+        Self {
+            jid: jid.into(),
+            password: PASSWORD.into(),
+            server: server.into(),
+            tls: "plain",
+            ca_file: None,
+            overlay: overlay.into(),
+            friends: friends.iter().map(|f| f.to_string()).collect(),
+            extra: String::new(),
+            login_timeout_s: 10,
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        let friends: Vec<String> = self.friends.iter().map(|f| format!("\"{f}\"")).collect();
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|p| format!("ca_file = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        format!(
+            "[xmpp]\njid = \"{}\"\npassword = \"{}\"\nserver = \"{}\"\ntls = \"{}\"\n{ca}login_timeout_s = {}\n\n\
+             [overlay]\nname = \"{}\"\nfriends = [{}]\n\n{}",
+            self.jid,
+            self.password,
+            self.server,
+            self.tls,
+            self.login_timeout_s,
+            self.overlay,
+            friends.join(", "),
+            self.extra
+        )
+    }
+
+    /// Writes `dir/ringlet.toml` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("ringlet.toml");
+        std::fs::write(&path, self.toml()).unwrap();
+        path
+    }
+
+    pub fn config(&self, dir: &Path) -> Config {
+        Config::load(&self.write(dir)).unwrap()
+    }
+}
+
+/// A Prosody on loopback with `users` registered and, if `shared_roster`, all of them in one
+/// roster group.
+pub fn prosody(
+    domain: &str,
+    users: &[&str],
+    shared_roster: bool,
+    tweak: impl FnOnce(&mut ProsodySpec),
+) -> Prosody {
+    let mut spec = ProsodySpec::new(domain).unwrap();
+    if shared_roster {
+        spec.shared_roster = users.iter().map(|u| format!("{u}@{domain}")).collect();
+    }
+    tweak(&mut spec);
+    let mut server = Prosody::new(spec).unwrap();
+    for u in users {
+        server.register(u, PASSWORD).unwrap();
+    }
+    server.launch().unwrap();
+    server
+}
+
+pub fn ringlet_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringlet")
+}
+
+/// A `ringlet up` process.
+pub struct NodeProcess {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+    child: ChildGuard,
+}
+
+impl NodeProcess {
+    pub fn spawn(name: &str, spec: &NodeSpec, dir: &Path, netns: Option<&Netns>) -> Self {
+        let config = spec.write(dir);
+        let stderr = dir.join("stderr.log");
+        let mut cmd = match netns {
+            Some(ns) => ns.command(ringlet_bin()),
+            None => Command::new(ringlet_bin()),
+        };
+        cmd.args(["up", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "ringlet=debug,ringlet_xmpp=debug");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let child = ChildGuard::spawn(name, &mut cmd).unwrap();
+        Self {
+            name: name.into(),
+            socket: dir.join("ringlet.sock"),
+            config,
+            stderr,
+            child,
+        }
+    }
+
+    pub async fn status(&self) -> Option<Status> {
+        let value = ringlet::control::request(&self.socket, "status").await.ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    /// Waits until the node reports `online`.
+    pub async fn online(&self, timeout: Duration) -> Status {
+        wait(timeout, || async {
+            self.status().await.filter(|s| s.state == "online")
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} not online within {timeout:?}:\n{}", self.name, self.log()))
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.child
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+            .and_then(|s| s.code())
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+/// Polls `f` every 25 ms until it yields `Some` or `timeout` passes.
+pub async fn wait<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The node ids a status lists as peers, sorted.
+pub fn peer_ids(status: &Status) -> Vec<String> {
+    let mut ids: Vec<String> = status.peers.iter().map(|p| p.node_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+pub fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
+}
+
+/// Sizes spread log-uniformly from 1 B to `max`, both extremes included, from a fixed seed.
+pub fn log_uniform_sizes(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    // A small xorshift keeps the sizes reproducible without pulling an RNG into the harness.
+    let mut x = seed.max(1);
+    let mut sizes: Vec<usize> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            ((max as f64).powf(u) as usize).clamp(1, max)
+        })
+        .collect();
+    sizes[0] = 1;
+    sizes[n - 1] = max;
+    sizes
+}
+
+/// Datagram `i` of `len` bytes; its first 4 bytes carry `i` when it is long enough.
+pub fn datagram(i: usize, len: usize) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..len)
+        .map(|j| (i.wrapping_mul(131) ^ j.wrapping_mul(7) ^ (j >> 8)) as u8)
+        .collect();
+    if len >= 4 {
+        d[..4].copy_from_slice(&(i as u32).to_be_bytes());
+    }
+    d
+}
+
+/// What an exchange measured.
+#[derive(Debug)]
+pub struct Exchange {
+    pub datagrams: usize,
+    pub payload_bytes: usize,
+    pub elapsed: Duration,
+    pub send_failures: Vec<String>,
+}
+
+/// Sends every datagram from `a` to `b` and checks that each arrives exactly once and intact.
+pub async fn exchange(
+    a: &ringlet::node::NodeHandle,
+    b: &mut ringlet::node::NodeHandle,
+    data: Vec<Vec<u8>>,
+    timeout: Duration,
+) -> Exchange {
+    use ringlet::node::{AppEvent, SendError};
+    let to = b.node_id();
+    let from = a.node_id();
+    let controller = a.controller();
+    let expected = data.clone();
+    let payload_bytes = data.iter().map(Vec::len).sum();
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        for d in data {
+            loop {
+                match controller.send(to, d.clone()).await {
+                    Ok(()) => break,
+                    Err(SendError::Relay(ringlet_xmpp::core::SendError::Relay(
+                        ringlet_xmpp::relay::SendError::QueueFull { .. },
+                    ))) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+        }
+    });
+    let mut received: Vec<Vec<u8>> = Vec::with_capacity(expected.len());
+    let mut send_failures = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while received.len() < expected.len() {
+        match tokio::time::timeout_at(deadline, b.recv()).await {
+            Ok(Some(AppEvent::Datagram { from: f, data })) => {
+                assert_eq!(f, from, "datagram from an unexpected node");
+                received.push(data);
+            }
+            Ok(Some(AppEvent::SendFailed { to, reason, .. })) => {
+                send_failures.push(format!("{to}: {reason}"))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("receiver stopped"),
+            Err(_) => panic!(
+                "only {} of {} datagrams arrived within {timeout:?}",
+                received.len(),
+                expected.len()
+            ),
+        }
+    }
+    let elapsed = start.elapsed();
+    sender.await.unwrap();
+    // Late duplicates would show up now.
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), b.recv()).await {
+        if let AppEvent::Datagram { data, .. } = ev {
+            panic!("a datagram of {} bytes arrived twice", data.len());
+        }
+    }
+    let mut want = expected.clone();
+    want.sort();
+    received.sort();
+    assert!(want == received, "received datagrams differ from the sent ones");
+    Exchange {
+        datagrams: expected.len(),
+        payload_bytes,
+        elapsed,
+        send_failures,
+    }
+}
+
+/// Starts an embedded node and waits until it sees `peers` other members.
+pub async fn embedded(spec: &NodeSpec, dir: &Path) -> ringlet::node::NodeHandle {
+    let config = spec.config(dir);
+    ringlet::node::start(&config, ringlet::node::Options::default())
+        .await
+        .unwrap()
+}
+
+/// Waits until `node` lists a member with NodeId `peer`.
+pub async fn sees(node: &ringlet::node::NodeHandle, peer: ringlet::NodeId, timeout: Duration) {
+    let want = peer.to_string();
+    let found = wait(timeout, || async {
+        node.status()
+            .await
+            .filter(|s| s.peers.iter().any(|p| p.node_id == want))
+            .map(|_| ())
+    })
+    .await;
+    assert!(found.is_some(), "{} does not see {want}", node.node_id());
+}
+
+/// A bare XMPP client (no ringlet logic) to play strangers, impostors and broken peers.
+pub struct RawClient {
+    pub session: ringlet_xmpp::session::Session,
+    pub jid: ringlet_xmpp::FullJid,
+}
+
+impl RawClient {
+    pub async fn connect(jid: &str, server: &str) -> Self {
+        use ringlet_xmpp::connect::{LoginConfig, Timeouts, TlsMode};
+        let full = ringlet_xmpp::FullJid::new(&format!("{jid}/raw")).unwrap();
+        let login = LoginConfig {
+            jid: full,
+            password: PASSWORD.into(),
+            server: Some(server.into()),
+            tls: TlsMode::Plain,
+            ca_file: None,
+            attempt_timeout: Duration::from_secs(5),
+            timeouts: Timeouts::tight(),
+        };
+        let session =
+            ringlet_xmpp::session::Session::connect(ringlet_xmpp::session::SessionConfig::new(login, 1))
+                .await
+                .unwrap();
+        let jid = session.jid().clone();
+        Self { session, jid }
+    }
+
+    pub async fn send(&self, stanza: impl Into<ringlet_xmpp::Stanza>) {
+        let sender = self.session.sender();
+        sender.reserve().await.expect("session open").send(stanza.into());
+    }
+
+    /// Waits for the result or error of IQ `id`; `None` if nothing came within `timeout`.
+    pub async fn reply(&mut self, id: &str, timeout: Duration) -> Option<ringlet_xmpp::xmpp_parsers::iq::Iq> {
+        use ringlet_xmpp::session::SessionEvent;
+        use ringlet_xmpp::Stanza;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.session.next_event()).await {
+                Ok(Some(SessionEvent::Stanza(Stanza::Iq(iq)))) if iq.id() == id => return Some(iq),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// The stanza error condition of an IQ error, or `None` for a result.
+pub fn error_condition(iq: &ringlet_xmpp::xmpp_parsers::iq::Iq) -> Option<&'static str> {
+    match iq {
+        ringlet_xmpp::xmpp_parsers::iq::Iq::Error { error, .. } => {
+            Some(ringlet_xmpp::stanzas::condition_name(&error.defined_condition))
+        }
+        _ => None,
+    }
+}
