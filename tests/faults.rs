@@ -1,5 +1,6 @@
 //! Failure modes a user meets: wrong password, unreachable server, untrusted certificate,
 //! a server crash, strangers and broken peers.
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
 
 mod support;
 
@@ -34,6 +35,7 @@ fn up_until_exit(spec: &NodeSpec, dir: &std::path::Path, limit: Duration) -> (Op
         use std::io::Read;
         let mut c = child.into_child();
         c.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let _ = c.wait();
     }
     (status.and_then(|s| s.code()), stderr, elapsed)
 }

@@ -1,5 +1,6 @@
 //! Rendezvous and relay between alice@one.test and bob@two.test on two federated Prosody
 //! servers (dialback, no TLS) inside a network namespace of their own.
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The IQ relay between two nodes through a real Prosody, unthrottled and shaped by
 //! `mod_limits` at Debian's default 10 KiB/s.
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Rendezvous against a real Prosody: who is "online in my overlay".
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
 
 mod support;
 

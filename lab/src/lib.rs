@@ -4,6 +4,8 @@
 //! Everything started here is owned by a guard that kills it by PID (and deletes namespaces)
 //! when dropped, also when a test panics.
 
+#![allow(clippy::disallowed_methods)] // test infrastructure: real clocks and processes
+
 pub mod certs;
 pub mod netns;
 pub mod process;

@@ -129,7 +129,7 @@ impl Runtime {
                 tracing::warn!("XMPP connection lost; reconnecting");
                 self.core.handle_suspended();
             }
-            SessionEvent::Stanza(stanza) => self.core.handle_stanza(now, stanza),
+            SessionEvent::Stanza(stanza) => self.core.handle_stanza(now, *stanza),
             SessionEvent::Retrying { error, retry_in } => {
                 self.reconnect_failures += 1;
                 tracing::warn!(%error, "reconnect failed; retrying in {:.1} s", retry_in.as_secs_f64());

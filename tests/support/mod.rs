@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
 //! Shared harness for the integration tests: node configs, `ringlet up` processes and status
 //! polling against real Prosody servers from `ringlet-lab`.
 #![allow(dead_code)] // each test binary uses a different part of the harness
@@ -359,7 +360,13 @@ impl RawClient {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.session.next_event()).await {
-                Ok(Some(SessionEvent::Stanza(Stanza::Iq(iq)))) if iq.id() == id => return Some(iq),
+                Ok(Some(SessionEvent::Stanza(stanza))) => {
+                    if let Stanza::Iq(iq) = *stanza {
+                        if iq.id() == id {
+                            return Some(iq);
+                        }
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return None,
             }

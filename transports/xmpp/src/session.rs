@@ -67,7 +67,7 @@ pub enum SessionEvent {
     },
     /// The connection broke; reconnecting.
     Suspended,
-    Stanza(Stanza),
+    Stanza(Box<Stanza>),
     /// A reconnect attempt failed and will be retried after `retry_in`.
     Retrying {
         error: LoginError,
@@ -104,6 +104,7 @@ impl SendPermit<'_> {
 
 impl SessionSender {
     /// Queues a stanza if there is room; gives it back otherwise.
+    #[allow(clippy::result_large_err)] // handing the stanza back by value keeps backlogs simple
     pub fn try_send(&self, stanza: Stanza) -> Result<(), Stanza> {
         self.0
             .try_send(Command::Send(Box::new(stanza)))
@@ -237,7 +238,7 @@ async fn run(
                 Some(Command::Close) | None => break,
             },
             ev = stream.next() => match ev {
-                Some(StreamEvent::Stanza(s)) => SessionEvent::Stanza(s),
+                Some(StreamEvent::Stanza(s)) => SessionEvent::Stanza(Box::new(s)),
                 Some(StreamEvent::Stream(StreamState::Suspended)) => SessionEvent::Suspended,
                 Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => match bound_jid.try_into_full() {
                     Ok(jid) => SessionEvent::Online { jid },

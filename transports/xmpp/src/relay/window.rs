@@ -132,6 +132,7 @@ impl Window {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests need one real Instant as the virtual epoch
 mod tests {
     use super::*;
 

@@ -113,7 +113,7 @@ fn parse_frag(text: &str) -> Option<Frag> {
     }
     let index: u16 = index.parse().ok()?;
     let count: u16 = count.parse().ok()?;
-    (count >= 1 && count <= MAX_FRAGMENTS && index < count).then_some(Frag { index, count })
+    ((1..=MAX_FRAGMENTS).contains(&count) && index < count).then_some(Frag { index, count })
 }
 
 #[cfg(test)]
