@@ -57,12 +57,14 @@ struct Response {
 /// The listening control socket; the socket file is removed when it is dropped.
 pub struct ControlServer {
     path: PathBuf,
-    task: JoinHandle<()>,
+    listener: Option<UnixListener>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl ControlServer {
-    /// Binds `path`. A stale socket file (nobody listening) is replaced; a live one is an error.
-    pub async fn bind(path: &Path, controller: Controller) -> Result<Self, ControlError> {
+    /// Claims `path` (mode 0600). A stale socket file (nobody listening) is replaced; a live one
+    /// means another node runs there, which is an error. Call this before logging in.
+    pub async fn bind(path: &Path) -> Result<Self, ControlError> {
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
                 return Err(ControlError::InUse(path.into()));
@@ -75,11 +77,18 @@ impl ControlServer {
         };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-        let task = tokio::spawn(accept_loop(listener, controller));
         Ok(Self {
             path: path.into(),
-            task,
+            listener: Some(listener),
+            task: None,
         })
+    }
+
+    /// Starts answering requests for the node behind `controller`.
+    pub fn serve(&mut self, controller: Controller) {
+        if let Some(listener) = self.listener.take() {
+            self.task = Some(tokio::spawn(accept_loop(listener, controller)));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -89,7 +98,9 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         let _ = fs::remove_file(&self.path);
     }
 }

@@ -103,15 +103,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 async fn up(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut server = ControlServer::bind(&config.control_socket).await?;
     let mut handle = node::start(&config, Options::default()).await?;
     tracing::info!(node = %handle.node_id(), jid = %handle.jid(), overlay = %config.overlay, "node up");
-    let server = match ControlServer::bind(&config.control_socket, handle.controller()).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = handle.shutdown().await;
-            return Err(e.into());
-        }
-    };
+    server.serve(handle.controller());
     let stopped_on_its_own = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break false,

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: lints (incl. the sans-IO bans in clippy.toml), then every test.
+# Needs prosody and lua-unbound installed; the federation tests need root (netns).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,131 @@
+//! The command-line contract: exit codes, messages, and the status output.
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::*;
+
+fn ringlet(args: &[&str]) -> Output {
+    Command::new(ringlet_bin()).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn status_without_a_running_node_says_so() {
+    let dir = tempdir("ringlet-cli-");
+    let spec = NodeSpec::new("alice@one.test", "127.0.0.1:1", "alpha", &[]);
+    let config = spec.write(dir.path());
+    let out = ringlet(&["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no ringlet node is running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_or_missing_config_exits_2_naming_the_problem() {
+    let dir = tempdir("ringlet-cli-");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[xmpp]\njid = \"alice@one.test\"\npassword = \"x\"\ntls = \"maybe\"\n[overlay]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let out = ringlet(&["up", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("xmpp.tls"), "{}", stderr(&out));
+    let out = ringlet(&[
+        "status",
+        "--config",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read config"), "{}", stderr(&out));
+    std::fs::write(
+        &path,
+        "[xmpp]\njid = \"alice@one.test\"\npasword = \"x\"\n[overlay]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let out = ringlet(&["up", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown field"), "{}", stderr(&out));
+}
+
+/// `status` prints a table and, with `--json`, the documented schema with every key present
+/// (unknown values as null); a second node on the same control socket is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_table_and_json_schema() {
+    let server = prosody("one.test", &["alice", "bob"], true, |_| {});
+    let friends = ["alice@one.test", "bob@one.test"];
+    let dir = tempdir("ringlet-cli-status-");
+    let alice = NodeProcess::spawn(
+        "alice",
+        &NodeSpec::new("alice@one.test", &server.c2s_addr(), "alpha", &friends),
+        &dir.path().join("a"),
+        None,
+    );
+    let bob = NodeProcess::spawn(
+        "bob",
+        &NodeSpec::new("bob@one.test", &server.c2s_addr(), "alpha", &friends),
+        &dir.path().join("b"),
+        None,
+    );
+    alice.online(Duration::from_secs(10)).await;
+    let bob_id = bob.online(Duration::from_secs(10)).await.node_id;
+    wait(Duration::from_secs(3), || async {
+        alice.status().await.filter(|s| s.peers.len() == 1)
+    })
+    .await
+    .unwrap();
+    let config = alice.config.to_str().unwrap().to_owned();
+
+    let table = ringlet(&["status", "--config", &config]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("overlay   alpha (online"), "{text}");
+    assert!(text.contains(&bob_id[..12]) && text.contains("xmpp"), "{text}");
+
+    let json = ringlet(&["status", "--config", &config, "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    for key in [
+        "node_id",
+        "jid",
+        "overlay",
+        "state",
+        "reflexive",
+        "nat",
+        "peers",
+        "ring",
+        "counters",
+    ] {
+        assert!(v.get(key).is_some(), "status lacks key {key}: {v}");
+    }
+    assert!(v["nat"].is_null());
+    assert_eq!(v["node_id"].as_str().unwrap().len(), 40);
+    let peer = &v["peers"][0];
+    for key in ["node_id", "jid", "path", "remote", "rtt_ms", "since_s"] {
+        assert!(peer.get(key).is_some(), "peer lacks key {key}: {peer}");
+    }
+    assert_eq!(peer["path"], "xmpp");
+    assert_eq!(peer["node_id"], bob_id.as_str());
+
+    // A second node with the same control socket refuses to start and leaves the first alone.
+    let second = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || ringlet(&["up", "--config", &config])
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains("already running"), "{}", stderr(&second));
+    assert_eq!(alice.status().await.unwrap().state, "online");
+}
