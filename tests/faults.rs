@@ -75,7 +75,7 @@ fn untrusted_certificate_is_refused_and_a_configured_ca_is_trusted() {
     let tls_port = ringlet_lab::free_port("127.0.0.1".parse().unwrap()).unwrap();
     let cert = ca.server_cert("one.test").unwrap();
     let server = prosody("one.test", &["alice"], false, |s| {
-        s.cert = Some(cert);
+        s.cert = Some(cert.clone());
         s.require_encryption = true;
         s.direct_tls_port = Some(tls_port);
     });

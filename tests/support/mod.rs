@@ -78,24 +78,31 @@ impl NodeSpec {
 }
 
 /// A Prosody on loopback with `users` registered and, if `shared_roster`, all of them in one
-/// roster group.
+/// roster group. Ports are picked free just before use; if another test grabbed one in between,
+/// the launch is retried with new ports.
 pub fn prosody(
     domain: &str,
     users: &[&str],
     shared_roster: bool,
-    tweak: impl FnOnce(&mut ProsodySpec),
+    tweak: impl Fn(&mut ProsodySpec),
 ) -> Prosody {
-    let mut spec = ProsodySpec::new(domain).unwrap();
-    if shared_roster {
-        spec.shared_roster = users.iter().map(|u| format!("{u}@{domain}")).collect();
+    let mut last_error = None;
+    for _ in 0..3 {
+        let mut spec = ProsodySpec::new(domain).unwrap();
+        if shared_roster {
+            spec.shared_roster = users.iter().map(|u| format!("{u}@{domain}")).collect();
+        }
+        tweak(&mut spec);
+        let mut server = Prosody::new(spec).unwrap();
+        for u in users {
+            server.register(u, PASSWORD).unwrap();
+        }
+        match server.launch() {
+            Ok(()) => return server,
+            Err(e) => last_error = Some(e),
+        }
     }
-    tweak(&mut spec);
-    let mut server = Prosody::new(spec).unwrap();
-    for u in users {
-        server.register(u, PASSWORD).unwrap();
-    }
-    server.launch().unwrap();
-    server
+    panic!("prosody for {domain} did not start: {last_error:?}");
 }
 
 pub fn ringlet_bin() -> &'static str {

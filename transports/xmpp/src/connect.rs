@@ -152,8 +152,18 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, LoginErro
     Ok(Arc::new(config))
 }
 
-/// Connects, secures and authenticates one stream, bounded by `attempt_timeout`.
-pub async fn login(cfg: &LoginConfig, tls: &Arc<ClientConfig>) -> Result<Connection, LoginError> {
+/// The TLS configuration a login needs: `None` for plaintext (loading the system trust store
+/// costs ~3.5 ms, a third of a plaintext login).
+pub fn tls_config_for(cfg: &LoginConfig) -> Result<Option<Arc<ClientConfig>>, LoginError> {
+    match cfg.tls {
+        TlsMode::Plain => Ok(None),
+        TlsMode::StartTls | TlsMode::Direct => tls_config(cfg.ca_file.as_deref()).map(Some),
+    }
+}
+
+/// Connects, secures and authenticates one stream, bounded by `attempt_timeout`. `tls` comes
+/// from [`tls_config_for`].
+pub async fn login(cfg: &LoginConfig, tls: Option<&Arc<ClientConfig>>) -> Result<Connection, LoginError> {
     let server = cfg.server_name();
     match tokio::time::timeout(cfg.attempt_timeout, login_unbounded(cfg, tls, &server)).await {
         Ok(result) => result,
@@ -166,13 +176,24 @@ pub async fn login(cfg: &LoginConfig, tls: &Arc<ClientConfig>) -> Result<Connect
 
 async fn login_unbounded(
     cfg: &LoginConfig,
-    tls: &Arc<ClientConfig>,
+    tls: Option<&Arc<ClientConfig>>,
     server: &str,
 ) -> Result<Connection, LoginError> {
     let tcp = connect_tcp(cfg, server).await?;
     let domain = cfg.jid.domain().as_str().to_owned();
+    let tls = match (cfg.tls, tls) {
+        (TlsMode::Plain, _) => return authenticate(BufStream::new(tcp), cfg, server).await,
+        (_, Some(tls)) => tls,
+        (_, None) => {
+            let reason = "no TLS configuration".to_owned();
+            return Err(LoginError::Tls {
+                server: server.to_owned(),
+                reason,
+            });
+        }
+    };
     match cfg.tls {
-        TlsMode::Plain => authenticate(BufStream::new(tcp), cfg, server).await,
+        TlsMode::Plain => unreachable!("handled above"),
         TlsMode::Direct => {
             let stream = handshake(tcp, tls, &domain, server).await?;
             authenticate(BufStream::new(stream), cfg, server).await

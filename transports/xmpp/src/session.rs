@@ -131,7 +131,7 @@ pub struct Session {
 impl Session {
     /// Logs in (bounded by `first_login_timeout`) and starts the session task.
     pub async fn connect(cfg: SessionConfig) -> Result<Session, LoginError> {
-        let tls = connect::tls_config(cfg.login.ca_file.as_deref())?;
+        let tls = connect::tls_config_for(&cfg.login)?;
         let (report_tx, mut reports) = mpsc::channel(16);
         let backoff = Arc::new(Mutex::new(Backoff::new(cfg.seed)));
         let reconnect_cfg = cfg.clone();
@@ -311,7 +311,7 @@ impl Backoff {
 /// reported, or the stanza stream is gone.
 async fn reconnect(
     cfg: SessionConfig,
-    tls: Arc<ClientConfig>,
+    tls: Option<Arc<ClientConfig>>,
     mut slot: oneshot::Sender<Connection>,
     reports: mpsc::Sender<Report>,
     backoff: Arc<Mutex<Backoff>>,
@@ -327,7 +327,7 @@ async fn reconnect(
             }
         }
         let attempt = tokio::select! {
-            result = connect::login(&cfg.login, &tls) => result,
+            result = connect::login(&cfg.login, tls.as_ref()) => result,
             _ = slot.closed() => return,
         };
         match attempt {

@@ -202,8 +202,13 @@ impl Core {
         self.pump(true);
     }
 
+    /// The connection broke. Without stream management the session is lost with it, so every
+    /// member is gone until the new session sees them again; relay streams stay so that data
+    /// in flight is resent after the reconnect.
     pub fn handle_suspended(&mut self) {
         self.state = SessionState::Suspended;
+        self.rendezvous.session_lost();
+        self.pump(false);
     }
 
     pub fn handle_stanza(&mut self, now: Instant, stanza: Stanza) {

@@ -426,3 +426,26 @@ fn seeking_asks_at_most_ten_members_per_round() {
         "next round in {gap:?}"
     );
 }
+
+#[test]
+fn a_broken_connection_forgets_members_until_the_new_session_sees_them() {
+    let mut p = pair();
+    p.settle();
+    events(&mut p.a);
+    p.a.handle_suspended();
+    assert_eq!(p.a.state(), SessionState::Suspended);
+    assert_eq!(p.a.members().count(), 0);
+    assert!(events(&mut p.a).contains(&Event::MemberDown {
+        jid: p.jb.clone(),
+        node: node_id_of(&[2; 32])
+    }));
+    assert!(matches!(
+        p.a.send_datagram(p.now, &p.jb, b"x"),
+        Err(SendError::NotMember(_))
+    ));
+    p.a.handle_online(p.now, p.ja.clone());
+    let pb = presence_of(&p.b, &p.jb);
+    p.a.handle_stanza(p.now, pb);
+    assert!(p.a.member(&p.jb).is_some());
+    assert_eq!(p.a.state(), SessionState::Online);
+}

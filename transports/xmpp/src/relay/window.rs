@@ -2,7 +2,8 @@
 //!
 //! XMPP servers shape clients by not reading their socket (Prosody's `mod_limits`), so loss
 //! never signals congestion: a growing queue does. The window therefore reacts to queueing
-//! delay (RTT above the smallest RTT seen recently), in the spirit of TCP Vegas / LEDBAT:
+//! delay (RTT above the smallest RTT seen recently), in the spirit of TCP Vegas / LEDBAT, with
+//! a target of a quarter of the base RTT (1 to 25 ms):
 //! 1. every acknowledgement with an RTT sample updates SRTT/RTTVAR (RFC 6298) and the base RTT;
 //! 2. if the sample's queueing delay is within the target, the window grows (slow start below
 //!    `ssthresh`, then additively);
@@ -16,8 +17,12 @@ use std::time::{Duration, Instant};
 pub const MIN_RTO: Duration = Duration::from_secs(1);
 /// Largest retransmission timeout.
 pub const MAX_RTO: Duration = Duration::from_secs(60);
-/// Queueing delay tolerated before the window shrinks.
-pub const TARGET_DELAY: Duration = Duration::from_millis(25);
+/// Queueing delay tolerated before the window shrinks: a quarter of the base RTT, within
+/// these bounds. It must stay small on fast paths: once stanzas back up in Prosody's socket it
+/// reads 8 KiB per event loop tick (≥ 1 ms), and throughput falls off a cliff (measured on
+/// loopback: 10 MB/s with a 1-2 ms target, 3.5 MB/s with 25 ms; see docs/BENCHMARKS.md).
+pub const MIN_TARGET_DELAY: Duration = Duration::from_millis(1);
+pub const MAX_TARGET_DELAY: Duration = Duration::from_millis(25);
 /// How long a base-RTT sample stays valid before it must be seen again.
 const BASE_RTT_PERIOD: Duration = Duration::from_secs(30);
 
@@ -100,7 +105,8 @@ impl Window {
         };
         self.update_base(now, sample);
         let base = self.base_rtt().unwrap_or(sample);
-        if sample.saturating_sub(base) <= TARGET_DELAY {
+        let target = (base / 4).clamp(MIN_TARGET_DELAY, MAX_TARGET_DELAY);
+        if sample.saturating_sub(base) <= target {
             if self.cwnd < self.ssthresh {
                 self.cwnd += acked;
             } else {
