@@ -70,21 +70,11 @@ async fn rendezvous_across_federated_servers() {
     let last_login = Instant::now();
     // alpha: 0 <-> 1, beta: 2 <-> 3
     let partner = [1, 0, 3, 2];
-    for (i, n) in nodes.iter().enumerate() {
-        let want = vec![ids[partner[i]].clone()];
-        let got = wait(
-            Duration::from_secs(2).saturating_sub(last_login.elapsed()),
-            || async { n.status().await.map(|s| peer_ids(&s)).filter(|p| *p == want) },
-        )
-        .await;
-        assert!(
-            got.is_some(),
-            "{} did not list {want:?} within 2 s:\n{}\n{}",
-            n.name,
-            n.log(),
-            fed.one.log()
-        );
-    }
+    let want = |i: usize| vec![ids[partner[i]].clone()];
+    expect_peers_by(&nodes, want, last_login + Duration::from_secs(2), || {
+        fed.one.log()
+    })
+    .await;
     assert_eq!(nodes[1].stop(), Some(0));
     let gone = ids[1].clone();
     let left = wait(Duration::from_secs(2), || async {
@@ -113,23 +103,10 @@ fn relay_across_federated_servers() {
                 .unwrap();
             rt.block_on(async move {
                 let dir = tempdir("ringlet-fed-relay-");
-                let a = embedded(
-                    &NodeSpec::new("alice@one.test", &one, "alpha", &FRIENDS),
-                    &dir.path().join("a"),
-                )
-                .await;
-                let mut b = embedded(
-                    &NodeSpec::new("bob@two.test", &two, "alpha", &FRIENDS),
-                    &dir.path().join("b"),
-                )
-                .await;
-                sees(&a, b.node_id(), Duration::from_secs(5)).await;
-                sees(&b, a.node_id(), Duration::from_secs(5)).await;
-                let data: Vec<Vec<u8>> = log_uniform_sizes(1000, 200 * 1024, 43)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, n)| datagram(i, n))
-                    .collect();
+                let spec_a = NodeSpec::new("alice@one.test", &one, "alpha", &FRIENDS);
+                let spec_b = NodeSpec::new("bob@two.test", &two, "alpha", &FRIENDS);
+                let (a, mut b) = embedded_pair(&spec_a, &spec_b, dir.path()).await;
+                let data = datagrams(1000, 200 * 1024, 43);
                 let report = exchange(&a, &mut b, data, Duration::from_secs(300)).await;
                 eprintln!(
                     "federated relay: {} datagrams, {:.1} MB in {:.2} s",

@@ -13,19 +13,9 @@ async fn two_nodes(
     dir: &std::path::Path,
 ) -> (ringlet::node::NodeHandle, ringlet::node::NodeHandle) {
     let friends = ["alice@one.test", "bob@one.test"];
-    let a = embedded(
-        &NodeSpec::new("alice@one.test", addr, "alpha", &friends),
-        &dir.join("a"),
-    )
-    .await;
-    let b = embedded(
-        &NodeSpec::new("bob@one.test", addr, "alpha", &friends),
-        &dir.join("b"),
-    )
-    .await;
-    sees(&a, b.node_id(), Duration::from_secs(5)).await;
-    sees(&b, a.node_id(), Duration::from_secs(5)).await;
-    (a, b)
+    let spec_a = NodeSpec::new("alice@one.test", addr, "alpha", &friends);
+    let spec_b = NodeSpec::new("bob@one.test", addr, "alpha", &friends);
+    embedded_pair(&spec_a, &spec_b, dir).await
 }
 
 /// 1,000 datagrams from 1 B to 200 KiB arrive exactly once and intact.
@@ -34,11 +24,7 @@ async fn thousand_datagrams_arrive_exactly_once() {
     let server = prosody("one.test", &["alice", "bob"], true, |_| {});
     let dir = tempdir("ringlet-relay-");
     let (a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
-    let data: Vec<Vec<u8>> = log_uniform_sizes(1000, 200 * 1024, 42)
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| datagram(i, n))
-        .collect();
+    let data = datagrams(1000, 200 * 1024, 42);
     let report = exchange(&a, &mut b, data, Duration::from_secs(240)).await;
     eprintln!(
         "relay: {} datagrams, {:.1} MB in {:.2} s = {:.2} MB/s",
@@ -62,11 +48,7 @@ async fn shaped_server_loses_nothing_and_keeps_the_session() {
     let server = prosody("one.test", &["alice", "bob"], true, |s| s.limits = true);
     let dir = tempdir("ringlet-relay-shaped-");
     let (a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
-    let data: Vec<Vec<u8>> = log_uniform_sizes(40, 32 * 1024, 7)
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| datagram(i, n))
-        .collect();
+    let data = datagrams(30, 32 * 1024, 7);
     let report = exchange(&a, &mut b, data, Duration::from_secs(120)).await;
     let sa = a.status().await.unwrap();
     let wire = sa.counters["relay_bytes_out"] as f64 * 4.0 / 3.0;

@@ -43,20 +43,7 @@ async fn each_node_lists_exactly_its_overlay_members() {
         v.sort();
         v
     };
-    for (i, n) in nodes.iter().enumerate() {
-        let want = expected(i);
-        let got = wait(
-            Duration::from_secs(2).saturating_sub(last_login.elapsed()),
-            || async { n.status().await.map(|s| peer_ids(&s)).filter(|p| *p == want) },
-        )
-        .await;
-        assert!(
-            got.is_some(),
-            "{} did not list exactly {want:?} within 2 s:\n{}",
-            n.name,
-            n.log()
-        );
-    }
+    expect_peers_by(&nodes, expected, last_login + Duration::from_secs(2), String::new).await;
     // alpha membership is stable: no node from beta ever showed up (checked once more now)
     for (i, n) in nodes.iter().enumerate() {
         assert_eq!(peer_ids(&n.status().await.unwrap()), expected(i), "{}", n.name);

@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_methods)] // test infrastructure: real clocks and processes
 
 pub mod certs;
+pub mod data;
 pub mod netns;
 pub mod process;
 pub mod prosody;

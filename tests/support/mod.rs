@@ -201,34 +201,8 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
 }
 
-/// Sizes spread log-uniformly from 1 B to `max`, both extremes included, from a fixed seed.
-pub fn log_uniform_sizes(n: usize, max: usize, seed: u64) -> Vec<usize> {
-    // A small xorshift keeps the sizes reproducible without pulling an RNG into the harness.
-    let mut x = seed.max(1);
-    let mut sizes: Vec<usize> = (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-            ((max as f64).powf(u) as usize).clamp(1, max)
-        })
-        .collect();
-    sizes[0] = 1;
-    sizes[n - 1] = max;
-    sizes
-}
-
-/// Datagram `i` of `len` bytes; its first 4 bytes carry `i` when it is long enough.
-pub fn datagram(i: usize, len: usize) -> Vec<u8> {
-    let mut d: Vec<u8> = (0..len)
-        .map(|j| (i.wrapping_mul(131) ^ j.wrapping_mul(7) ^ (j >> 8)) as u8)
-        .collect();
-    if len >= 4 {
-        d[..4].copy_from_slice(&(i as u32).to_be_bytes());
-    }
-    d
-}
+#[allow(unused_imports)] // not every test binary sends datagrams
+pub use ringlet_lab::data::datagrams;
 
 /// What an exchange measured.
 #[derive(Debug)]
@@ -307,7 +281,7 @@ pub async fn exchange(
     }
 }
 
-/// Starts an embedded node and waits until it sees `peers` other members.
+/// Starts an embedded node.
 pub async fn embedded(spec: &NodeSpec, dir: &Path) -> ringlet::node::NodeHandle {
     let config = spec.config(dir);
     ringlet::node::start(&config, ringlet::node::Options::default())
@@ -388,5 +362,42 @@ pub fn error_condition(iq: &ringlet_xmpp::xmpp_parsers::iq::Iq) -> Option<&'stat
             Some(ringlet_xmpp::stanzas::condition_name(&error.defined_condition))
         }
         _ => None,
+    }
+}
+
+/// Starts two embedded nodes (in `dir/a` and `dir/b`) and waits until each sees the other.
+pub async fn embedded_pair(
+    a: &NodeSpec,
+    b: &NodeSpec,
+    dir: &Path,
+) -> (ringlet::node::NodeHandle, ringlet::node::NodeHandle) {
+    let na = embedded(a, &dir.join("a")).await;
+    let nb = embedded(b, &dir.join("b")).await;
+    sees(&na, nb.node_id(), Duration::from_secs(5)).await;
+    sees(&nb, na.node_id(), Duration::from_secs(5)).await;
+    (na, nb)
+}
+
+/// Asserts that every node lists exactly `want(i)` as peers before `deadline`.
+pub async fn expect_peers_by(
+    nodes: &[NodeProcess],
+    want: impl Fn(usize) -> Vec<String>,
+    deadline: Instant,
+    context: impl Fn() -> String,
+) {
+    for (i, n) in nodes.iter().enumerate() {
+        let want = want(i);
+        let got = wait(deadline.saturating_duration_since(Instant::now()), || async {
+            n.status().await.map(|s| peer_ids(&s)).filter(|p| *p == want)
+        })
+        .await;
+        let seen = n.status().await.map(|s| peer_ids(&s));
+        assert!(
+            got.is_some(),
+            "{} lists {seen:?}, not {want:?}, by the deadline:\n{}\n{}",
+            n.name,
+            n.log(),
+            context()
+        );
     }
 }

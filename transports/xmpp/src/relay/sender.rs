@@ -71,7 +71,6 @@ pub(super) struct Sender {
     /// Payload bytes per fragment and stanza overhead towards this peer.
     frag_payload: usize,
     overhead: usize,
-    pub bytes_acked: u64,
 }
 
 /// Wire size of a fragment: base64 text plus envelope.
@@ -98,7 +97,6 @@ impl Sender {
             backoff: 0,
             frag_payload,
             overhead,
-            bytes_acked: 0,
         }
     }
 
@@ -118,9 +116,8 @@ impl Sender {
         self.last_active = now;
         let datagram = self.next_datagram;
         self.next_datagram += 1;
-        let count = data.len().div_ceil(self.frag_payload).max(1);
-        // `count` fits: the relay rejects datagrams needing more than MAX_FRAGMENTS.
-        let count = count as u16;
+        // Fits in u16: the relay refuses datagrams needing more than MAX_FRAGMENTS.
+        let count = Self::fragments_for(self.frag_payload, data.len()) as u16;
         for index in 0..count {
             let start = usize::from(index) * self.frag_payload;
             let end = (start + self.frag_payload).min(data.len());
@@ -254,7 +251,6 @@ impl Sender {
         let srtt = self.rtt.srtt().unwrap_or_default();
         self.window.on_ack(now, sample, f.wire, srtt);
         self.backoff = 0;
-        self.bytes_acked += f.data.len() as u64;
         self.last_progress = now;
         self.last_active = now;
         true
