@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod data;
+pub mod natlab;
 pub mod netns;
 pub mod process;
 pub mod prosody;
@@ -16,6 +17,7 @@ use std::net::{IpAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 pub use certs::TestCa;
+pub use natlab::{NatLab, NatType};
 pub use netns::Netns;
 pub use process::ChildGuard;
 pub use prosody::{Prosody, ProsodySpec};

@@ -37,6 +37,18 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates a namespace with exactly this name (a leftover of that name is replaced).
+    pub fn create_named(name: &str) -> anyhow::Result<Self> {
+        crate::require_root("creating a network namespace")?;
+        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+        ip(&["netns", "add", name])?;
+        let ns = Self { name: name.into() };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -1,0 +1,174 @@
+//! Namespaces, veth pairs and the bridge of the NAT lab.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{nat, LabPeer, NatType};
+use crate::{ChildGuard, Netns};
+
+pub(super) fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Deletes namespaces left by an earlier run that used the same prefix.
+pub(super) fn remove_leftovers(prefix: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(prefix) {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+pub(super) fn make_bridge(inet: &Netns) -> anyhow::Result<()> {
+    ip(&["-n", inet.name(), "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", inet.name(), "link", "set", "br0", "up"])
+}
+
+/// Connects `host` to the internet bridge: `port` on the bridge side, `host_if` with `ips` on
+/// the host side, and a default route via `gateway` if given.
+pub(super) fn attach(
+    inet: &Netns,
+    port: &str,
+    host: &Netns,
+    host_if: &str,
+    ips: &[Ipv4Addr],
+    gateway: Option<Ipv4Addr>,
+    _delay: Option<Duration>,
+) -> anyhow::Result<()> {
+    ip(&[
+        "-n",
+        inet.name(),
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        host_if,
+        "netns",
+        host.name(),
+    ])?;
+    ip(&["-n", inet.name(), "link", "set", port, "master", "br0", "up"])?;
+    for addr in ips {
+        ip(&[
+            "-n",
+            host.name(),
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            host_if,
+        ])?;
+    }
+    ip(&["-n", host.name(), "link", "set", host_if, "up"])?;
+    if let Some(gw) = gateway {
+        ip(&[
+            "-n",
+            host.name(),
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Creates peer `i` (and its router unless it is open).
+pub(super) fn add_peer(
+    inet: &Netns,
+    prefix: &str,
+    i: usize,
+    name: &str,
+    nat_type: NatType,
+    delay: Option<Duration>,
+) -> anyhow::Result<(LabPeer, Vec<ChildGuard>)> {
+    anyhow::ensure!(i < 80, "the lab addresses at most 80 peers");
+    let ns = Netns::create_named(&format!("{prefix}-p{i}"))?;
+    if nat_type == NatType::Open {
+        let addr = Ipv4Addr::new(203, 0, 113, 100 + i as u8);
+        attach(inet, &format!("h{i}"), &ns, "eth0", &[addr], None, delay)?;
+        let peer = LabPeer {
+            name: name.into(),
+            nat: nat_type,
+            ns,
+            router: None,
+            ip: addr,
+            public_ip: addr,
+        };
+        return Ok((peer, Vec::new()));
+    }
+    let router = Netns::create_named(&format!("{prefix}-r{i}"))?;
+    let wan = Ipv4Addr::new(203, 0, 113, 10 + i as u8);
+    attach(inet, &format!("r{i}"), &router, "wan", &[wan], None, delay)?;
+    let gw = Ipv4Addr::new(10, i as u8 + 1, 0, 1);
+    let addr = Ipv4Addr::new(10, i as u8 + 1, 0, 2);
+    ip(&[
+        "-n",
+        router.name(),
+        "link",
+        "add",
+        "lan",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    ip(&[
+        "-n",
+        router.name(),
+        "addr",
+        "add",
+        &format!("{gw}/24"),
+        "dev",
+        "lan",
+    ])?;
+    ip(&["-n", router.name(), "link", "set", "lan", "up"])?;
+    ip(&[
+        "-n",
+        ns.name(),
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns.name(), "link", "set", "eth0", "up"])?;
+    ip(&["-n", ns.name(), "route", "add", "default", "via", &gw.to_string()])?;
+    let out = router
+        .command("sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sysctl ip_forward: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    nat::apply(&router, nat_type, addr)?;
+    let peer = LabPeer {
+        name: name.into(),
+        nat: nat_type,
+        ns,
+        router: Some(router),
+        ip: addr,
+        public_ip: wan,
+    };
+    Ok((peer, Vec::new()))
+}
