@@ -12,5 +12,6 @@ pub mod config;
 pub mod control;
 pub mod identity;
 pub mod node;
+pub mod reach;
 
 pub use identity::NodeId;

@@ -1,0 +1,14 @@
+//! Reachability: how this node can be reached over UDP, and how two nodes punch through
+//! their NATs. Everything here is sans-IO.
+//!
+//! - [`stun_msg`]: STUN messages (server queries, authenticated peer checks);
+//! - [`stun_client`]: server-reflexive addresses and NAT behaviour discovery;
+//! - [`nat`]: what is known about our NAT.
+
+pub mod nat;
+pub mod stun_client;
+pub mod stun_msg;
+#[cfg(test)]
+mod testnet;
+#[cfg(test)]
+mod tests;

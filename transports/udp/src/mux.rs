@@ -1,0 +1,235 @@
+//! The sockets: the main one (IPv4, plus IPv6 where the host has it) and temporary extras.
+//!
+//! Receiving drains up to `quinn_udp::BATCH_SIZE` datagrams per system call (recvmmsg) from
+//! whichever socket is readable; sending is one datagram per call, never blocking: a full
+//! socket buffer drops the datagram and counts it, as a congested link would.
+
+use std::collections::BTreeMap;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Identifies one socket of the mux.
+pub type SocketId = u16;
+
+/// The socket every node binds first; STUN and established links use it.
+pub const MAIN_SOCKET: SocketId = 0;
+
+/// Most temporary sockets open at once.
+pub const MAX_EXTRA_SOCKETS: usize = 256;
+
+const BUF_SIZE: usize = 65_536;
+
+/// One received datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub socket: SocketId,
+    pub from: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+struct Slot {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+pub struct UdpMux {
+    slots: BTreeMap<SocketId, Slot>,
+    next_id: SocketId,
+    bufs: Vec<Vec<u8>>,
+    /// Datagrams dropped because a socket buffer was full or the send failed.
+    pub send_errors: u64,
+}
+
+fn open(addr: SocketAddr) -> io::Result<Slot> {
+    let std_sock = StdUdpSocket::bind(addr)?;
+    std_sock.set_nonblocking(true)?;
+    let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
+    Ok(Slot {
+        socket: UdpSocket::from_std(std_sock)?,
+        state,
+    })
+}
+
+impl UdpMux {
+    /// Binds the main socket (must be called inside a tokio runtime).
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let mut slots = BTreeMap::new();
+        slots.insert(MAIN_SOCKET, open(addr)?);
+        Ok(Self {
+            slots,
+            next_id: 1,
+            bufs: vec![vec![0u8; BUF_SIZE]; BATCH_SIZE],
+            send_errors: 0,
+        })
+    }
+
+    pub fn local_addr(&self, id: SocketId) -> Option<SocketAddr> {
+        self.slots.get(&id).and_then(|s| s.socket.local_addr().ok())
+    }
+
+    /// Opens up to `count` extra sockets on `ip` (ephemeral ports); returns their ids.
+    pub fn open_extra(&mut self, ip: std::net::IpAddr, count: usize) -> Vec<SocketId> {
+        let room = MAX_EXTRA_SOCKETS.saturating_sub(self.slots.len() - 1);
+        let mut ids = Vec::new();
+        for _ in 0..count.min(room) {
+            let Ok(slot) = open(SocketAddr::new(ip, 0)) else {
+                break;
+            };
+            while self.slots.contains_key(&self.next_id) || self.next_id == MAIN_SOCKET {
+                self.next_id = self.next_id.wrapping_add(1);
+            }
+            self.slots.insert(self.next_id, slot);
+            ids.push(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        ids
+    }
+
+    /// Closes an extra socket (the main socket stays).
+    pub fn close(&mut self, id: SocketId) {
+        if id != MAIN_SOCKET {
+            self.slots.remove(&id);
+        }
+    }
+
+    pub fn extra_count(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Sends one datagram without waiting; returns false if it was dropped.
+    pub fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]) -> bool {
+        let Some(slot) = self.slots.get(&id) else {
+            self.send_errors += 1;
+            return false;
+        };
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        // The socket is non-blocking and nothing ever waits for writability, so the send is
+        // attempted directly rather than through tokio's readiness cache.
+        let sent = slot
+            .state
+            .try_send(UdpSockRef::from(&slot.socket), &transmit)
+            .is_ok();
+        if !sent {
+            self.send_errors += 1;
+        }
+        sent
+    }
+
+    /// Waits until some socket has datagrams and returns a batch of them.
+    pub async fn recv(&mut self) -> io::Result<Vec<Received>> {
+        loop {
+            let ready = {
+                let waits = self.slots.iter().map(|(id, slot)| {
+                    Box::pin(async move {
+                        slot.socket.readable().await?;
+                        Ok::<SocketId, io::Error>(*id)
+                    })
+                });
+                futures_select_all(waits).await?
+            };
+            let batch = self.drain(ready)?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    fn drain(&mut self, id: SocketId) -> io::Result<Vec<Received>> {
+        let Some(slot) = self.slots.get(&id) else {
+            return Ok(Vec::new());
+        };
+        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        let mut slices: Vec<IoSliceMut<'_>> = self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let result = slot.socket.try_io(Interest::READABLE, || {
+            slot.state
+                .recv(UdpSockRef::from(&slot.socket), &mut slices, &mut meta)
+        });
+        let n = match result {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+            // ICMP errors (port unreachable) surface here on Linux; they concern one peer only.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for (m, buf) in meta.iter().zip(self.bufs.iter()).take(n) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            for chunk in buf[..m.len].chunks(stride.max(1)) {
+                out.push(Received {
+                    socket: id,
+                    from: normalise(m.addr),
+                    data: chunk.to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// IPv4-mapped IPv6 source addresses are reported as plain IPv4.
+fn normalise(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Resolves to the first of `futures` to finish.
+async fn futures_select_all<T>(
+    futures: impl Iterator<Item = std::pin::Pin<Box<impl std::future::Future<Output = io::Result<T>>>>>,
+) -> io::Result<T> {
+    let mut all: Vec<_> = futures.collect();
+    std::future::poll_fn(move |cx| {
+        for f in all.iter_mut() {
+            if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sends_and_receives_batches_on_main_and_extra_sockets() {
+        let mut a = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let b_addr = b.local_addr(MAIN_SOCKET).unwrap();
+        for i in 0..40u8 {
+            assert!(a.send(MAIN_SOCKET, b_addr, &[i; 100]));
+        }
+        let mut got = Vec::new();
+        while got.len() < 40 {
+            got.extend(b.recv().await.unwrap());
+        }
+        assert_eq!(got.len(), 40);
+        assert!(got
+            .iter()
+            .all(|r| r.socket == MAIN_SOCKET && r.from == a.local_addr(MAIN_SOCKET).unwrap()));
+        let extra = b.open_extra("127.0.0.1".parse().unwrap(), 3);
+        assert_eq!(extra.len(), 3);
+        let target = b.local_addr(extra[1]).unwrap();
+        assert!(a.send(MAIN_SOCKET, target, b"to extra"));
+        let r = b.recv().await.unwrap();
+        assert_eq!((r[0].socket, r[0].data.as_slice()), (extra[1], &b"to extra"[..]));
+        b.close(extra[1]);
+        assert_eq!(b.extra_count(), 2);
+    }
+}
