@@ -1,0 +1,676 @@
+//! The punch agent (sans-IO): one attempt to open a direct UDP path to one peer, and the upkeep
+//! of that path once it is open.
+//!
+//! Both peers run an agent at the same time (the link layer's connect-to-me makes them start
+//! together, the simultaneous open). Each agent paces authenticated STUN checks over every pair
+//! of (local socket, remote candidate); a check is keyed with the peer's short-term password,
+//! so stray or spoofed packets cannot validate a pair. An authenticated request from an unknown
+//! address adds it as a peer-reflexive candidate and triggers a check to it at once. The first
+//! authenticated answer starts a short settle period, after which the pair with the lowest RTT
+//! is selected and checks stop.
+//!
+//! Drive loop:
+//! 1. [`PunchAgent::set_remote`] once the peer's credentials and candidates are known (more
+//!    candidates may follow); [`PunchAgent::set_birthday`] for a hard NAT pairing;
+//! 2. feed [`PunchAgent::handle_request`] / [`PunchAgent::handle_response`] with the STUN
+//!    packets routed here, [`PunchAgent::heard`] with any other packet from the selected peer
+//!    address, and [`PunchAgent::handle_timeout`] when [`PunchAgent::poll_timeout`] is due;
+//! 3. drain [`PunchAgent::poll_transmit`] and [`PunchAgent::poll_event`].
+//!
+//! Once connected, the agent keeps the NAT mappings alive: after `keepalive` of silence from
+//! the peer it sends a check; `keepalive_tries` unanswered checks mean the path is lost. A check
+//! from the peer that arrives from a new address (a NAT rebinding) is verified by a check back,
+//! then the path moves there.
+//!
+//! Hard NATs: when one side maps per destination and the other does not, the hard side opens up
+//! to `birthday_sockets` extra sockets and sends one check from each to the peer's address,
+//! while the easy side checks as many ports of the hard side's public IP (predicted ports first,
+//! for sequential allocators, then random ones). Both are paced and bounded; then they stop.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+use ringlet_udp::{SocketId, MAIN_SOCKET};
+use stun_codec::MessageClass;
+
+use super::candidate::Candidate;
+use super::nat::{NatInfo, Ports};
+use super::stun_msg::{self, StunMessage};
+
+/// Short-term credentials of one side of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl Credentials {
+    /// Random credentials: 8 and 24 alphanumeric characters (ICE asks for ≥ 4 and ≥ 22).
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let mut text = |n: usize| -> String {
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+            (0..n)
+                .map(|_| ALPHABET[(rng.next_u32() % ALPHABET.len() as u32) as usize] as char)
+                .collect()
+        };
+        Self {
+            ufrag: text(8),
+            pwd: text(24),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Gap between two checks of an attempt.
+    pub pace: Duration,
+    /// Gap between two tries of one pair.
+    pub pair_retry: Duration,
+    pub pair_tries: u32,
+    /// An attempt that has not connected by then fails.
+    pub attempt_timeout: Duration,
+    /// Wait after the first success for lower-RTT pairs.
+    pub settle: Duration,
+    /// Silence from the peer before a keepalive check (≤ 25 s keeps NAT mappings alive).
+    pub keepalive: Duration,
+    pub keepalive_rto: Duration,
+    pub keepalive_tries: u32,
+    /// Extra sockets (hard side) or guessed ports (easy side) per birthday attempt.
+    pub birthday_sockets: usize,
+    pub birthday_pace: Duration,
+    /// How long the easy side waits for the hard side to open its mappings.
+    pub birthday_delay: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pace: Duration::from_millis(5),
+            pair_retry: Duration::from_millis(100),
+            pair_tries: 40,
+            attempt_timeout: Duration::from_secs(6),
+            settle: Duration::from_millis(30),
+            keepalive: Duration::from_secs(15),
+            keepalive_rto: Duration::from_secs(1),
+            keepalive_tries: 3,
+            birthday_sockets: 256,
+            birthday_pace: Duration::from_millis(2),
+            birthday_delay: Duration::from_millis(150),
+        }
+    }
+}
+
+/// Birthday-style probing for a pairing of endpoint-dependent and -independent mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Birthday {
+    /// We map per destination: open many sockets and check the peer's address from each.
+    OpenMany { target: SocketAddr },
+    /// The peer maps per destination: check many ports of its public IP, `predicted` first.
+    GuessPorts { ip: IpAddr, predicted: Vec<u16> },
+}
+
+/// Decides birthday probing for a pair of NATs: only when exactly one side maps per
+/// destination (two such sides cannot meet, and two cone NATs need no guessing).
+/// `their_srflx` is the peer's server-reflexive address, `their_ports` how its NAT allocates.
+pub fn plan_birthday(
+    ours: &NatInfo,
+    theirs: &NatInfo,
+    their_srflx: Option<SocketAddr>,
+    their_ports: Option<Ports>,
+) -> Option<Birthday> {
+    if ours.udp_blocked() || theirs.udp_blocked() || ours.is_hard() == theirs.is_hard() {
+        return None;
+    }
+    let srflx = their_srflx?;
+    if ours.is_hard() {
+        return Some(Birthday::OpenMany { target: srflx });
+    }
+    let predicted = match their_ports {
+        Some(Ports::Sequential { step }) => (1..=64)
+            .filter_map(|k| u16::try_from(i32::from(srflx.port()) + step * k).ok())
+            .filter(|p| *p >= 1024)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Birthday::GuessPorts {
+        ip: srflx.ip(),
+        predicted,
+    })
+}
+
+/// The direct path in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub socket: SocketId,
+    pub remote: SocketAddr,
+    pub rtt: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A direct path was selected.
+    Connected(Selected),
+    /// The selected path moved (the peer's NAT rebound) or its RTT was measured anew.
+    Moved(Selected),
+    /// Keepalives went unanswered: the path is gone.
+    Lost,
+    /// The attempt ended without a path.
+    Failed,
+    /// The peer sees us at this address (passive reflection).
+    Reflexive(SocketAddr),
+    /// Open this many extra sockets and call [`PunchAgent::sockets_opened`].
+    OpenSockets(usize),
+    /// These extra sockets are no longer needed.
+    CloseSockets(Vec<SocketId>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub socket: SocketId,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Checking,
+    Connected,
+    Done,
+}
+
+#[derive(Debug)]
+struct Pair {
+    socket: SocketId,
+    remote: SocketAddr,
+    tries: u32,
+    max_tries: u32,
+    next: Instant,
+    rtt: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Txn {
+    pair: usize,
+    sent: Instant,
+    keepalive: bool,
+}
+
+#[derive(Debug)]
+pub struct PunchAgent {
+    cfg: Config,
+    local: Credentials,
+    remote: Option<Credentials>,
+    pairs: Vec<Pair>,
+    txns: BTreeMap<[u8; 12], Txn>,
+    state: State,
+    selected: Option<Selected>,
+    started: Instant,
+    first_success: Option<Instant>,
+    next_check: Instant,
+    last_heard: Instant,
+    keepalive_tries: u32,
+    keepalive_sent: Option<Instant>,
+    extra_sockets: BTreeSet<SocketId>,
+    pending_birthday: Option<Birthday>,
+    reported_reflexive: Option<SocketAddr>,
+    rng: StdRng,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    /// Checks sent, all kinds (for the probes-per-punch benchmark).
+    pub checks_sent: u32,
+    /// Packets that failed authentication or did not belong to this attempt.
+    pub refused: u32,
+}
+
+impl PunchAgent {
+    pub fn new(now: Instant, cfg: Config, local: Credentials, seed: u64) -> Self {
+        Self {
+            cfg,
+            local,
+            remote: None,
+            pairs: Vec::new(),
+            txns: BTreeMap::new(),
+            state: State::Checking,
+            selected: None,
+            started: now,
+            first_success: None,
+            next_check: now,
+            last_heard: now,
+            keepalive_tries: 0,
+            keepalive_sent: None,
+            extra_sockets: BTreeSet::new(),
+            pending_birthday: None,
+            reported_reflexive: None,
+            rng: StdRng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            checks_sent: 0,
+            refused: 0,
+        }
+    }
+
+    pub fn local(&self) -> &Credentials {
+        &self.local
+    }
+
+    pub fn remote_ufrag(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.ufrag.as_str())
+    }
+
+    pub fn selected(&self) -> Option<Selected> {
+        self.selected.filter(|_| self.state == State::Connected)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// True if `tid` is one of our checks.
+    pub fn owns(&self, tid: &[u8; 12]) -> bool {
+        self.txns.contains_key(tid)
+    }
+
+    /// The peer's credentials and candidates (more candidates may be added later).
+    pub fn set_remote(&mut self, now: Instant, creds: Credentials, candidates: &[Candidate]) {
+        if self.remote.as_ref().is_some_and(|r| r.ufrag != creds.ufrag) {
+            return;
+        }
+        self.remote = Some(creds);
+        let mut sorted = candidates.to_vec();
+        sorted.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        for c in sorted {
+            self.add_pair(now, MAIN_SOCKET, c.addr, self.cfg.pair_tries);
+        }
+        self.pump(now);
+    }
+
+    /// Starts birthday-style probing.
+    pub fn set_birthday(&mut self, now: Instant, plan: Birthday) {
+        if self.state != State::Checking {
+            return;
+        }
+        match plan {
+            Birthday::OpenMany { .. } => {
+                self.events
+                    .push_back(Event::OpenSockets(self.cfg.birthday_sockets));
+                self.pending_birthday = Some(plan);
+            }
+            Birthday::GuessPorts { ip, predicted } => {
+                let mut ports: Vec<u16> = Vec::new();
+                let mut seen = BTreeSet::new();
+                for p in predicted
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| Some(self.rng.random_range(1024..=65535))))
+                {
+                    if ports.len() == self.cfg.birthday_sockets {
+                        break;
+                    }
+                    if seen.insert(p) {
+                        ports.push(p);
+                    }
+                }
+                let start = now + self.cfg.birthday_delay;
+                for (i, port) in ports.into_iter().enumerate() {
+                    let at = start + self.cfg.birthday_pace * i as u32;
+                    self.add_pair(at, MAIN_SOCKET, SocketAddr::new(ip, port), 1);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The extra sockets asked for with [`Event::OpenSockets`] are open.
+    pub fn sockets_opened(&mut self, now: Instant, ids: Vec<SocketId>) {
+        let Some(Birthday::OpenMany { target }) = self.pending_birthday.take() else {
+            self.events.push_back(Event::CloseSockets(ids));
+            return;
+        };
+        for (i, id) in ids.into_iter().enumerate() {
+            self.extra_sockets.insert(id);
+            self.add_pair(now + self.cfg.birthday_pace * i as u32, id, target, 2);
+        }
+        self.pump(now);
+    }
+
+    fn add_pair(&mut self, next: Instant, socket: SocketId, remote: SocketAddr, max_tries: u32) -> usize {
+        if let Some(i) = self
+            .pairs
+            .iter()
+            .position(|p| p.socket == socket && p.remote == remote)
+        {
+            return i;
+        }
+        self.pairs.push(Pair {
+            socket,
+            remote,
+            tries: 0,
+            max_tries,
+            next,
+            rtt: None,
+        });
+        self.pairs.len() - 1
+    }
+
+    /// An authenticated packet other than a check arrived from `from` on `socket`.
+    pub fn heard(&mut self, now: Instant, socket: SocketId, from: SocketAddr) {
+        if self
+            .selected
+            .is_some_and(|s| s.socket == socket && s.remote == from)
+        {
+            self.last_heard = now;
+            self.keepalive_tries = 0;
+        }
+    }
+
+    /// A binding request whose USERNAME names our ufrag.
+    pub fn handle_request(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &StunMessage) {
+        let sender_ok = match (stun_msg::check_username(msg), &self.remote) {
+            (Some((to, _)), _) if to != self.local.ufrag => false,
+            (Some((_, sender)), Some(remote)) => sender == remote.ufrag,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !sender_ok || !stun_msg::verify(msg, &self.local.pwd) || self.state == State::Done {
+            self.refused += 1;
+            return;
+        }
+        let response = stun_msg::check_response(msg.transaction_id(), from, &self.local.pwd);
+        self.transmits.push_back(Transmit {
+            socket,
+            to: from,
+            data: response,
+        });
+        let selected = self.selected.filter(|_| self.state == State::Connected);
+        if selected.is_some_and(|s| s.socket == socket && s.remote == from) {
+            self.last_heard = now;
+            self.keepalive_tries = 0;
+            return;
+        }
+        // A new address: a peer-reflexive candidate, or the peer's NAT rebound. Check it back.
+        let i = self.add_pair(now, socket, from, self.cfg.pair_tries.min(5));
+        let pair = &mut self.pairs[i];
+        if pair.rtt.is_none() {
+            pair.next = now;
+            if pair.tries >= pair.max_tries {
+                pair.max_tries = pair.tries + 3;
+            }
+        }
+        self.pump(now);
+    }
+
+    /// A binding response to one of our checks.
+    pub fn handle_response(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &StunMessage) {
+        let tid = *msg.transaction_id().as_bytes();
+        let Some(txn) = self.txns.get(&tid).copied() else {
+            return;
+        };
+        let valid = msg.class() == MessageClass::SuccessResponse
+            && self
+                .remote
+                .as_ref()
+                .is_some_and(|r| stun_msg::verify(msg, &r.pwd))
+            && self
+                .pairs
+                .get(txn.pair)
+                .is_some_and(|p| p.socket == socket && p.remote == from);
+        if !valid {
+            self.refused += 1;
+            return;
+        }
+        self.txns.remove(&tid);
+        let rtt = now.duration_since(txn.sent);
+        self.pairs[txn.pair].rtt = Some(rtt);
+        if let Some(mapped) = stun_msg::mapped_address(msg) {
+            if self.reported_reflexive != Some(mapped) && socket == MAIN_SOCKET {
+                self.reported_reflexive = Some(mapped);
+                self.events.push_back(Event::Reflexive(mapped));
+            }
+        }
+        match self.state {
+            State::Checking => {
+                self.first_success.get_or_insert(now);
+            }
+            State::Connected => {
+                let pair = &self.pairs[txn.pair];
+                let moved = Selected {
+                    socket: pair.socket,
+                    remote: pair.remote,
+                    rtt,
+                };
+                let is_selected = self
+                    .selected
+                    .is_some_and(|s| s.socket == moved.socket && s.remote == moved.remote);
+                if is_selected || !txn.keepalive {
+                    self.last_heard = now;
+                    self.keepalive_tries = 0;
+                    self.keepalive_sent = None;
+                    self.selected = Some(moved);
+                    self.events.push_back(Event::Moved(moved));
+                }
+            }
+            State::Done => {}
+        }
+        self.pump(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.pump(now);
+    }
+
+    /// Closes the attempt (the link no longer needs it).
+    pub fn close(&mut self) {
+        if self.state != State::Done {
+            self.finish();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        self.txns.clear();
+        let extra: Vec<SocketId> = std::mem::take(&mut self.extra_sockets).into_iter().collect();
+        if !extra.is_empty() {
+            self.events.push_back(Event::CloseSockets(extra));
+        }
+    }
+
+    fn pump(&mut self, now: Instant) {
+        match self.state {
+            State::Checking => self.pump_checks(now),
+            State::Connected => self.pump_keepalive(now),
+            State::Done => {}
+        }
+    }
+
+    fn pump_checks(&mut self, now: Instant) {
+        if self.first_success.is_some_and(|t| now >= t + self.cfg.settle) {
+            self.select(now);
+            return;
+        }
+        if now.duration_since(self.started) >= self.cfg.attempt_timeout {
+            self.events.push_back(Event::Failed);
+            self.finish();
+            return;
+        }
+        if self.remote.is_none() {
+            return;
+        }
+        while self.next_check <= now {
+            let due = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.rtt.is_none() && p.tries < p.max_tries && p.next <= now);
+            let Some(i) = due.min_by_key(|(_, p)| (p.tries, p.next)).map(|(i, _)| i) else {
+                break;
+            };
+            self.send_check(now, i, false);
+            let pair = &mut self.pairs[i];
+            pair.tries += 1;
+            pair.next = now + self.cfg.pair_retry;
+            self.next_check =
+                self.next_check.max(now.checked_sub(self.cfg.pace).unwrap_or(now)) + self.cfg.pace;
+        }
+    }
+
+    fn send_check(&mut self, now: Instant, pair: usize, keepalive: bool) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let tid: [u8; 12] = self.rng.random();
+        let data = stun_msg::check_request(tid, &remote.ufrag, &self.local.ufrag, &remote.pwd);
+        let p = &self.pairs[pair];
+        self.transmits.push_back(Transmit {
+            socket: p.socket,
+            to: p.remote,
+            data,
+        });
+        self.txns.insert(
+            tid,
+            Txn {
+                pair,
+                sent: now,
+                keepalive,
+            },
+        );
+        self.checks_sent += 1;
+        // Bound the transaction table: forget checks older than the attempt timeout.
+        if self.txns.len() > 4096 {
+            let horizon = self.cfg.attempt_timeout;
+            self.txns.retain(|_, t| now.duration_since(t.sent) < horizon);
+        }
+    }
+
+    fn select(&mut self, now: Instant) {
+        let best = self
+            .pairs
+            .iter()
+            .filter_map(|p| {
+                p.rtt
+                    .map(|rtt| (rtt, p.socket != MAIN_SOCKET, p.socket, p.remote))
+            })
+            .min();
+        let Some((rtt, _, socket, remote)) = best else {
+            return;
+        };
+        let selected = Selected { socket, remote, rtt };
+        self.selected = Some(selected);
+        self.state = State::Connected;
+        self.last_heard = now;
+        self.txns.clear();
+        let unused: Vec<SocketId> = self
+            .extra_sockets
+            .iter()
+            .copied()
+            .filter(|s| *s != socket)
+            .collect();
+        self.extra_sockets.retain(|s| *s == socket);
+        self.events.push_back(Event::Connected(selected));
+        if !unused.is_empty() {
+            self.events.push_back(Event::CloseSockets(unused));
+        }
+    }
+
+    fn pump_keepalive(&mut self, now: Instant) {
+        let Some(selected) = self.selected else {
+            return;
+        };
+        // Rebinding checks to a new peer address go out like normal checks.
+        self.pump_rebinding_checks(now, selected);
+        match self.keepalive_sent {
+            None if now >= self.last_heard + self.cfg.keepalive => self.send_keepalive(now, selected),
+            Some(sent) if now >= sent + self.cfg.keepalive_rto => {
+                if self.keepalive_tries >= self.cfg.keepalive_tries {
+                    self.events.push_back(Event::Lost);
+                    self.finish();
+                } else {
+                    self.send_keepalive(now, selected);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn pump_rebinding_checks(&mut self, now: Instant, selected: Selected) {
+        let due: Vec<usize> = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                p.rtt.is_none()
+                    && p.tries < p.max_tries
+                    && p.next <= now
+                    && p.socket == selected.socket
+                    && p.remote != selected.remote
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in due {
+            self.send_check(now, i, false);
+            let pair = &mut self.pairs[i];
+            pair.tries += 1;
+            pair.next = now + self.cfg.pair_retry;
+        }
+    }
+
+    fn send_keepalive(&mut self, now: Instant, selected: Selected) {
+        let Some(i) = self
+            .pairs
+            .iter()
+            .position(|p| p.socket == selected.socket && p.remote == selected.remote)
+        else {
+            return;
+        };
+        self.keepalive_tries += 1;
+        self.keepalive_sent = Some(now);
+        self.send_check(now, i, true);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Done => None,
+            State::Checking => {
+                let settle = self.first_success.map(|t| t + self.cfg.settle);
+                let deadline = Some(self.started + self.cfg.attempt_timeout);
+                let check = if self.remote.is_some() {
+                    self.pairs
+                        .iter()
+                        .filter(|p| p.rtt.is_none() && p.tries < p.max_tries)
+                        .map(|p| p.next.max(self.next_check))
+                        .min()
+                } else {
+                    None
+                };
+                [settle, deadline, check].into_iter().flatten().min()
+            }
+            State::Connected => {
+                let keepalive = match self.keepalive_sent {
+                    None => self.last_heard + self.cfg.keepalive,
+                    Some(sent) => sent + self.cfg.keepalive_rto,
+                };
+                let selected = self.selected;
+                let rebinding = self
+                    .pairs
+                    .iter()
+                    .filter(|p| {
+                        p.rtt.is_none()
+                            && p.tries < p.max_tries
+                            && selected.is_some_and(|s| p.socket == s.socket && p.remote != s.remote)
+                    })
+                    .map(|p| p.next)
+                    .min();
+                [Some(keepalive), rebinding].into_iter().flatten().min()
+            }
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! Two punch agents behind simulated NATs of every type, on a virtual clock with 10 ms one-way
+//! latency: which pairs connect, how fast, with how many checks, and how the path survives
+//! rebinding and silence.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use ringlet_udp::{SocketId, MAIN_SOCKET};
+use stun_codec::MessageClass;
+
+use crate::reach::candidate::{Candidate, Kind as CandidateKind};
+use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
+use crate::reach::punch::{plan_birthday, Config, Credentials, Event, PunchAgent};
+use crate::reach::stun_msg;
+use crate::reach::testnet::{Kind, Nat};
+
+const LATENCY: Duration = Duration::from_millis(10);
+
+struct Side {
+    agent: PunchAgent,
+    nat: Nat,
+    main: SocketAddr,
+    extra: BTreeMap<SocketId, SocketAddr>,
+    next_extra: SocketId,
+    events: Vec<Event>,
+}
+
+impl Side {
+    fn new(now: Instant, kind: Kind, public: &str, private: &str, seed: u64) -> Self {
+        let public_ip: IpAddr = public.parse().unwrap();
+        let main: SocketAddr = if kind == Kind::Open {
+            format!("{public}:5000")
+        } else {
+            format!("{private}:5000")
+        }
+        .parse()
+        .unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let agent = PunchAgent::new(now, Config::default(), Credentials::random(&mut rng), seed);
+        Self {
+            agent,
+            nat: Nat::new(kind, public_ip, seed),
+            main,
+            extra: BTreeMap::new(),
+            next_extra: 1,
+            events: Vec::new(),
+        }
+    }
+
+    fn local(&self, socket: SocketId) -> Option<SocketAddr> {
+        if socket == MAIN_SOCKET {
+            Some(self.main)
+        } else {
+            self.extra.get(&socket).copied()
+        }
+    }
+
+    fn socket_of(&self, private: SocketAddr) -> Option<SocketId> {
+        if private == self.main {
+            return Some(MAIN_SOCKET);
+        }
+        self.extra.iter().find(|(_, a)| **a == private).map(|(id, _)| *id)
+    }
+
+    /// What STUN would report: host and server-reflexive candidates, and NAT info.
+    fn gather(&mut self) -> (Vec<Candidate>, Option<SocketAddr>, NatInfo) {
+        let kind = self.nat.kind;
+        let srflx = self.nat.outbound(self.main, "203.0.113.2:3478".parse().unwrap());
+        let mut cands = vec![Candidate::new(CandidateKind::Host, self.main, 1)];
+        if let Some(s) = srflx.filter(|s| *s != self.main) {
+            cands.push(Candidate::new(CandidateKind::ServerReflexive, s, 1));
+        }
+        let hard = matches!(kind, Kind::Symmetric | Kind::SymmetricSequential);
+        let nat = NatInfo {
+            mapping: Some(if hard {
+                Mapping::EndpointDependent
+            } else {
+                Mapping::EndpointIndependent
+            }),
+            ports: Some(match kind {
+                Kind::Symmetric => Ports::Random,
+                Kind::SymmetricSequential => Ports::Sequential { step: 1 },
+                _ => Ports::Preserving,
+            }),
+            filtering: None,
+            udp: Some(if kind == Kind::UdpBlocked {
+                Udp::Blocked
+            } else {
+                Udp::Ok
+            }),
+        };
+        (cands, srflx, nat)
+    }
+}
+
+struct World {
+    now: Instant,
+    sides: [Side; 2],
+    /// (arrival, tie) → (receiving side, sender's public address, destination, bytes)
+    wire: BTreeMap<(Instant, u64), (usize, SocketAddr, SocketAddr, Vec<u8>)>,
+    tie: u64,
+}
+
+/// Sets both agents up as the link layer would after a connect-to-me exchange.
+fn world(a: Kind, b: Kind, seed: u64) -> World {
+    let now = Instant::now();
+    let sides = [
+        Side::new(now, a, "198.51.100.1", "10.0.1.2", seed),
+        Side::new(now, b, "198.51.100.2", "10.0.2.2", seed + 1),
+    ];
+    let mut w = World {
+        now,
+        sides,
+        wire: BTreeMap::new(),
+        tie: 0,
+    };
+    let (ca, sa, na) = w.sides[0].gather();
+    let (cb, sb, nb) = w.sides[1].gather();
+    let (creds_a, creds_b) = (w.sides[0].agent.local().clone(), w.sides[1].agent.local().clone());
+    // B hears the offer after one relay hop, A the answer after two.
+    w.run_for(LATENCY);
+    w.sides[1].agent.set_remote(w.now, creds_a, &ca);
+    if let Some(plan) = plan_birthday(&nb, &na, sa, na.ports) {
+        w.sides[1].agent.set_birthday(w.now, plan);
+    }
+    w.run_for(LATENCY);
+    w.sides[0].agent.set_remote(w.now, creds_b, &cb);
+    if let Some(plan) = plan_birthday(&na, &nb, sb, nb.ports) {
+        w.sides[0].agent.set_birthday(w.now, plan);
+    }
+    w
+}
+
+impl World {
+    fn connected(&self) -> [bool; 2] {
+        [
+            self.sides[0].agent.selected().is_some(),
+            self.sides[1].agent.selected().is_some(),
+        ]
+    }
+
+    fn flush(&mut self) {
+        for i in 0..2 {
+            loop {
+                let mut moved = false;
+                while let Some(ev) = self.sides[i].agent.poll_event() {
+                    moved = true;
+                    match &ev {
+                        Event::OpenSockets(n) => {
+                            let side = &mut self.sides[i];
+                            let mut ids = Vec::new();
+                            for _ in 0..*n {
+                                let id = side.next_extra;
+                                side.next_extra += 1;
+                                side.extra.insert(id, SocketAddr::new(side.main.ip(), 6000 + id));
+                                ids.push(id);
+                            }
+                            let now = self.now;
+                            side.agent.sockets_opened(now, ids);
+                        }
+                        Event::CloseSockets(ids) => {
+                            for id in ids {
+                                self.sides[i].extra.remove(id);
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.sides[i].events.push(ev);
+                }
+                while let Some(t) = self.sides[i].agent.poll_transmit() {
+                    moved = true;
+                    self.route(i, t.socket, t.to, t.data);
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, from_side: usize, socket: SocketId, to: SocketAddr, data: Vec<u8>) {
+        let Some(src) = self.sides[from_side].local(socket) else {
+            return;
+        };
+        let Some(public_src) = self.sides[from_side].nat.outbound(src, to) else {
+            return;
+        };
+        let other = 1 - from_side;
+        if to.ip() != self.sides[other].nat.public_ip {
+            return; // a host candidate of a private network: goes nowhere
+        }
+        self.tie += 1;
+        self.wire
+            .insert((self.now + LATENCY, self.tie), (other, public_src, to, data));
+    }
+
+    fn deliver(&mut self, side: usize, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        let Some(private) = self.sides[side].nat.inbound(from, to) else {
+            return;
+        };
+        let Some(socket) = self.sides[side].socket_of(private) else {
+            return;
+        };
+        let msg = stun_msg::decode(&data).unwrap();
+        let now = self.now;
+        let agent = &mut self.sides[side].agent;
+        match msg.class() {
+            MessageClass::Request => agent.handle_request(now, socket, from, &msg),
+            _ => agent.handle_response(now, socket, from, &msg),
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end, |_| false);
+    }
+
+    /// Runs until `done` or `end`; returns whether `done` held.
+    fn run_until(&mut self, end: Instant, mut done: impl FnMut(&World) -> bool) -> bool {
+        loop {
+            self.flush();
+            if done(self) {
+                return true;
+            }
+            let next_wire = self.wire.keys().next().map(|k| k.0);
+            let next_timer = self.sides.iter().filter_map(|s| s.agent.poll_timeout()).min();
+            let Some(next) = [next_wire, next_timer]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|t| *t <= end)
+            else {
+                self.now = end;
+                return false;
+            };
+            self.now = next.max(self.now);
+            if next_wire == Some(next) {
+                let key = *self.wire.keys().next().unwrap();
+                let (side, from, to, data) = self.wire.remove(&key).unwrap();
+                self.deliver(side, from, to, data);
+            } else {
+                let now = self.now;
+                for s in self.sides.iter_mut() {
+                    s.agent.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
+
+/// The outcome the issue asks for: direct whenever one side maps independently, neither is
+/// UDP-blocked, and the pair is not random-symmetric ↔ port-restricted (birthday may or may
+/// not win that one).
+fn expected(a: Kind, b: Kind) -> Option<bool> {
+    let hard = |k: Kind| matches!(k, Kind::Symmetric | Kind::SymmetricSequential);
+    if a == Kind::UdpBlocked || b == Kind::UdpBlocked || (hard(a) && hard(b)) {
+        return Some(false);
+    }
+    let random_vs_port_restricted = matches!(
+        (a, b),
+        (Kind::Symmetric, Kind::PortRestricted) | (Kind::PortRestricted, Kind::Symmetric)
+    );
+    if random_vs_port_restricted {
+        return None;
+    }
+    Some(true)
+}
+
+#[test]
+fn every_pairing_connects_exactly_when_it_should() {
+    let mut report = Vec::new();
+    for (i, a) in Kind::ALL.iter().enumerate() {
+        for b in &Kind::ALL[i..] {
+            let mut w = world(*a, *b, 100 + i as u64);
+            let start = w.now;
+            let end = start + Duration::from_secs(8);
+            let both = w.run_until(end, |w| w.connected() == [true, true]);
+            let took = w.now - start;
+            let checks = w.sides[0].agent.checks_sent + w.sides[1].agent.checks_sent;
+            report.push(format!(
+                "{a:?} ↔ {b:?}: connected {both} after {took:?}, {checks} checks"
+            ));
+            match expected(*a, *b) {
+                Some(true) => {
+                    assert!(both, "{a:?} ↔ {b:?} must connect:\n{}", report.join("\n"));
+                    let hard = [*a, *b]
+                        .iter()
+                        .any(|k| matches!(k, Kind::Symmetric | Kind::SymmetricSequential));
+                    let bound = if hard {
+                        Duration::from_secs(3)
+                    } else {
+                        Duration::from_millis(200)
+                    };
+                    assert!(took <= bound, "{a:?} ↔ {b:?} took {took:?}");
+                }
+                Some(false) => {
+                    assert!(!both, "{a:?} ↔ {b:?} cannot connect directly");
+                    let failed = w.sides.iter().all(|s| s.agent.is_done());
+                    assert!(failed, "{a:?} ↔ {b:?}: the attempt must end");
+                }
+                None => {}
+            }
+            // Both sides agree on the path: each sends to where the other receives.
+            if both {
+                let (sa, sb) = (
+                    w.sides[0].agent.selected().unwrap(),
+                    w.sides[1].agent.selected().unwrap(),
+                );
+                assert_eq!(sa.remote.ip(), w.sides[1].nat.public_ip, "{a:?} ↔ {b:?}");
+                assert_eq!(sb.remote.ip(), w.sides[0].nat.public_ip, "{a:?} ↔ {b:?}");
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn birthday_probing_often_beats_random_symmetric_vs_port_restricted_and_stays_bounded() {
+    let runs = 20;
+    let mut wins = 0;
+    for seed in 0..runs {
+        let mut w = world(Kind::Symmetric, Kind::PortRestricted, 1000 + seed);
+        let end = w.now + Duration::from_secs(8);
+        if w.run_until(end, |w| w.connected() == [true, true]) {
+            wins += 1;
+        }
+        w.run_until(w.now + Duration::from_secs(8), |_| false);
+        // Every extra socket is closed again and no side sent more than its bound.
+        assert!(
+            w.sides[0].extra.len() <= 1,
+            "extra sockets left open: {}",
+            w.sides[0].extra.len()
+        );
+        let hard_checks = w.sides[0].agent.checks_sent;
+        let easy_checks = w.sides[1].agent.checks_sent;
+        assert!(
+            hard_checks <= 256 * 2 + 100,
+            "hard side sent {hard_checks} checks"
+        );
+        assert!(easy_checks <= 256 + 100, "easy side sent {easy_checks} checks");
+    }
+    eprintln!("birthday: {wins} of {runs} random-symmetric ↔ port-restricted attempts went direct");
+    // 256 × 256 over 64,512 ports: about 63 % per attempt.
+    assert!(wins * 100 >= runs * 35, "only {wins} of {runs}");
+}
+
+#[test]
+fn spoofed_or_unauthenticated_checks_are_refused() {
+    let mut w = world(Kind::PortRestricted, Kind::PortRestricted, 7);
+    w.run_until(w.now + Duration::from_secs(2), |w| w.connected() == [true, true]);
+    let before = w.sides[0].agent.selected();
+    let target = w.sides[0].agent.local().clone();
+    let forged = stun_msg::check_request([9; 12], &target.ufrag, "mallory", "wrong password");
+    let msg = stun_msg::decode(&forged).unwrap();
+    let now = w.now;
+    w.sides[0]
+        .agent
+        .handle_request(now, MAIN_SOCKET, "192.0.2.66:9".parse().unwrap(), &msg);
+    w.flush();
+    assert_eq!(w.sides[0].agent.selected(), before, "the path must not move");
+    assert!(w.sides[0].agent.refused >= 1);
+    assert!(
+        w.sides[0].agent.poll_transmit().is_none(),
+        "no answer to a forged check"
+    );
+}
+
+#[test]
+fn keepalives_hold_the_path_and_silence_loses_it() {
+    let mut w = world(Kind::PortRestricted, Kind::Full, 11);
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.connected() == [true, true]));
+    // A minute of idle: keepalives keep it up.
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(w.connected(), [true, true]);
+    assert!(!w.sides[0].events.iter().any(|e| *e == Event::Lost));
+    // Flushed mappings come back by themselves: both keepalives re-create them.
+    w.sides[0].nat.flush();
+    w.sides[1].nat.flush();
+    w.run_for(Duration::from_secs(40));
+    assert_eq!(
+        w.connected(),
+        [true, true],
+        "port-preserving NATs re-create the same mappings"
+    );
+    // An outage: nothing gets through any more. Within keepalive + 3 tries the path is lost.
+    w.sides[0].nat.kind = Kind::UdpBlocked;
+    let start = w.now;
+    let lost = w.run_until(w.now + Duration::from_secs(30), |w| {
+        w.sides.iter().all(|s| s.events.contains(&Event::Lost))
+    });
+    assert!(lost, "a dead path must be detected on both sides");
+    assert!(
+        w.now - start <= Duration::from_secs(19),
+        "detected after {:?}",
+        w.now - start
+    );
+}
+
+/// A's router reboots and gives A a new public port; B (full cone, so A's packets from the new
+/// port reach it) verifies the new address and moves the path there.
+#[test]
+fn a_rebinding_peer_is_followed_to_its_new_address() {
+    let mut w = world(Kind::PortRestricted, Kind::Full, 13);
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.connected() == [true, true]));
+    let old = w.sides[1].agent.selected().unwrap().remote;
+    w.sides[0].nat.flush();
+    let squatter: SocketAddr = "10.0.1.9:5000".parse().unwrap();
+    w.sides[0]
+        .nat
+        .outbound(squatter, "203.0.113.77:1".parse().unwrap());
+    let moved = w.run_until(w.now + Duration::from_secs(40), |w| {
+        w.sides[1].agent.selected().is_some_and(|s| s.remote != old)
+    });
+    assert!(moved, "B must follow A's new address: {:?}", w.sides[1].events);
+    assert_eq!(w.connected(), [true, true]);
+}
