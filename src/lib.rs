@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod link;
 pub mod node;
 pub mod reach;
 

@@ -13,6 +13,6 @@ pub mod punch;
 pub mod stun_client;
 pub mod stun_msg;
 #[cfg(test)]
-mod testnet;
+pub(crate) mod testnet;
 #[cfg(test)]
 mod tests;

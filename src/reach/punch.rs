@@ -287,6 +287,17 @@ impl PunchAgent {
         self.pump(now);
     }
 
+    /// More of the peer's candidates (trickled after the offer or answer).
+    pub fn add_candidates(&mut self, now: Instant, candidates: &[Candidate]) {
+        if self.remote.is_none() || self.state != State::Checking {
+            return;
+        }
+        for c in candidates {
+            self.add_pair(now, MAIN_SOCKET, c.addr, self.cfg.pair_tries);
+        }
+        self.pump(now);
+    }
+
     /// Starts birthday-style probing.
     pub fn set_birthday(&mut self, now: Instant, plan: Birthday) {
         if self.state != State::Checking {

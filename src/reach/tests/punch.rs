@@ -96,11 +96,13 @@ impl Side {
     }
 }
 
+/// (receiving side, sender's public address, destination, bytes)
+type InFlight = (usize, SocketAddr, SocketAddr, Vec<u8>);
+
 struct World {
     now: Instant,
     sides: [Side; 2],
-    /// (arrival, tie) → (receiving side, sender's public address, destination, bytes)
-    wire: BTreeMap<(Instant, u64), (usize, SocketAddr, SocketAddr, Vec<u8>)>,
+    wire: BTreeMap<(Instant, u64), InFlight>,
     tie: u64,
 }
 
@@ -375,7 +377,7 @@ fn keepalives_hold_the_path_and_silence_loses_it() {
     // A minute of idle: keepalives keep it up.
     w.run_for(Duration::from_secs(60));
     assert_eq!(w.connected(), [true, true]);
-    assert!(!w.sides[0].events.iter().any(|e| *e == Event::Lost));
+    assert!(!w.sides[0].events.contains(&Event::Lost));
     // Flushed mappings come back by themselves: both keepalives re-create them.
     w.sides[0].nat.flush();
     w.sides[1].nat.flush();

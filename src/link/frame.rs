@@ -1,0 +1,369 @@
+//! Ringlet frames: what links carry, over UDP and over the XMPP relay alike (version 0).
+//!
+//! ```text
+//! byte 0      0b11 + 6-bit version (0xc0 for version 0); tells frames from STUN
+//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates
+//! bytes 2..10 path id: the overlay's namespace id, so one socket serves every overlay
+//! bytes 10..  body
+//! ```
+//!
+//! Offer/answer bodies (the connect-to-me exchange): attempt id (u32), ufrag and pwd (u8
+//! length + UTF-8), NAT info (mapping u8, ports u8 + step i16), candidate count (u8), and per
+//! candidate: kind u8, priority u32, address (4 → IPv4, 6 → IPv6, then port u16).
+//! A candidates body is the attempt id and the candidate list. All integers are big-endian.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ringlet_udp::FRAME_MARKER;
+
+use crate::reach::candidate::{Candidate, Kind as CandidateKind};
+use crate::reach::nat::{Mapping, NatInfo, Ports};
+use crate::reach::punch::Credentials;
+
+pub const VERSION: u8 = 0;
+pub const HEADER_LEN: usize = 10;
+/// Most candidates one offer may carry.
+pub const MAX_CANDIDATES: usize = 32;
+
+/// Identifies an overlay on a shared socket.
+pub type PathId = [u8; 8];
+
+/// The connect-to-me message: credentials and candidates for one punch attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub attempt: u32,
+    pub creds: Credentials,
+    pub nat: NatInfo,
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Data(Vec<u8>),
+    Offer(Offer),
+    Answer(Offer),
+    Candidates {
+        attempt: u32,
+        candidates: Vec<Candidate>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub path: PathId,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame shorter than its header")]
+    Short,
+    #[error("unsupported frame version {0}")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("truncated or malformed frame body")]
+    Body,
+    #[error("too many candidates")]
+    TooManyCandidates,
+}
+
+impl Frame {
+    pub fn data(path: PathId, data: Vec<u8>) -> Self {
+        Self {
+            path,
+            body: Body::Data(data),
+        }
+    }
+
+    pub fn emit(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 64);
+        out.push(FRAME_MARKER | VERSION);
+        let (kind, rest): (u8, Vec<u8>) = match &self.body {
+            Body::Data(d) => (1, d.clone()),
+            Body::Offer(o) => (2, emit_offer(o)),
+            Body::Answer(o) => (3, emit_offer(o)),
+            Body::Candidates { attempt, candidates } => {
+                let mut b = attempt.to_be_bytes().to_vec();
+                emit_candidates(&mut b, candidates);
+                (4, b)
+            }
+        };
+        out.push(kind);
+        out.extend_from_slice(&self.path);
+        out.extend_from_slice(&rest);
+        out
+    }
+
+    /// Emits a data frame without building a `Frame` (the hot path).
+    pub fn emit_data(path: &PathId, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + data.len());
+        out.push(FRAME_MARKER | VERSION);
+        out.push(1);
+        out.extend_from_slice(path);
+        out.extend_from_slice(data);
+        out
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, FrameError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(FrameError::Short);
+        }
+        if bytes[0] & 0xc0 != FRAME_MARKER || bytes[0] & 0x3f != VERSION {
+            return Err(FrameError::Version(bytes[0] & 0x3f));
+        }
+        let mut path = [0u8; 8];
+        path.copy_from_slice(&bytes[2..10]);
+        let mut r = Reader(&bytes[HEADER_LEN..]);
+        let body = match bytes[1] {
+            1 => Body::Data(bytes[HEADER_LEN..].to_vec()),
+            2 => Body::Offer(parse_offer(&mut r)?),
+            3 => Body::Answer(parse_offer(&mut r)?),
+            4 => {
+                let attempt = r.u32()?;
+                Body::Candidates {
+                    attempt,
+                    candidates: parse_candidates(&mut r)?,
+                }
+            }
+            k => return Err(FrameError::Kind(k)),
+        };
+        if !matches!(body, Body::Data(_)) && !r.0.is_empty() {
+            return Err(FrameError::Body);
+        }
+        Ok(Self { path, body })
+    }
+}
+
+fn emit_offer(o: &Offer) -> Vec<u8> {
+    let mut b = o.attempt.to_be_bytes().to_vec();
+    for s in [&o.creds.ufrag, &o.creds.pwd] {
+        b.push(s.len().min(255) as u8);
+        b.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
+    }
+    b.push(match o.nat.mapping {
+        None => 0,
+        Some(Mapping::EndpointIndependent) => 1,
+        Some(Mapping::EndpointDependent) => 2,
+    });
+    let (ports, step) = match o.nat.ports {
+        None => (0, 0),
+        Some(Ports::Preserving) => (1, 0),
+        Some(Ports::Sequential { step }) => (2, step.clamp(i16::MIN.into(), i16::MAX.into()) as i16),
+        Some(Ports::Random) => (3, 0),
+    };
+    b.push(ports);
+    b.extend_from_slice(&step.to_be_bytes());
+    emit_candidates(&mut b, &o.candidates);
+    b
+}
+
+fn emit_candidates(b: &mut Vec<u8>, candidates: &[Candidate]) {
+    let list = &candidates[..candidates.len().min(MAX_CANDIDATES)];
+    b.push(list.len() as u8);
+    for c in list {
+        b.push(match c.kind {
+            CandidateKind::Host => 1,
+            CandidateKind::ServerReflexive => 2,
+            CandidateKind::PeerReflexive => 3,
+        });
+        b.extend_from_slice(&c.priority.to_be_bytes());
+        match c.addr.ip() {
+            IpAddr::V4(ip) => {
+                b.push(4);
+                b.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                b.push(6);
+                b.extend_from_slice(&ip.octets());
+            }
+        }
+        b.extend_from_slice(&c.addr.port().to_be_bytes());
+    }
+}
+
+fn parse_offer(r: &mut Reader) -> Result<Offer, FrameError> {
+    let attempt = r.u32()?;
+    let ufrag = r.string()?;
+    let pwd = r.string()?;
+    if ufrag.is_empty() || pwd.len() < 16 || ufrag.contains(':') {
+        return Err(FrameError::Body);
+    }
+    let mapping = match r.u8()? {
+        0 => None,
+        1 => Some(Mapping::EndpointIndependent),
+        2 => Some(Mapping::EndpointDependent),
+        _ => return Err(FrameError::Body),
+    };
+    let kind = r.u8()?;
+    let step = i16::from_be_bytes([r.u8()?, r.u8()?]);
+    let ports = match kind {
+        0 => None,
+        1 => Some(Ports::Preserving),
+        2 => Some(Ports::Sequential {
+            step: i32::from(step),
+        }),
+        3 => Some(Ports::Random),
+        _ => return Err(FrameError::Body),
+    };
+    let nat = NatInfo {
+        mapping,
+        ports,
+        filtering: None,
+        udp: None,
+    };
+    let candidates = parse_candidates(r)?;
+    Ok(Offer {
+        attempt,
+        creds: Credentials { ufrag, pwd },
+        nat,
+        candidates,
+    })
+}
+
+fn parse_candidates(r: &mut Reader) -> Result<Vec<Candidate>, FrameError> {
+    let n = usize::from(r.u8()?);
+    if n > MAX_CANDIDATES {
+        return Err(FrameError::TooManyCandidates);
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kind = match r.u8()? {
+            1 => CandidateKind::Host,
+            2 => CandidateKind::ServerReflexive,
+            3 => CandidateKind::PeerReflexive,
+            _ => return Err(FrameError::Body),
+        };
+        let priority = r.u32()?;
+        let ip: IpAddr = match r.u8()? {
+            4 => Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).map_err(|_| FrameError::Body)?).into(),
+            6 => Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).map_err(|_| FrameError::Body)?).into(),
+            _ => return Err(FrameError::Body),
+        };
+        let port = u16::from_be_bytes([r.u8()?, r.u8()?]);
+        if port == 0 || ip.is_unspecified() || ip.is_multicast() {
+            return Err(FrameError::Body);
+        }
+        out.push(Candidate {
+            kind,
+            addr: SocketAddr::new(ip, port),
+            priority,
+        });
+    }
+    Ok(out)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError::Body);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn string(&mut self) -> Result<String, FrameError> {
+        let n = usize::from(self.u8()?);
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FrameError::Body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn offer() -> Offer {
+        Offer {
+            attempt: 7,
+            creds: Credentials {
+                ufrag: "abcdefgh".into(),
+                pwd: "0123456789abcdefghijklmn".into(),
+            },
+            nat: NatInfo {
+                mapping: Some(Mapping::EndpointDependent),
+                ports: Some(Ports::Sequential { step: -2 }),
+                filtering: None,
+                udp: None,
+            },
+            candidates: vec![
+                Candidate::new(CandidateKind::Host, "10.0.0.2:4000".parse().unwrap(), 1),
+                Candidate::new(
+                    CandidateKind::ServerReflexive,
+                    "[2001:db8::7]:5000".parse().unwrap(),
+                    2,
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let path = [1, 2, 3, 4, 5, 6, 7, 8];
+        let bodies = [
+            Body::Data(vec![]),
+            Body::Data(vec![0xc0; 1400]),
+            Body::Offer(offer()),
+            Body::Answer(offer()),
+            Body::Candidates {
+                attempt: 9,
+                candidates: offer().candidates,
+            },
+        ];
+        for body in bodies {
+            let f = Frame { path, body };
+            assert_eq!(Frame::parse(&f.emit()), Ok(f.clone()));
+        }
+        assert_eq!(
+            Frame::emit_data(&path, b"x"),
+            Frame::data(path, b"x".to_vec()).emit()
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_rejected() {
+        let good = Frame {
+            path: [0; 8],
+            body: Body::Offer(offer()),
+        }
+        .emit();
+        assert_eq!(Frame::parse(&good[..5]), Err(FrameError::Short));
+        assert_eq!(Frame::parse(&good[..good.len() - 1]), Err(FrameError::Body));
+        let mut extra = good.clone();
+        extra.push(0);
+        assert_eq!(Frame::parse(&extra), Err(FrameError::Body));
+        let mut version = good.clone();
+        version[0] = 0xc1;
+        assert_eq!(Frame::parse(&version), Err(FrameError::Version(1)));
+        let mut kind = good;
+        kind[1] = 99;
+        assert_eq!(Frame::parse(&kind), Err(FrameError::Kind(99)));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Frame::parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_offers_never_panic(flip in 0usize..200, bit in 0u8..8) {
+            let mut bytes = Frame { path: [3; 8], body: Body::Offer(offer()) }.emit();
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = Frame::parse(&bytes);
+        }
+    }
+}

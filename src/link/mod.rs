@@ -1,0 +1,651 @@
+//! Links (sans-IO): one per overlay member, carrying datagrams over the best path it has —
+//! direct UDP when a punch succeeded, the XMPP relay otherwise — and switching between them
+//! without the application noticing.
+//!
+//! Opening a direct path is the connect-to-me exchange over the relay: the peer with the lower
+//! NodeId sends an [`Offer`] (credentials, NAT info, candidates) and starts its punch agent; the
+//! other answers at once and starts its own, so both probe at the same time. If no offer comes
+//! within `responder_patience` the higher NodeId offers itself; crossing offers are settled by
+//! NodeId. Failed attempts are retried with exponential backoff (`first_retry` … `max_retry`),
+//! so a relayed link keeps trying to upgrade; a lost direct path is re-punched at once.
+//!
+//! Drive loop:
+//! 1. [`Links::member_up`] / [`Links::member_down`] from rendezvous, [`Links::set_local`] when
+//!    our candidates or NAT info change; feed [`Links::handle_relay`] (relay datagrams),
+//!    [`Links::handle_stun`] (STUN packets not answered by the STUN client),
+//!    [`Links::handle_frame`] (UDP frames) and [`Links::send`] (application datagrams);
+//! 2. call [`Links::handle_timeout`] when [`Links::poll_timeout`] is due;
+//! 3. drain [`Links::poll_transmit`] and [`Links::poll_event`].
+
+pub mod frame;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ringlet_udp::SocketId;
+use ringlet_xmpp::{FullJid, NodeIdBytes};
+use stun_codec::MessageClass;
+
+use self::frame::{Body, Frame, Offer, PathId};
+use crate::reach::candidate::{Candidate, Kind as CandidateKind};
+use crate::reach::nat::NatInfo;
+use crate::reach::punch::{self, plan_birthday, Credentials, PunchAgent};
+use crate::reach::stun_msg::{self, StunMessage};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub punch: punch::Config,
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+    /// Datagrams larger than this take the relay even when a direct path exists (no IP
+    /// fragmentation through NATs).
+    pub max_direct_payload: usize,
+    /// How long the higher NodeId waits for the lower one's offer before offering itself.
+    pub responder_patience: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            punch: punch::Config::default(),
+            first_retry: Duration::from_secs(5),
+            max_retry: Duration::from_secs(600),
+            max_direct_payload: 1400,
+            responder_patience: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How a link reaches its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Direct {
+        socket: SocketId,
+        remote: SocketAddr,
+        rtt: Duration,
+    },
+    Xmpp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    Udp {
+        socket: SocketId,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
+    Relay {
+        to: FullJid,
+        data: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Datagram {
+        from: NodeIdBytes,
+        data: Vec<u8>,
+    },
+    PathChanged {
+        peer: NodeIdBytes,
+        path: Path,
+    },
+    /// A peer sees us at this address.
+    Reflexive(SocketAddr),
+    OpenSockets {
+        peer: NodeIdBytes,
+        count: usize,
+    },
+    CloseSockets(Vec<SocketId>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no link to that node")]
+    UnknownPeer,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub attempts: u64,
+    pub direct_up: u64,
+    pub paths_lost: u64,
+    pub direct_out: u64,
+    pub relayed_out: u64,
+    pub frames_in: u64,
+    pub malformed_frames: u64,
+    pub foreign_path: u64,
+    pub unknown_source: u64,
+    pub stun_refused: u64,
+    /// Checks sent by attempts that ended in a direct path, and how many those were.
+    pub checks_for_success: u64,
+    pub successes: u64,
+}
+
+struct Attempt {
+    id: u32,
+    agent: PunchAgent,
+    initiator: bool,
+}
+
+struct Link {
+    jid: FullJid,
+    attempt: Option<Attempt>,
+    path: Path,
+    retry_at: Option<Instant>,
+    failures: u32,
+    since: Instant,
+}
+
+pub struct Links {
+    cfg: Config,
+    own: NodeIdBytes,
+    path_id: PathId,
+    links: BTreeMap<NodeIdBytes, Link>,
+    local: Vec<Candidate>,
+    nat: NatInfo,
+    rng: StdRng,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    counters: Counters,
+}
+
+impl Links {
+    pub fn new(cfg: Config, own: NodeIdBytes, path_id: PathId, seed: u64) -> Self {
+        Self {
+            cfg,
+            own,
+            path_id,
+            links: BTreeMap::new(),
+            local: Vec::new(),
+            nat: NatInfo::default(),
+            rng: StdRng::seed_from_u64(seed),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn path(&self, peer: &NodeIdBytes) -> Option<Path> {
+        self.links.get(peer).map(|l| l.path)
+    }
+
+    /// When the link's current path came up.
+    pub fn path_since(&self, peer: &NodeIdBytes) -> Option<Instant> {
+        self.links.get(peer).map(|l| l.since)
+    }
+
+    pub fn member_up(&mut self, now: Instant, peer: NodeIdBytes, jid: FullJid) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            if link.jid == jid {
+                return;
+            }
+            // The peer came back under a new resource: start over.
+            self.member_down(&peer);
+        }
+        let link = Link {
+            jid,
+            attempt: None,
+            path: Path::Xmpp,
+            retry_at: None,
+            failures: 0,
+            since: now,
+        };
+        self.links.insert(peer, link);
+        if self.own < peer {
+            self.start_attempt(now, peer);
+        } else if let Some(link) = self.links.get_mut(&peer) {
+            link.retry_at = Some(now + self.cfg.responder_patience);
+        }
+    }
+
+    pub fn member_down(&mut self, peer: &NodeIdBytes) {
+        if let Some(mut link) = self.links.remove(peer) {
+            if let Some(mut a) = link.attempt.take() {
+                a.agent.close();
+                self.drain_agent(*peer, &mut a.agent);
+            }
+        }
+    }
+
+    /// Our candidates or NAT info changed: trickle them to running attempts, and retry failed
+    /// links soon (the new information may make a direct path possible).
+    pub fn set_local(&mut self, now: Instant, candidates: Vec<Candidate>, nat: NatInfo) {
+        let nat_changed = nat != self.nat;
+        let added: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| !self.local.contains(c))
+            .copied()
+            .collect();
+        self.local = candidates;
+        self.nat = nat;
+        let path = self.path_id;
+        for link in self.links.values_mut() {
+            match &link.attempt {
+                Some(a) if !added.is_empty() => {
+                    let body = Body::Candidates {
+                        attempt: a.id,
+                        candidates: added.clone(),
+                    };
+                    let data = Frame { path, body }.emit();
+                    self.transmits.push_back(Transmit::Relay {
+                        to: link.jid.clone(),
+                        data,
+                    });
+                }
+                None if link.path == Path::Xmpp
+                    && (nat_changed || !added.is_empty())
+                    && link.failures > 0 =>
+                {
+                    link.retry_at = Some(now + Duration::from_millis(200));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn start_attempt(&mut self, now: Instant, peer: NodeIdBytes) {
+        let id: u32 = self.rng.random();
+        let seed: u64 = self.rng.random();
+        let creds = Credentials::random(&mut self.rng);
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if let Some(mut old) = link.attempt.take() {
+            old.agent.close();
+        }
+        link.retry_at = None;
+        let agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
+        let offer = Offer {
+            attempt: id,
+            creds,
+            nat: self.nat,
+            candidates: self.local.clone(),
+        };
+        let data = Frame {
+            path: self.path_id,
+            body: Body::Offer(offer),
+        }
+        .emit();
+        self.transmits.push_back(Transmit::Relay {
+            to: link.jid.clone(),
+            data,
+        });
+        link.attempt = Some(Attempt {
+            id,
+            agent,
+            initiator: true,
+        });
+        self.counters.attempts += 1;
+    }
+
+    /// A datagram that came over the XMPP relay from member `peer`.
+    pub fn handle_relay(&mut self, now: Instant, peer: NodeIdBytes, bytes: &[u8]) {
+        let Some(frame) = self.parse(bytes) else {
+            return;
+        };
+        if !self.links.contains_key(&peer) {
+            return;
+        }
+        match frame.body {
+            Body::Data(data) => self.events.push_back(Event::Datagram { from: peer, data }),
+            Body::Offer(offer) => self.on_offer(now, peer, offer),
+            Body::Answer(answer) => self.on_answer(now, peer, answer),
+            Body::Candidates { attempt, candidates } => {
+                if let Some(a) = self
+                    .links
+                    .get_mut(&peer)
+                    .and_then(|l| l.attempt.as_mut())
+                    .filter(|a| a.id == attempt)
+                {
+                    a.agent.add_candidates(now, &candidates);
+                }
+            }
+        }
+        self.drain(now);
+    }
+
+    fn parse(&mut self, bytes: &[u8]) -> Option<Frame> {
+        match Frame::parse(bytes) {
+            Ok(f) if f.path == self.path_id => {
+                self.counters.frames_in += 1;
+                Some(f)
+            }
+            Ok(_) => {
+                self.counters.foreign_path += 1;
+                None
+            }
+            Err(_) => {
+                self.counters.malformed_frames += 1;
+                None
+            }
+        }
+    }
+
+    fn on_offer(&mut self, now: Instant, peer: NodeIdBytes, offer: Offer) {
+        let own = self.own;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let ours_pending = link
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.initiator && a.agent.selected().is_none());
+        if ours_pending && own < peer {
+            return; // crossing offers: the lower NodeId's attempt wins
+        }
+        if let Some(mut old) = link.attempt.take() {
+            old.agent.close();
+        }
+        link.retry_at = None;
+        let seed: u64 = self.rng.random();
+        let creds = Credentials::random(&mut self.rng);
+        let mut agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
+        agent.set_remote(now, offer.creds.clone(), &offer.candidates);
+        if let Some(plan) = plan_birthday(
+            &self.nat,
+            &offer.nat,
+            srflx_of(&offer.candidates),
+            offer.nat.ports,
+        ) {
+            agent.set_birthday(now, plan);
+        }
+        let answer = Offer {
+            attempt: offer.attempt,
+            creds,
+            nat: self.nat,
+            candidates: self.local.clone(),
+        };
+        let data = Frame {
+            path: self.path_id,
+            body: Body::Answer(answer),
+        }
+        .emit();
+        self.transmits.push_back(Transmit::Relay {
+            to: link.jid.clone(),
+            data,
+        });
+        link.attempt = Some(Attempt {
+            id: offer.attempt,
+            agent,
+            initiator: false,
+        });
+        self.counters.attempts += 1;
+    }
+
+    fn on_answer(&mut self, now: Instant, peer: NodeIdBytes, answer: Offer) {
+        let nat = self.nat;
+        let Some(a) = self.links.get_mut(&peer).and_then(|l| l.attempt.as_mut()) else {
+            return;
+        };
+        if a.id != answer.attempt || !a.initiator || a.agent.remote_ufrag().is_some() {
+            return;
+        }
+        a.agent.set_remote(now, answer.creds.clone(), &answer.candidates);
+        if let Some(plan) = plan_birthday(&nat, &answer.nat, srflx_of(&answer.candidates), answer.nat.ports) {
+            a.agent.set_birthday(now, plan);
+        }
+    }
+
+    /// A STUN packet the STUN client did not claim. Returns false if nobody here claims it.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        msg: &StunMessage,
+    ) -> bool {
+        let claimed = match msg.class() {
+            MessageClass::Request => {
+                let to = stun_msg::check_username(msg).map(|(to, _)| to.to_owned());
+                let agent = self
+                    .links
+                    .values_mut()
+                    .filter_map(|l| l.attempt.as_mut())
+                    .find(|a| Some(a.agent.local().ufrag.as_str()) == to.as_deref());
+                match agent {
+                    Some(a) => {
+                        a.agent.handle_request(now, socket, from, msg);
+                        true
+                    }
+                    None => {
+                        self.counters.stun_refused += 1;
+                        true
+                    }
+                }
+            }
+            _ => {
+                let tid = *msg.transaction_id().as_bytes();
+                let agent = self
+                    .links
+                    .values_mut()
+                    .filter_map(|l| l.attempt.as_mut())
+                    .find(|a| a.agent.owns(&tid));
+                match agent {
+                    Some(a) => {
+                        a.agent.handle_response(now, socket, from, msg);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        };
+        self.drain(now);
+        claimed
+    }
+
+    /// A ringlet frame that arrived over UDP.
+    pub fn handle_frame(&mut self, now: Instant, socket: SocketId, from: SocketAddr, bytes: &[u8]) {
+        let Some(frame) = self.parse(bytes) else {
+            return;
+        };
+        let Body::Data(data) = frame.body else {
+            return; // signalling travels over the relay only
+        };
+        let peer = self.links.iter_mut().find(|(_, l)| matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from));
+        match peer {
+            Some((id, link)) => {
+                if let Some(a) = link.attempt.as_mut() {
+                    a.agent.heard(now, socket, from);
+                }
+                self.events.push_back(Event::Datagram { from: *id, data });
+            }
+            None => self.counters.unknown_source += 1,
+        }
+    }
+
+    /// Sends a datagram to `peer` over its best path.
+    pub fn send(&mut self, peer: &NodeIdBytes, data: &[u8]) -> Result<(), SendError> {
+        let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
+        let bytes = Frame::emit_data(&self.path_id, data);
+        match link.path {
+            Path::Direct { socket, remote, .. } if data.len() <= self.cfg.max_direct_payload => {
+                self.counters.direct_out += 1;
+                self.transmits.push_back(Transmit::Udp {
+                    socket,
+                    to: remote,
+                    data: bytes,
+                });
+            }
+            _ => {
+                self.counters.relayed_out += 1;
+                self.transmits.push_back(Transmit::Relay {
+                    to: link.jid.clone(),
+                    data: bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The extra sockets an attempt asked for are open.
+    pub fn sockets_opened(&mut self, now: Instant, peer: &NodeIdBytes, ids: Vec<SocketId>) {
+        match self.links.get_mut(peer).and_then(|l| l.attempt.as_mut()) {
+            Some(a) => a.agent.sockets_opened(now, ids),
+            None => self.events.push_back(Event::CloseSockets(ids)),
+        }
+        self.drain(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<NodeIdBytes> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.retry_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.start_attempt(now, peer);
+        }
+        for link in self.links.values_mut() {
+            if let Some(a) = link.attempt.as_mut() {
+                a.agent.handle_timeout(now);
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Moves every agent's output out and acts on its events.
+    fn drain(&mut self, now: Instant) {
+        let peers: Vec<NodeIdBytes> = self.links.keys().copied().collect();
+        for peer in peers {
+            let Some(mut attempt) = self.links.get_mut(&peer).and_then(|l| l.attempt.take()) else {
+                continue;
+            };
+            let events = self.drain_agent(peer, &mut attempt.agent);
+            let finished = attempt.agent.is_done();
+            let checks = attempt.agent.checks_sent;
+            if let Some(link) = self.links.get_mut(&peer) {
+                if !finished {
+                    link.attempt = Some(attempt);
+                }
+            }
+            for ev in events {
+                self.on_agent_event(now, peer, ev, checks);
+            }
+        }
+    }
+
+    fn drain_agent(&mut self, peer: NodeIdBytes, agent: &mut PunchAgent) -> Vec<punch::Event> {
+        while let Some(t) = agent.poll_transmit() {
+            self.transmits.push_back(Transmit::Udp {
+                socket: t.socket,
+                to: t.to,
+                data: t.data,
+            });
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = agent.poll_event() {
+            match ev {
+                punch::Event::OpenSockets(count) => self.events.push_back(Event::OpenSockets { peer, count }),
+                punch::Event::CloseSockets(ids) => self.events.push_back(Event::CloseSockets(ids)),
+                punch::Event::Reflexive(addr) => self.events.push_back(Event::Reflexive(addr)),
+                other => events.push(other),
+            }
+        }
+        events
+    }
+
+    fn on_agent_event(&mut self, now: Instant, peer: NodeIdBytes, ev: punch::Event, checks: u32) {
+        let jitter = Duration::from_millis(self.rng.random_range(0..500));
+        let own = self.own;
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let new_path = match ev {
+            punch::Event::Connected(s) => {
+                link.failures = 0;
+                self.counters.direct_up += 1;
+                self.counters.successes += 1;
+                self.counters.checks_for_success += u64::from(checks);
+                Some(Path::Direct {
+                    socket: s.socket,
+                    remote: s.remote,
+                    rtt: s.rtt,
+                })
+            }
+            punch::Event::Moved(s) => Some(Path::Direct {
+                socket: s.socket,
+                remote: s.remote,
+                rtt: s.rtt,
+            }),
+            punch::Event::Lost => {
+                self.counters.paths_lost += 1;
+                // Re-punch at once; the lower NodeId first, so that offers rarely cross.
+                let delay = if own < peer {
+                    Duration::ZERO
+                } else {
+                    self.cfg.responder_patience
+                };
+                link.retry_at = Some(now + delay);
+                Some(Path::Xmpp)
+            }
+            punch::Event::Failed => {
+                link.failures += 1;
+                let backoff =
+                    self.cfg.first_retry * 2u32.saturating_pow(link.failures.saturating_sub(1).min(16));
+                link.retry_at = Some(now + backoff.min(self.cfg.max_retry) + jitter);
+                None
+            }
+            _ => None,
+        };
+        if let Some(path) = new_path {
+            let changed = match (link.path, path) {
+                (
+                    Path::Direct {
+                        socket: a, remote: b, ..
+                    },
+                    Path::Direct {
+                        socket: c, remote: d, ..
+                    },
+                ) => (a, b) != (c, d),
+                (old, new) => old != new,
+            };
+            if changed {
+                link.since = now;
+            }
+            link.path = path;
+            if changed {
+                self.events.push_back(Event::PathChanged { peer, path });
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.links
+            .values()
+            .flat_map(|l| {
+                [
+                    l.retry_at,
+                    l.attempt.as_ref().and_then(|a| a.agent.poll_timeout()),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+}
+
+/// The first server-reflexive candidate of a list.
+fn srflx_of(candidates: &[Candidate]) -> Option<SocketAddr> {
+    candidates
+        .iter()
+        .find(|c| c.kind == CandidateKind::ServerReflexive)
+        .map(|c| c.addr)
+}

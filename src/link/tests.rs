@@ -1,0 +1,348 @@
+//! Two `Links` behind simulated NATs, with the XMPP relay as a 30 ms channel: connect-to-me,
+//! path switching without loss, fallback and re-punching, and hostile input.
+#![allow(clippy::disallowed_methods)] // one real Instant serves as the virtual epoch
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ringlet_udp::{classify, PacketKind, SocketId, MAIN_SOCKET};
+use ringlet_xmpp::{FullJid, NodeIdBytes};
+
+use super::*;
+use crate::reach::candidate::{Candidate, Kind as CandidateKind};
+use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
+use crate::reach::testnet::{Kind, Nat};
+
+const UDP_LATENCY: Duration = Duration::from_millis(10);
+const RELAY_LATENCY: Duration = Duration::from_millis(30);
+
+struct Node {
+    id: NodeIdBytes,
+    jid: FullJid,
+    links: Links,
+    nat: Nat,
+    main: SocketAddr,
+    extra: BTreeMap<SocketId, SocketAddr>,
+    next_extra: SocketId,
+    got: Vec<Vec<u8>>,
+    paths: Vec<Path>,
+}
+
+enum Packet {
+    Udp {
+        to: usize,
+        from: SocketAddr,
+        dst: SocketAddr,
+        data: Vec<u8>,
+    },
+    Relay {
+        to: usize,
+        data: Vec<u8>,
+    },
+}
+
+struct World {
+    now: Instant,
+    nodes: Vec<Node>,
+    wire: BTreeMap<(Instant, u64), Packet>,
+    tie: u64,
+}
+
+fn node(now: Instant, i: usize, kind: Kind) -> Node {
+    let public = format!("198.51.100.{}", i + 1);
+    let main: SocketAddr = if kind == Kind::Open {
+        format!("{public}:5000")
+    } else {
+        format!("10.0.{}.2:5000", i + 1)
+    }
+    .parse()
+    .unwrap();
+    let mut nat = Nat::new(kind, public.parse().unwrap(), i as u64 + 7);
+    let srflx = nat.outbound(main, "203.0.113.2:3478".parse().unwrap());
+    let mut cands = vec![Candidate::new(CandidateKind::Host, main, 1)];
+    if let Some(s) = srflx.filter(|s| *s != main) {
+        cands.push(Candidate::new(CandidateKind::ServerReflexive, s, 1));
+    }
+    let hard = matches!(kind, Kind::Symmetric | Kind::SymmetricSequential);
+    let info = NatInfo {
+        mapping: Some(if hard {
+            Mapping::EndpointDependent
+        } else {
+            Mapping::EndpointIndependent
+        }),
+        ports: Some(if hard { Ports::Random } else { Ports::Preserving }),
+        filtering: None,
+        udp: Some(if kind == Kind::UdpBlocked {
+            Udp::Blocked
+        } else {
+            Udp::Ok
+        }),
+    };
+    let id = [i as u8 + 1; 20];
+    let mut links = Links::new(Config::default(), id, [9; 8], i as u64);
+    links.set_local(now, cands, info);
+    let jid = FullJid::new(&format!("n{i}@example.test/ringlet")).unwrap();
+    Node {
+        id,
+        jid,
+        links,
+        nat,
+        main,
+        extra: BTreeMap::new(),
+        next_extra: 1,
+        got: Vec::new(),
+        paths: Vec::new(),
+    }
+}
+
+fn world(a: Kind, b: Kind) -> World {
+    let now = Instant::now();
+    let nodes = vec![node(now, 0, a), node(now, 1, b)];
+    let mut w = World {
+        now,
+        nodes,
+        wire: BTreeMap::new(),
+        tie: 0,
+    };
+    for i in 0..2 {
+        let (peer, jid) = (w.nodes[1 - i].id, w.nodes[1 - i].jid.clone());
+        w.nodes[i].links.member_up(now, peer, jid);
+    }
+    w
+}
+
+impl World {
+    fn path(&self, i: usize) -> Option<Path> {
+        self.nodes[i].links.path(&self.nodes[1 - i].id)
+    }
+
+    fn direct(&self) -> bool {
+        (0..2).all(|i| matches!(self.path(i), Some(Path::Direct { .. })))
+    }
+
+    fn send(&mut self, from: usize, data: &[u8]) {
+        let to = self.nodes[1 - from].id;
+        self.nodes[from].links.send(&to, data).unwrap();
+    }
+
+    fn put(&mut self, at: Instant, p: Packet) {
+        self.tie += 1;
+        self.wire.insert((at, self.tie), p);
+    }
+
+    fn flush(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..2 {
+                while let Some(t) = self.nodes[i].links.poll_transmit() {
+                    moved = true;
+                    match t {
+                        Transmit::Relay { data, .. } => {
+                            self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - i, data })
+                        }
+                        Transmit::Udp { socket, to, data } => self.route(i, socket, to, data),
+                    }
+                }
+                while let Some(ev) = self.nodes[i].links.poll_event() {
+                    moved = true;
+                    match ev {
+                        Event::Datagram { data, .. } => self.nodes[i].got.push(data),
+                        Event::PathChanged { path, .. } => self.nodes[i].paths.push(path),
+                        Event::OpenSockets { peer, count } => {
+                            let n = &mut self.nodes[i];
+                            let ids: Vec<SocketId> = (0..count)
+                                .map(|_| {
+                                    let id = n.next_extra;
+                                    n.next_extra += 1;
+                                    n.extra.insert(id, SocketAddr::new(n.main.ip(), 6000 + id));
+                                    id
+                                })
+                                .collect();
+                            let now = self.now;
+                            n.links.sockets_opened(now, &peer, ids);
+                        }
+                        Event::CloseSockets(ids) => {
+                            for id in ids {
+                                self.nodes[i].extra.remove(&id);
+                            }
+                        }
+                        Event::Reflexive(_) => {}
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn route(&mut self, from: usize, socket: SocketId, dst: SocketAddr, data: Vec<u8>) {
+        let n = &mut self.nodes[from];
+        let src = if socket == MAIN_SOCKET {
+            Some(n.main)
+        } else {
+            n.extra.get(&socket).copied()
+        };
+        let Some(public) = src.and_then(|src| n.nat.outbound(src, dst)) else {
+            return;
+        };
+        if dst.ip() == self.nodes[1 - from].nat.public_ip {
+            self.put(
+                self.now + UDP_LATENCY,
+                Packet::Udp {
+                    to: 1 - from,
+                    from: public,
+                    dst,
+                    data,
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self, p: Packet) {
+        let now = self.now;
+        match p {
+            Packet::Relay { to, data } => {
+                let from = self.nodes[1 - to].id;
+                self.nodes[to].links.handle_relay(now, from, &data);
+            }
+            Packet::Udp { to, from, dst, data } => {
+                let n = &mut self.nodes[to];
+                let Some(private) = n.nat.inbound(from, dst) else {
+                    return;
+                };
+                let socket = if private == n.main {
+                    MAIN_SOCKET
+                } else {
+                    match n.extra.iter().find(|(_, a)| **a == private) {
+                        Some((id, _)) => *id,
+                        None => return,
+                    }
+                };
+                match classify(&data) {
+                    PacketKind::Stun => {
+                        let msg = stun_msg::decode(&data).unwrap();
+                        n.links.handle_stun(now, socket, from, &msg);
+                    }
+                    PacketKind::Frame => n.links.handle_frame(now, socket, from, &data),
+                    PacketKind::Unknown => {}
+                }
+            }
+        }
+    }
+
+    fn run_until(&mut self, end: Instant, mut done: impl FnMut(&World) -> bool) -> bool {
+        loop {
+            self.flush();
+            if done(self) {
+                return true;
+            }
+            let next_wire = self.wire.keys().next().map(|k| k.0);
+            let next_timer = self.nodes.iter().filter_map(|n| n.links.poll_timeout()).min();
+            let Some(next) = [next_wire, next_timer]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|t| *t <= end)
+            else {
+                self.now = end;
+                return false;
+            };
+            self.now = next.max(self.now);
+            if next_wire == Some(next) {
+                let key = *self.wire.keys().next().unwrap();
+                let p = self.wire.remove(&key).unwrap();
+                self.deliver(p);
+            } else {
+                let now = self.now;
+                for n in self.nodes.iter_mut() {
+                    n.links.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end, |_| false);
+    }
+}
+
+#[test]
+fn members_go_direct_and_datagrams_switch_paths_without_loss() {
+    let mut w = world(Kind::PortRestricted, Kind::PortRestricted);
+    // Datagrams sent before the punch finishes take the relay.
+    w.send(0, b"early");
+    let start = w.now;
+    assert!(w.run_until(start + Duration::from_secs(2), |w| w.direct()));
+    let took = w.now - start;
+    // offer (30 ms) + answer (30 ms) + checks and settle: well under 200 ms
+    assert!(took < Duration::from_millis(200), "direct after {took:?}");
+    for i in 0..10u8 {
+        w.send(0, &[i; 100]);
+    }
+    w.send(0, &vec![7u8; 5000]); // too big for a direct datagram: relay
+    w.run_for(Duration::from_secs(1));
+    let got = &w.nodes[1].got;
+    assert_eq!(got.len(), 12, "every datagram arrives once");
+    assert_eq!(got[0], b"early");
+    let c = w.nodes[0].links.counters();
+    assert_eq!((c.direct_out, c.relayed_out), (10, 2));
+}
+
+#[test]
+fn udp_blocked_stays_on_the_relay_and_retries_with_backoff() {
+    let mut w = world(Kind::UdpBlocked, Kind::Full);
+    w.run_for(Duration::from_secs(120));
+    assert_eq!(w.path(0), Some(Path::Xmpp));
+    assert_eq!(w.path(1), Some(Path::Xmpp));
+    let attempts = w.nodes[0].links.counters().attempts + w.nodes[1].links.counters().attempts;
+    // 6 s attempts with backoff 5, 10, 20, 40 s…: a handful in two minutes, not dozens.
+    assert!((2..=12).contains(&attempts), "{attempts} attempts");
+    w.send(0, b"still works");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.nodes[1].got, vec![b"still works".to_vec()]);
+}
+
+#[test]
+fn a_lost_path_falls_back_to_the_relay_and_is_punched_again() {
+    let mut w = world(Kind::PortRestricted, Kind::Restricted);
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
+    // The network between them fails for a while.
+    w.nodes[0].nat.kind = Kind::UdpBlocked;
+    assert!(w.run_until(w.now + Duration::from_secs(30), |w| (0..2)
+        .all(|i| w.path(i) == Some(Path::Xmpp))));
+    w.send(1, b"via relay meanwhile");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.nodes[0].got, vec![b"via relay meanwhile".to_vec()]);
+    w.nodes[0].nat.kind = Kind::PortRestricted;
+    let back = w.run_until(w.now + Duration::from_secs(60), |w| w.direct());
+    assert!(back, "re-punched: {:?}", w.nodes[0].paths);
+}
+
+#[test]
+fn strangers_garbage_and_other_overlays_are_dropped_and_counted() {
+    let mut w = world(Kind::Full, Kind::Full);
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
+    let now = w.now;
+    let links = &mut w.nodes[1].links;
+    let stranger: SocketAddr = "192.0.2.66:4444".parse().unwrap();
+    links.handle_frame(now, MAIN_SOCKET, stranger, &Frame::emit_data(&[9; 8], b"inject"));
+    links.handle_frame(now, MAIN_SOCKET, stranger, &[0xc0, 1, 2]);
+    let remote = match links.path(&[1; 20]) {
+        Some(Path::Direct { remote, .. }) => remote,
+        other => panic!("{other:?}"),
+    };
+    links.handle_frame(
+        now,
+        MAIN_SOCKET,
+        remote,
+        &Frame::emit_data(&[8; 8], b"other overlay"),
+    );
+    links.handle_relay(now, [1; 20], b"\xc0\x02garbage");
+    let c = links.counters().clone();
+    assert_eq!((c.unknown_source, c.malformed_frames, c.foreign_path), (1, 2, 1));
+    w.flush();
+    assert!(w.nodes[1].got.is_empty(), "nothing was delivered");
+}
