@@ -116,12 +116,14 @@ impl Default for RelaySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct UdpSection {
+    enabled: bool,
     bind: String,
 }
 
 impl Default for UdpSection {
     fn default() -> Self {
         Self {
+            enabled: true,
             bind: "0.0.0.0:0".into(),
         }
     }
@@ -150,6 +152,8 @@ pub struct Config {
     pub friends: Vec<BareJid>,
     pub seek_interval: Duration,
     pub relay: ringlet_xmpp::relay::Config,
+    /// False: no UDP at all, every path is the XMPP relay.
+    pub udp_enabled: bool,
     pub udp_bind: SocketAddr,
     pub stun_servers: Vec<String>,
 }
@@ -289,6 +293,7 @@ impl Config {
             friends,
             seek_interval: Duration::from_secs_f64(file.overlay.seek_interval_s),
             relay,
+            udp_enabled: file.udp.enabled,
             udp_bind,
             stun_servers: file.stun.servers.clone(),
         })

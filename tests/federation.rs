@@ -103,8 +103,10 @@ fn relay_across_federated_servers() {
                 .unwrap();
             rt.block_on(async move {
                 let dir = tempdir("ringlet-fed-relay-");
-                let spec_a = NodeSpec::new("alice@one.test", &one, "alpha", &FRIENDS);
-                let spec_b = NodeSpec::new("bob@two.test", &two, "alpha", &FRIENDS);
+                let mut spec_a = NodeSpec::new("alice@one.test", &one, "alpha", &FRIENDS);
+                let mut spec_b = NodeSpec::new("bob@two.test", &two, "alpha", &FRIENDS);
+                spec_a.extra = "[udp]\nenabled = false\n".into();
+                spec_b.extra = spec_a.extra.clone();
                 let (a, mut b) = embedded_pair(&spec_a, &spec_b, dir.path()).await;
                 let data = datagrams(1000, 200 * 1024, 43);
                 let report = exchange(&a, &mut b, data, Duration::from_secs(300)).await;

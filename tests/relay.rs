@@ -13,8 +13,11 @@ async fn two_nodes(
     dir: &std::path::Path,
 ) -> (ringlet::node::NodeHandle, ringlet::node::NodeHandle) {
     let friends = ["alice@one.test", "bob@one.test"];
-    let spec_a = NodeSpec::new("alice@one.test", addr, "alpha", &friends);
-    let spec_b = NodeSpec::new("bob@one.test", addr, "alpha", &friends);
+    // UDP off: every datagram takes the IQ relay, which is what these tests measure.
+    let mut spec_a = NodeSpec::new("alice@one.test", addr, "alpha", &friends);
+    spec_a.extra = "[udp]\nenabled = false\n".into();
+    let mut spec_b = NodeSpec::new("bob@one.test", addr, "alpha", &friends);
+    spec_b.extra = spec_a.extra.clone();
     embedded_pair(&spec_a, &spec_b, dir).await
 }
 
@@ -35,6 +38,7 @@ async fn thousand_datagrams_arrive_exactly_once() {
     );
     assert!(report.send_failures.is_empty(), "{:?}", report.send_failures);
     let sa = a.status().await.unwrap();
+    assert_eq!(sa.counters["link_relayed_out"], 1000);
     assert_eq!(sa.counters["relay_datagrams_out"], 1000);
     assert_eq!(b.status().await.unwrap().counters["relay_datagrams_in"], 1000);
     a.shutdown().await.unwrap();

@@ -47,6 +47,8 @@ pub struct Config {
     pub max_direct_payload: usize,
     /// How long the higher NodeId waits for the lower one's offer before offering itself.
     pub responder_patience: Duration,
+    /// False when UDP is disabled: no attempts, offers are ignored, every path is the relay.
+    pub direct: bool,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             max_retry: Duration::from_secs(600),
             max_direct_payload: 1400,
             responder_patience: Duration::from_secs(2),
+            direct: true,
         }
     }
 }
@@ -115,8 +118,6 @@ pub struct Counters {
     pub attempts: u64,
     pub direct_up: u64,
     pub paths_lost: u64,
-    pub direct_out: u64,
-    pub relayed_out: u64,
     pub frames_in: u64,
     pub malformed_frames: u64,
     pub foreign_path: u64,
@@ -201,6 +202,9 @@ impl Links {
             since: now,
         };
         self.links.insert(peer, link);
+        if !self.cfg.direct {
+            return;
+        }
         if self.own < peer {
             self.start_attempt(now, peer);
         } else if let Some(link) = self.links.get_mut(&peer) {
@@ -332,6 +336,9 @@ impl Links {
     }
 
     fn on_offer(&mut self, now: Instant, peer: NodeIdBytes, offer: Offer) {
+        if !self.cfg.direct {
+            return;
+        }
         let own = self.own;
         let Some(link) = self.links.get_mut(&peer) else {
             return;
@@ -463,28 +470,24 @@ impl Links {
         }
     }
 
-    /// Sends a datagram to `peer` over its best path.
-    pub fn send(&mut self, peer: &NodeIdBytes, data: &[u8]) -> Result<(), SendError> {
+    /// Frames a datagram for `peer`'s best path. The caller sends the returned transmit at once,
+    /// so that a full relay queue reaches the application as back-pressure.
+    pub fn send(&mut self, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
         let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
         let bytes = Frame::emit_data(&self.path_id, data);
-        match link.path {
+        Ok(match link.path {
             Path::Direct { socket, remote, .. } if data.len() <= self.cfg.max_direct_payload => {
-                self.counters.direct_out += 1;
-                self.transmits.push_back(Transmit::Udp {
+                Transmit::Udp {
                     socket,
                     to: remote,
                     data: bytes,
-                });
+                }
             }
-            _ => {
-                self.counters.relayed_out += 1;
-                self.transmits.push_back(Transmit::Relay {
-                    to: link.jid.clone(),
-                    data: bytes,
-                });
-            }
-        }
-        Ok(())
+            _ => Transmit::Relay {
+                to: link.jid.clone(),
+                data: bytes,
+            },
+        })
     }
 
     /// The extra sockets an attempt asked for are open.

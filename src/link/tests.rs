@@ -45,6 +45,8 @@ enum Packet {
 struct World {
     now: Instant,
     nodes: Vec<Node>,
+    /// Application datagrams sent (direct, relayed).
+    sent: (usize, usize),
     wire: BTreeMap<(Instant, u64), Packet>,
     tie: u64,
 }
@@ -102,6 +104,7 @@ fn world(a: Kind, b: Kind) -> World {
     let mut w = World {
         now,
         nodes,
+        sent: (0, 0),
         wire: BTreeMap::new(),
         tie: 0,
     };
@@ -123,7 +126,16 @@ impl World {
 
     fn send(&mut self, from: usize, data: &[u8]) {
         let to = self.nodes[1 - from].id;
-        self.nodes[from].links.send(&to, data).unwrap();
+        match self.nodes[from].links.send(&to, data).unwrap() {
+            Transmit::Relay { data, .. } => {
+                self.sent.1 += 1;
+                self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - from, data })
+            }
+            Transmit::Udp { socket, to, data } => {
+                self.sent.0 += 1;
+                self.route(from, socket, to, data)
+            }
+        }
     }
 
     fn put(&mut self, at: Instant, p: Packet) {
@@ -287,8 +299,7 @@ fn members_go_direct_and_datagrams_switch_paths_without_loss() {
     let got = &w.nodes[1].got;
     assert_eq!(got.len(), 12, "every datagram arrives once");
     assert_eq!(got[0], b"early");
-    let c = w.nodes[0].links.counters();
-    assert_eq!((c.direct_out, c.relayed_out), (10, 2));
+    assert_eq!(w.sent, (10, 2), "(direct, relayed)");
 }
 
 #[test]
@@ -345,4 +356,20 @@ fn strangers_garbage_and_other_overlays_are_dropped_and_counted() {
     assert_eq!((c.unknown_source, c.malformed_frames, c.foreign_path), (1, 2, 1));
     w.flush();
     assert!(w.nodes[1].got.is_empty(), "nothing was delivered");
+}
+
+#[test]
+fn without_udp_links_never_attempt_and_ignore_offers() {
+    let now = Instant::now();
+    let cfg = Config {
+        direct: false,
+        ..Config::default()
+    };
+    let mut a = Links::new(cfg, [1; 20], [9; 8], 1);
+    let jid = FullJid::new("b@example.test/r").unwrap();
+    a.member_up(now, [2; 20], jid);
+    a.handle_timeout(now + Duration::from_secs(60));
+    assert!(a.poll_transmit().is_none(), "no offer without UDP");
+    assert_eq!(a.counters().attempts, 0);
+    assert_eq!(a.path(&[2; 20]), Some(Path::Xmpp));
 }

@@ -6,6 +6,7 @@
 //! shuts the node down; a [`Controller`] does the same without the event stream (the control
 //! socket uses one).
 
+mod reach;
 mod runtime;
 pub mod status;
 
@@ -46,6 +47,11 @@ pub enum StartError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Login(#[from] LoginError),
+    #[error("cannot bind the UDP socket {addr}: {source}")]
+    Udp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Why a running node stopped on its own.
@@ -228,6 +234,16 @@ pub async fn start_with_key(
     };
     let mut session_cfg = SessionConfig::new(login, seed);
     session_cfg.first_login_timeout = config.login_timeout;
+    let mut path = [0u8; 8];
+    hex::decode_to_slice(&ns, &mut path).map_err(|_| IdentityError::BadNodeId(ns.clone()))?;
+    let bind = config.udp_enabled.then_some(config.udp_bind);
+    let (reach, resolved) =
+        reach::bind(bind, node_id.0, path, config.stun_servers.clone(), seed).map_err(|source| {
+            StartError::Udp {
+                addr: config.udp_bind,
+                source,
+            }
+        })?;
     tracing::info!(jid = %config.jid, server = %session_cfg.login.server_name(), tls = %config.tls, "logging in");
     let session = Session::connect(session_cfg).await?;
     let mut rendezvous = rendezvous::Config::new(
@@ -251,6 +267,8 @@ pub async fn start_with_key(
     let task = runtime::spawn(runtime::Parts {
         core,
         session,
+        reach,
+        resolved,
         commands: command_rx,
         app: event_tx,
         node_id,

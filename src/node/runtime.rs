@@ -1,12 +1,13 @@
-//! The node's single task: a `select!` over the XMPP session, commands from handles and the
-//! control socket, room in the outgoing queue, and the cores' next timeout.
+//! The node's single task: a `select!` over the XMPP session, the UDP sockets, commands from
+//! handles and the control socket, STUN server lookups, room in the outgoing stanza queue, and
+//! the cores' next timeout.
 //!
 //! Drive loop:
-//! 1. wait for one input (session event, command, queue room, or the timeout the core asked
-//!    for) and hand it to the core with the current time;
-//! 2. move the core's stanzas into the outgoing backlog and send what the queue takes;
-//! 3. turn the core's events into [`AppEvent`]s and log lines;
-//! 4. repeat until shutdown or a fatal session error, then leave with unavailable presence.
+//! 1. wait for one input and hand it to its core with the current time;
+//! 2. drain the cores until nothing moves: stanzas go to the session backlog, UDP datagrams to
+//!    the sockets, link frames for the relay to the XMPP core, events to the other cores, the
+//!    application and the log;
+//! 3. repeat until shutdown or a fatal session error, then leave with unavailable presence.
 #![allow(clippy::disallowed_methods)] // the runtime is the one place that reads the clock
 
 use std::collections::VecDeque;
@@ -14,16 +15,21 @@ use std::time::{Duration, Instant};
 
 use ringlet_xmpp::core::{self, Core};
 use ringlet_xmpp::session::{Session, SessionEvent, SessionSender};
-use ringlet_xmpp::Stanza;
+use ringlet_xmpp::{FullJid, NodeIdBytes, Stanza};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::reach::{self, Reach};
 use super::{status, AppEvent, Command, NodeError, SendError};
 use crate::identity::NodeId;
+use crate::link::{self, Path};
+use crate::reach::stun_client;
 
 pub(super) struct Parts {
     pub core: Core,
     pub session: Session,
+    pub reach: Reach,
+    pub resolved: reach::Resolved,
     pub commands: mpsc::Receiver<Command>,
     pub app: mpsc::Sender<AppEvent>,
     pub node_id: NodeId,
@@ -38,6 +44,7 @@ pub(super) fn spawn(parts: Parts) -> JoinHandle<Result<(), NodeError>> {
 /// Node state owned by the task.
 pub(super) struct Runtime {
     pub core: Core,
+    pub reach: Reach,
     backlog: VecDeque<Stanza>,
     app: mpsc::Sender<AppEvent>,
     pub node_id: NodeId,
@@ -46,12 +53,17 @@ pub(super) struct Runtime {
     pub started: Instant,
     pub app_dropped: u64,
     pub reconnect_failures: u64,
+    pub relay_send_failures: u64,
+    /// Application datagrams handed to a path: (direct UDP, XMPP relay).
+    pub app_sent: (u64, u64),
 }
 
 async fn run(parts: Parts) -> Result<(), NodeError> {
     let Parts {
         core,
         mut session,
+        reach,
+        mut resolved,
         mut commands,
         app,
         node_id,
@@ -61,6 +73,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
     let sender = session.sender();
     let mut rt = Runtime {
         core,
+        reach,
         backlog: VecDeque::new(),
         app,
         node_id,
@@ -69,24 +82,48 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         started: Instant::now(),
         app_dropped: 0,
         reconnect_failures: 0,
+        relay_send_failures: 0,
+        app_sent: (0, 0),
     };
     // `Session::connect` returned with the first session bound: start from it.
+    let now = Instant::now();
     tracing::info!(jid = %session.jid(), "online");
-    rt.core.handle_online(Instant::now(), session.jid().clone());
+    let candidates = rt.reach.start(now);
+    rt.reach
+        .links
+        .set_local(now, candidates.clone(), rt.reach.stun.nat());
+    rt.core.set_endpoints(Reach::endpoints(&candidates));
+    rt.core.handle_online(now, session.jid().clone());
     rt.after_input(&sender);
     let result = loop {
         rt.core.set_app_can_deliver(rt.app.capacity() > 0);
-        let deadline = rt.core.poll_timeout().map(tokio::time::Instant::from_std);
+        let deadline = [rt.core.poll_timeout(), rt.reach.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let deadline = deadline.map(tokio::time::Instant::from_std);
         tokio::select! {
             ev = session.next_event() => match ev {
                 None => break Err(NodeError::SessionEnded),
                 Some(SessionEvent::Failed(e)) => break Err(NodeError::Session(e)),
                 Some(ev) => rt.on_session(ev),
             },
+            batch = rt.reach.recv() => match batch {
+                Ok(batch) => rt.reach.on_datagrams(Instant::now(), batch),
+                Err(e) => {
+                    rt.reach.counters.recv_errors += 1;
+                    tracing::warn!(error = %e, "UDP receive failed");
+                }
+            },
             cmd = commands.recv() => match cmd {
                 None => break Ok(None),
                 Some(Command::Shutdown(done)) => break Ok(Some(done)),
                 Some(cmd) => rt.on_command(cmd),
+            },
+            lookup = resolved.recv() => {
+                if let Some((source, addrs)) = lookup {
+                    rt.reach.on_resolved(Instant::now(), source, addrs);
+                }
             },
             permit = sender.reserve(), if !rt.backlog.is_empty() => {
                 if let (Some(permit), Some(stanza)) = (permit, rt.backlog.pop_front()) {
@@ -94,7 +131,9 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 }
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                rt.core.handle_timeout(Instant::now());
+                let now = Instant::now();
+                rt.core.handle_timeout(now);
+                rt.reach.handle_timeout(now);
             },
         }
         rt.after_input(&sender);
@@ -151,21 +190,68 @@ impl Runtime {
     }
 
     fn send(&mut self, to: NodeId, data: &[u8]) -> Result<(), SendError> {
-        let jid = self
-            .core
-            .members()
-            .filter(|m| m.node == to.0)
-            .max_by_key(|m| m.since)
-            .map(|m| m.jid.clone())
-            .ok_or(SendError::UnknownPeer(to))?;
-        self.core.send_datagram(Instant::now(), &jid, data)?;
-        Ok(())
+        // Relayed datagrams travel as link frames, which add their header.
+        let max = self.core.relay_config().max_datagram - link::frame::HEADER_LEN;
+        if data.len() > max {
+            let err = ringlet_xmpp::relay::SendError::TooLarge {
+                len: data.len(),
+                limit: max,
+            };
+            return Err(SendError::Relay(err.into()));
+        }
+        match self
+            .reach
+            .links
+            .send(&to.0, data)
+            .map_err(|_| SendError::UnknownPeer(to))?
+        {
+            link::Transmit::Udp { socket, to, data } => {
+                self.reach.send(socket, to, &data);
+                self.app_sent.0 += 1;
+                Ok(())
+            }
+            link::Transmit::Relay { to, data } => {
+                self.core.send_datagram(Instant::now(), &to, &data)?;
+                self.app_sent.1 += 1;
+                Ok(())
+            }
+        }
     }
 
-    /// Moves the core's output to the session and the application.
+    /// Moves every core's output where it belongs, until nothing moves any more.
     fn after_input(&mut self, sender: &SessionSender) {
-        while let Some(stanza) = self.core.poll_transmit() {
-            self.backlog.push_back(stanza);
+        let now = Instant::now();
+        loop {
+            let mut moved = false;
+            while let Some(stanza) = self.core.poll_transmit() {
+                self.backlog.push_back(stanza);
+            }
+            while let Some(ev) = self.core.poll_event() {
+                moved = true;
+                self.on_core_event(now, ev);
+            }
+            self.reach.flush_stun();
+            while let Some(ev) = self.reach.stun.poll_event() {
+                let stun_client::Event::Changed = ev;
+                moved = true;
+                self.on_nat_changed(now);
+            }
+            while let Some(t) = self.reach.links.poll_transmit() {
+                moved = true;
+                match t {
+                    link::Transmit::Udp { socket, to, data } => {
+                        self.reach.send(socket, to, &data);
+                    }
+                    link::Transmit::Relay { to, data } => self.relay(now, &to, &data),
+                }
+            }
+            while let Some(ev) = self.reach.links.poll_event() {
+                moved = true;
+                self.on_link_event(now, ev);
+            }
+            if !moved {
+                break;
+            }
         }
         while let Some(stanza) = self.backlog.pop_front() {
             if let Err(stanza) = sender.try_send(stanza) {
@@ -173,72 +259,122 @@ impl Runtime {
                 break;
             }
         }
-        while let Some(ev) = self.core.poll_event() {
-            self.on_core_event(ev);
-        }
         let seeking = self.core.members().any(|m| m.addresses.is_none());
-        self.core.set_seeking(Instant::now(), seeking);
+        self.core.set_seeking(now, seeking);
     }
 
-    fn on_core_event(&mut self, ev: core::Event) {
-        let app = match ev {
-            core::Event::MemberUp { jid, node } => {
-                let node = NodeId(node);
-                tracing::info!(peer = %node, %jid, "peer online");
-                AppEvent::PeerUp {
-                    node,
-                    jid: jid.to_string(),
+    /// Sends a link frame over the XMPP relay; frames whose peer just left are dropped.
+    fn relay(&mut self, now: Instant, to: &FullJid, data: &[u8]) {
+        if let Err(e) = self.core.send_datagram(now, to, data) {
+            self.relay_send_failures += 1;
+            tracing::debug!(%to, error = %e, "relay frame not sent");
+        }
+    }
+
+    fn on_nat_changed(&mut self, now: Instant) {
+        let nat = self.reach.stun.nat();
+        let reflexive: Vec<String> = self
+            .reach
+            .stun
+            .reflexive()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        tracing::info!(?nat, ?reflexive, "NAT behaviour");
+        let candidates = self.reach.candidates(now);
+        self.reach.links.set_local(now, candidates.clone(), nat);
+        self.core.set_endpoints(Reach::endpoints(&candidates));
+    }
+
+    fn on_link_event(&mut self, now: Instant, ev: link::Event) {
+        match ev {
+            link::Event::Datagram { from, data } => self.to_app(AppEvent::Datagram {
+                from: NodeId(from),
+                data,
+            }),
+            link::Event::PathChanged { peer, path } => match path {
+                Path::Direct { remote, rtt, .. } => {
+                    tracing::info!(peer = %NodeId(peer), %remote, rtt_ms = rtt.as_secs_f64() * 1e3, "direct path up")
                 }
+                Path::Xmpp => tracing::info!(peer = %NodeId(peer), "path: XMPP relay"),
+            },
+            link::Event::Reflexive(addr) => self.reach.on_peer_reflexive(now, addr),
+            link::Event::OpenSockets { peer, count } => {
+                let ids = self.reach.open_sockets(count);
+                tracing::debug!(peer = %NodeId(peer), opened = ids.len(), "birthday sockets");
+                self.reach.links.sockets_opened(now, &peer, ids);
+            }
+            link::Event::CloseSockets(ids) => {
+                for id in ids {
+                    self.reach.close_socket(id);
+                }
+            }
+        }
+    }
+
+    fn on_core_event(&mut self, now: Instant, ev: core::Event) {
+        match ev {
+            core::Event::MemberUp { jid, node } => {
+                tracing::info!(peer = %NodeId(node), %jid, "peer online");
+                self.reach.links.member_up(now, node, jid.clone());
+                self.to_app(AppEvent::PeerUp {
+                    node: NodeId(node),
+                    jid: jid.to_string(),
+                });
             }
             core::Event::MemberDown { jid, node } => {
-                let node = NodeId(node);
-                tracing::info!(peer = %node, %jid, "peer offline");
-                AppEvent::PeerDown {
-                    node,
+                tracing::info!(peer = %NodeId(node), %jid, "peer offline");
+                self.member_down(&node, &jid);
+                self.to_app(AppEvent::PeerDown {
+                    node: NodeId(node),
                     jid: jid.to_string(),
-                }
+                });
             }
-            core::Event::AddressesLearned { jid } => {
-                tracing::debug!(%jid, "learned addresses");
-                return;
-            }
-            core::Event::Datagram { from, node, data } => {
-                let Some(node) = node else {
-                    tracing::debug!(%from, "datagram from a resource that just left; dropped");
+            core::Event::AddressesLearned { jid } => tracing::debug!(%jid, "learned addresses"),
+            core::Event::Datagram { from, node, data } => match node {
+                Some(node) => self.reach.links.handle_relay(now, node, &data),
+                None => {
+                    tracing::debug!(%from, "relay datagram from a resource that just left; dropped");
                     self.app_dropped += 1;
-                    return;
-                };
-                AppEvent::Datagram {
-                    from: NodeId(node),
-                    data,
                 }
-            }
+            },
             core::Event::PeerFailed {
                 peer,
                 reason,
                 dropped,
             } => {
                 tracing::warn!(%peer, ?reason, dropped, "relay to peer failed");
-                AppEvent::SendFailed {
+                self.to_app(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: format!("{reason:?}"),
                     dropped,
-                }
+                });
             }
             core::Event::DatagramRefused { peer, condition } => {
                 tracing::warn!(%peer, %condition, "peer refused a datagram");
-                AppEvent::SendFailed {
+                self.to_app(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: condition,
                     dropped: 1,
-                }
+                });
             }
             core::Event::Services(services) => {
                 tracing::info!(count = services.len(), "XEP-0215 external services");
-                return;
+                self.reach.on_services(&services);
             }
-        };
-        if self.app.try_send(app).is_err() {
+        }
+    }
+
+    /// A member resource left; its link goes only if no other resource of that node remains.
+    fn member_down(&mut self, node: &NodeIdBytes, jid: &FullJid) {
+        let still_there = self.core.members().any(|m| m.node == *node && m.jid != *jid);
+        if !still_there {
+            self.reach.links.member_down(node);
+        }
+    }
+
+    fn to_app(&mut self, ev: AppEvent) {
+        if self.app.try_send(ev).is_err() {
             self.app_dropped += 1;
         }
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime::Runtime;
 use crate::identity::NodeId;
+use crate::link::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -19,7 +20,7 @@ pub struct Status {
     pub state: String,
     /// Server-reflexive addresses (`ip:port`), from the NAT traversal layer.
     pub reflexive: Vec<String>,
-    /// NAT behaviour (`{"mapping","filtering","udp"}`) once detected.
+    /// NAT behaviour: `{"mapping","ports","filtering","udp"}`, each null until observed.
     pub nat: Option<serde_json::Value>,
     pub peers: Vec<Peer>,
     pub ring: Ring,
@@ -63,17 +64,23 @@ pub struct Service {
 
 pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
     let core = &rt.core;
+    let links = &rt.reach.links;
     let mut peers: Vec<Peer> = core
         .members()
         .map(|m| {
-            let relay_rtt = core.relay_stats(&m.jid).and_then(|s| s.srtt);
+            let relay_rtt = core.relay_stats(&m.jid).and_then(|s| s.srtt).or(m.rtt);
+            let since = links.path_since(&m.node).unwrap_or(m.since).max(m.since);
+            let (path, remote, rtt) = match links.path(&m.node) {
+                Some(Path::Direct { remote, rtt, .. }) => ("direct", format!("udp://{remote}"), Some(rtt)),
+                _ => ("xmpp", format!("xmpp://{}", m.jid), relay_rtt),
+            };
             Peer {
                 node_id: NodeId(m.node).to_string(),
                 jid: m.jid.to_string(),
-                path: "xmpp".into(),
-                remote: Some(format!("xmpp://{}", m.jid)),
-                rtt_ms: relay_rtt.or(m.rtt).map(|d| d.as_secs_f64() * 1000.0),
-                since_s: now.duration_since(m.since).as_secs_f64(),
+                path: path.into(),
+                remote: Some(remote),
+                rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                since_s: now.duration_since(since).as_secs_f64(),
                 endpoints: m
                     .addresses
                     .as_ref()
@@ -117,8 +124,8 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
         jid: core.own_jid().map(|j| j.to_string()),
         overlay: rt.overlay.clone(),
         state: state.into(),
-        reflexive: Vec::new(),
-        nat: None,
+        reflexive: rt.reach.stun.reflexive().iter().map(|a| a.to_string()).collect(),
+        nat: serde_json::to_value(rt.reach.stun.nat()).ok(),
         peers,
         ring: Ring {
             left: None,
@@ -136,6 +143,8 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
     let c = rt.core.counters();
     let r = rt.core.relay_counters();
     let z = rt.core.rendezvous_counters();
+    let u = &rt.reach.counters;
+    let l = rt.reach.links.counters();
     [
         ("stanzas_in", c.stanzas_in),
         ("stanzas_out", c.stanzas_out),
@@ -165,6 +174,27 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("relay_busy_in", r.busy_in),
         ("relay_peer_failures", r.peer_failures),
         ("app_dropped", rt.app_dropped),
+        ("relay_send_failures", rt.relay_send_failures),
+        ("udp_datagrams_in", u.datagrams_in),
+        ("udp_stun_in", u.stun_in),
+        ("udp_frames_in", u.frames_in),
+        ("udp_unknown_in", u.unknown_in),
+        ("udp_stun_malformed", u.stun_malformed + rt.reach.stun.malformed),
+        ("udp_stun_unclaimed", u.stun_unclaimed),
+        ("udp_send_errors", rt.reach.socket_stats().0),
+        ("udp_extra_sockets", rt.reach.socket_stats().1 as u64),
+        ("link_attempts", l.attempts),
+        ("link_direct_up", l.direct_up),
+        ("link_paths_lost", l.paths_lost),
+        ("link_direct_out", rt.app_sent.0),
+        ("link_relayed_out", rt.app_sent.1),
+        ("link_frames_in", l.frames_in),
+        ("link_malformed_frames", l.malformed_frames),
+        ("link_foreign_path", l.foreign_path),
+        ("link_unknown_source", l.unknown_source),
+        ("link_stun_refused", l.stun_refused),
+        ("link_checks_for_success", l.checks_for_success),
+        ("link_successes", l.successes),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

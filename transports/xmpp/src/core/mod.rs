@@ -168,6 +168,15 @@ impl Core {
         self.rendezvous.counters()
     }
 
+    /// Our endpoints besides the XMPP relay (UDP candidates), announced in the address exchange.
+    pub fn set_endpoints(&mut self, endpoints: Vec<crate::wire::addresses::Endpoint>) {
+        self.rendezvous.set_endpoints(endpoints);
+    }
+
+    pub fn relay_config(&self) -> &relay::Config {
+        self.relay.config()
+    }
+
     pub fn set_seeking(&mut self, now: Instant, seeking: bool) {
         self.rendezvous.set_seeking(now, seeking);
     }
