@@ -288,7 +288,7 @@ impl Runtime {
 
     fn on_link_event(&mut self, now: Instant, ev: link::Event) {
         match ev {
-            link::Event::Datagram { from, data } => self.to_app(AppEvent::Datagram {
+            link::Event::Datagram { from, data } => self.emit(AppEvent::Datagram {
                 from: NodeId(from),
                 data,
             }),
@@ -317,7 +317,7 @@ impl Runtime {
             core::Event::MemberUp { jid, node } => {
                 tracing::info!(peer = %NodeId(node), %jid, "peer online");
                 self.reach.links.member_up(now, node, jid.clone());
-                self.to_app(AppEvent::PeerUp {
+                self.emit(AppEvent::PeerUp {
                     node: NodeId(node),
                     jid: jid.to_string(),
                 });
@@ -325,7 +325,7 @@ impl Runtime {
             core::Event::MemberDown { jid, node } => {
                 tracing::info!(peer = %NodeId(node), %jid, "peer offline");
                 self.member_down(&node, &jid);
-                self.to_app(AppEvent::PeerDown {
+                self.emit(AppEvent::PeerDown {
                     node: NodeId(node),
                     jid: jid.to_string(),
                 });
@@ -344,7 +344,7 @@ impl Runtime {
                 dropped,
             } => {
                 tracing::warn!(%peer, ?reason, dropped, "relay to peer failed");
-                self.to_app(AppEvent::SendFailed {
+                self.emit(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: format!("{reason:?}"),
                     dropped,
@@ -352,7 +352,7 @@ impl Runtime {
             }
             core::Event::DatagramRefused { peer, condition } => {
                 tracing::warn!(%peer, %condition, "peer refused a datagram");
-                self.to_app(AppEvent::SendFailed {
+                self.emit(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: condition,
                     dropped: 1,
@@ -373,7 +373,7 @@ impl Runtime {
         }
     }
 
-    fn to_app(&mut self, ev: AppEvent) {
+    fn emit(&mut self, ev: AppEvent) {
         if self.app.try_send(ev).is_err() {
             self.app_dropped += 1;
         }
