@@ -1,6 +1,7 @@
 //! The local control socket: a Unix socket (mode 0600) speaking newline-delimited JSON.
 //!
-//! Request: `{"id":1,"cmd":"status"}`. Response: `{"id":1,"ok":true,"result":{…}}` or
+//! Requests: `{"id":1,"cmd":"status"}` and `{"id":2,"cmd":"ping","node":"<40 hex>"}`.
+//! Response: `{"id":1,"ok":true,"result":{…}}` or
 //! `{"id":1,"ok":false,"error":"…"}`. Lines are limited to 64 KiB, connections to 32 at a time,
 //! and an idle connection is closed after 60 s.
 
@@ -42,6 +43,9 @@ pub enum ControlError {
 struct Request {
     id: u64,
     cmd: String,
+    /// The target of `ping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -185,12 +189,32 @@ async fn handle(req: Request, controller: &Controller) -> Response {
             },
             None => fail("the node is stopping".into()),
         },
+        "ping" => {
+            let node = req.node.as_deref().unwrap_or_default().parse::<crate::NodeId>();
+            match node {
+                Err(e) => fail(e.to_string()),
+                Ok(node) => match controller.ping(node).await {
+                    Ok(reply) => Response {
+                        id: req.id,
+                        ok: true,
+                        result: serde_json::to_value(reply).ok(),
+                        error: None,
+                    },
+                    Err(e) => fail(e.to_string()),
+                },
+            }
+        }
         other => fail(format!("unknown command '{other}'")),
     }
 }
 
 /// Sends one command to the node behind `path` and returns its result.
 pub async fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
+    request_for(path, cmd, None).await
+}
+
+/// Sends a command about one node (`ping`) and returns its result.
+pub async fn request_for(path: &Path, cmd: &str, node: Option<&str>) -> Result<Value, ControlError> {
     let not_running = |reason: String| ControlError::NotRunning {
         path: path.into(),
         reason,
@@ -207,6 +231,7 @@ pub async fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
         let mut line = serde_json::to_vec(&Request {
             id: 1,
             cmd: cmd.into(),
+            node: node.map(Into::into),
         })
         .map_err(|e| protocol(e.to_string()))?;
         line.push(b'\n');

@@ -36,6 +36,16 @@ enum Command {
         #[arg(short, long, default_value = "ringlet.toml")]
         config: PathBuf,
     },
+    /// Ping a member over the overlay (its current path: direct UDP or the XMPP relay)
+    Ping {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        /// The member's NodeId (40 hex digits)
+        node: String,
+        /// How many pings
+        #[arg(short = 'n', long, default_value_t = 3)]
+        count: u32,
+    },
     /// Show the status of the running node
     Status {
         #[arg(short, long, default_value = "ringlet.toml")]
@@ -50,7 +60,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let config_path = match &cli.command {
-        Command::Up { config } | Command::Status { config, .. } => config.clone(),
+        Command::Up { config } | Command::Status { config, .. } | Command::Ping { config, .. } => {
+            config.clone()
+        }
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -70,6 +82,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up { .. } => up(config).await,
             Command::Status { json, .. } => status(config, json).await,
+            Command::Ping { node, count, .. } => ping(config, &node, count).await,
         }
     });
     match result {
@@ -125,6 +138,34 @@ async fn up(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     handle.shutdown().await?;
+    Ok(())
+}
+
+async fn ping(config: Config, node: &str, count: u32) -> anyhow::Result<()> {
+    node.parse::<ringlet::NodeId>()?;
+    let mut answered = 0;
+    for i in 0..count.max(1) {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        match control::request_for(&config.control_socket, "ping", Some(node)).await {
+            Ok(v) => {
+                let r: ringlet::node::PingReply =
+                    serde_json::from_value(v).context("unexpected ping answer")?;
+                answered += 1;
+                println!(
+                    "reply from {} via {} {}: {:.2} ms",
+                    &r.node_id[..12],
+                    r.path,
+                    r.remote,
+                    r.rtt_ms
+                );
+            }
+            Err(control::ControlError::Refused(why)) => println!("no reply: {why}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(answered > 0, "no answer from {node}");
     Ok(())
 }
 

@@ -141,9 +141,9 @@ async fn friends_subscribe_and_strangers_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_services_come_from_xep0215_or_the_config() {
     let with = prosody("one.test", &["alice"], false, |s| {
-        s.stun = Some(("203.0.113.9".into(), 3479))
+        s.stun = vec![("203.0.113.9".into(), 3479)]
     });
-    let without = prosody("two.test", &["bob"], false, |s| s.stun = None);
+    let without = prosody("two.test", &["bob"], false, |s| s.stun.clear());
     let dir = tempdir("ringlet-extdisco-");
     let mut spec_a = NodeSpec::new("alice@one.test", &with.c2s_addr(), "alpha", &[]);
     spec_a.extra = "[stun]\nservers = [\"198.51.100.1:3478\"]\n".into();

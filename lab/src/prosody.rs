@@ -29,7 +29,7 @@ pub struct ProsodySpec {
     /// JIDs put into one shared roster group (mod_groups): everyone sees everyone.
     pub shared_roster: Vec<String>,
     /// A STUN service advertised through XEP-0215.
-    pub stun: Option<(String, u16)>,
+    pub stun: Vec<(String, u16)>,
     /// Host names for s2s resolution (lua-unbound reads them as a hosts file).
     pub hosts: Vec<(IpAddr, String)>,
     /// XEP-0198 stream management.
@@ -52,7 +52,7 @@ impl ProsodySpec {
             require_encryption: false,
             limits: false,
             shared_roster: Vec::new(),
-            stun: Some(("127.0.0.1".into(), 3478)),
+            stun: vec![("127.0.0.1".into(), 3478)],
             hosts: Vec::new(),
             smacks: true,
             netns: None,
@@ -130,11 +130,15 @@ impl ProsodySpec {
         let _ = writeln!(c, "network_settings = {{ nagle = false }}");
         let _ = writeln!(c, "modules_enabled = {{ {} }}", list(&modules));
         let _ = writeln!(c, "modules_disabled = {{ {} }}", list(&disabled));
-        if let Some((host, port)) = &self.stun {
-            let _ = writeln!(
-                c,
-                "external_services = {{ {{ type = \"stun\"; transport = \"udp\"; host = \"{host}\"; port = {port} }} }}"
-            );
+        if !self.stun.is_empty() {
+            let services: Vec<String> = self
+                .stun
+                .iter()
+                .map(|(host, port)| {
+                    format!("{{ type = \"stun\"; transport = \"udp\"; host = \"{host}\"; port = {port} }}")
+                })
+                .collect();
+            let _ = writeln!(c, "external_services = {{ {} }}", services.join(", "));
         }
         if !self.shared_roster.is_empty() {
             let _ = writeln!(c, "groups_file = \"{d}/groups.txt\"");

@@ -2,22 +2,24 @@
 //!
 //! ```text
 //! byte 0      0b11 + 6-bit version (0xc0 for version 0); tells frames from STUN
-//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates
+//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong
 //! bytes 2..10 path id: the overlay's namespace id, so one socket serves every overlay
 //! bytes 10..  body
 //! ```
 //!
 //! Offer/answer bodies (the connect-to-me exchange): attempt id (u32), ufrag and pwd (u8
-//! length + UTF-8), NAT info (mapping u8, ports u8 + step i16), candidate count (u8), and per
+//! length + UTF-8), NAT info (mapping u8, ports u8 + step i16, filtering u8), candidate count
+//! (u8), and per
 //! candidate: kind u8, priority u32, address (4 → IPv4, 6 → IPv6, then port u16).
-//! A candidates body is the attempt id and the candidate list. All integers are big-endian.
+//! A candidates body is the attempt id and the candidate list; ping and pong bodies are a u64
+//! nonce. All integers are big-endian.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ringlet_udp::FRAME_MARKER;
 
 use crate::reach::candidate::{Candidate, Kind as CandidateKind};
-use crate::reach::nat::{Mapping, NatInfo, Ports};
+use crate::reach::nat::{Filtering, Mapping, NatInfo, Ports};
 use crate::reach::punch::Credentials;
 
 pub const VERSION: u8 = 0;
@@ -46,6 +48,8 @@ pub enum Body {
         attempt: u32,
         candidates: Vec<Candidate>,
     },
+    Ping(u64),
+    Pong(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +92,8 @@ impl Frame {
                 emit_candidates(&mut b, candidates);
                 (4, b)
             }
+            Body::Ping(n) => (5, n.to_be_bytes().to_vec()),
+            Body::Pong(n) => (6, n.to_be_bytes().to_vec()),
         };
         out.push(kind);
         out.extend_from_slice(&self.path);
@@ -126,6 +132,8 @@ impl Frame {
                     candidates: parse_candidates(&mut r)?,
                 }
             }
+            5 => Body::Ping(r.u64()?),
+            6 => Body::Pong(r.u64()?),
             k => return Err(FrameError::Kind(k)),
         };
         if !matches!(body, Body::Data(_)) && !r.0.is_empty() {
@@ -154,6 +162,12 @@ fn emit_offer(o: &Offer) -> Vec<u8> {
     };
     b.push(ports);
     b.extend_from_slice(&step.to_be_bytes());
+    b.push(match o.nat.filtering {
+        None => 0,
+        Some(Filtering::EndpointIndependent) => 1,
+        Some(Filtering::AddressDependent) => 2,
+        Some(Filtering::AddressAndPortDependent) => 3,
+    });
     emit_candidates(&mut b, &o.candidates);
     b
 }
@@ -206,10 +220,17 @@ fn parse_offer(r: &mut Reader) -> Result<Offer, FrameError> {
         3 => Some(Ports::Random),
         _ => return Err(FrameError::Body),
     };
+    let filtering = match r.u8()? {
+        0 => None,
+        1 => Some(Filtering::EndpointIndependent),
+        2 => Some(Filtering::AddressDependent),
+        3 => Some(Filtering::AddressAndPortDependent),
+        _ => return Err(FrameError::Body),
+    };
     let nat = NatInfo {
         mapping,
         ports,
-        filtering: None,
+        filtering,
         udp: None,
     };
     let candidates = parse_candidates(r)?;
@@ -274,6 +295,13 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
+    }
+
     fn string(&mut self) -> Result<String, FrameError> {
         let n = usize::from(self.u8()?);
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FrameError::Body)
@@ -295,7 +323,7 @@ mod tests {
             nat: NatInfo {
                 mapping: Some(Mapping::EndpointDependent),
                 ports: Some(Ports::Sequential { step: -2 }),
-                filtering: None,
+                filtering: Some(Filtering::AddressAndPortDependent),
                 udp: None,
             },
             candidates: vec![
@@ -321,6 +349,8 @@ mod tests {
                 attempt: 9,
                 candidates: offer().candidates,
             },
+            Body::Ping(u64::MAX),
+            Body::Pong(1),
         ];
         for body in bodies {
             let f = Frame { path, body };

@@ -105,6 +105,11 @@ pub enum Event {
         count: usize,
     },
     CloseSockets(Vec<SocketId>),
+    /// The answer to [`Links::ping`].
+    Pong {
+        peer: NodeIdBytes,
+        nonce: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,10 +218,25 @@ impl Links {
     }
 
     pub fn member_down(&mut self, peer: &NodeIdBytes) {
-        if let Some(mut link) = self.links.remove(peer) {
-            if let Some(mut a) = link.attempt.take() {
-                a.agent.close();
-                self.drain_agent(*peer, &mut a.agent);
+        self.retire_attempt(peer);
+        self.links.remove(peer);
+    }
+
+    /// Ends the running attempt of `peer`, closing its extra sockets. A direct path it held is
+    /// gone with it: the link falls back to the relay until a new attempt succeeds.
+    fn retire_attempt(&mut self, peer: &NodeIdBytes) {
+        let Some(mut old) = self.links.get_mut(peer).and_then(|l| l.attempt.take()) else {
+            return;
+        };
+        old.agent.close();
+        self.drain_agent(*peer, &mut old.agent);
+        if let Some(link) = self.links.get_mut(peer) {
+            if link.path != Path::Xmpp {
+                link.path = Path::Xmpp;
+                self.events.push_back(Event::PathChanged {
+                    peer: *peer,
+                    path: Path::Xmpp,
+                });
             }
         }
     }
@@ -261,12 +281,13 @@ impl Links {
         let id: u32 = self.rng.random();
         let seed: u64 = self.rng.random();
         let creds = Credentials::random(&mut self.rng);
+        if !self.links.contains_key(&peer) {
+            return;
+        }
+        self.retire_attempt(&peer);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        if let Some(mut old) = link.attempt.take() {
-            old.agent.close();
-        }
         link.retry_at = None;
         let agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
         let offer = Offer {
@@ -314,6 +335,8 @@ impl Links {
                     a.agent.add_candidates(now, &candidates);
                 }
             }
+            Body::Ping(nonce) => self.pong(peer, nonce),
+            Body::Pong(nonce) => self.events.push_back(Event::Pong { peer, nonce }),
         }
         self.drain(now);
     }
@@ -350,9 +373,10 @@ impl Links {
         if ours_pending && own < peer {
             return; // crossing offers: the lower NodeId's attempt wins
         }
-        if let Some(mut old) = link.attempt.take() {
-            old.agent.close();
-        }
+        self.retire_attempt(&peer);
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
         link.retry_at = None;
         let seed: u64 = self.rng.random();
         let creds = Credentials::random(&mut self.rng);
@@ -455,19 +479,65 @@ impl Links {
         let Some(frame) = self.parse(bytes) else {
             return;
         };
-        let Body::Data(data) = frame.body else {
-            return; // signalling travels over the relay only
-        };
         let peer = self.links.iter_mut().find(|(_, l)| matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from));
-        match peer {
-            Some((id, link)) => {
-                if let Some(a) = link.attempt.as_mut() {
-                    a.agent.heard(now, socket, from);
-                }
-                self.events.push_back(Event::Datagram { from: *id, data });
-            }
-            None => self.counters.unknown_source += 1,
+        let Some((id, link)) = peer else {
+            self.counters.unknown_source += 1;
+            return;
+        };
+        let id = *id;
+        if let Some(a) = link.attempt.as_mut() {
+            a.agent.heard(now, socket, from);
         }
+        match frame.body {
+            Body::Data(data) => self.events.push_back(Event::Datagram { from: id, data }),
+            Body::Ping(nonce) => self.pong(id, nonce),
+            Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
+            // Signalling travels over the relay only.
+            Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } => {}
+        }
+    }
+
+    /// Frames an overlay ping to `peer` over its current path.
+    pub fn ping(&mut self, peer: &NodeIdBytes, nonce: u64) -> Result<Transmit, SendError> {
+        let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
+        let data = Frame {
+            path: self.path_id,
+            body: Body::Ping(nonce),
+        }
+        .emit();
+        Ok(match link.path {
+            Path::Direct { socket, remote, .. } => Transmit::Udp {
+                socket,
+                to: remote,
+                data,
+            },
+            Path::Xmpp => Transmit::Relay {
+                to: link.jid.clone(),
+                data,
+            },
+        })
+    }
+
+    fn pong(&mut self, peer: NodeIdBytes, nonce: u64) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        let data = Frame {
+            path: self.path_id,
+            body: Body::Pong(nonce),
+        }
+        .emit();
+        self.transmits.push_back(match link.path {
+            Path::Direct { socket, remote, .. } => Transmit::Udp {
+                socket,
+                to: remote,
+                data,
+            },
+            Path::Xmpp => Transmit::Relay {
+                to: link.jid.clone(),
+                data,
+            },
+        });
     }
 
     /// Frames a datagram for `peer`'s best path. The caller sends the returned transmit at once,

@@ -180,6 +180,9 @@ impl World {
                             }
                         }
                         Event::Reflexive(_) => {}
+                        Event::Pong { nonce, .. } => {
+                            self.nodes[i].got.push(format!("pong {nonce}").into_bytes())
+                        }
                     }
                 }
             }
@@ -372,4 +375,25 @@ fn without_udp_links_never_attempt_and_ignore_offers() {
     assert!(a.poll_transmit().is_none(), "no offer without UDP");
     assert_eq!(a.counters().attempts, 0);
     assert_eq!(a.path(&[2; 20]), Some(Path::Xmpp));
+}
+
+#[test]
+fn pings_are_answered_over_the_current_path() {
+    let mut w = world(Kind::Full, Kind::PortRestricted);
+    let to = w.nodes[1].id;
+    // Before the punch: over the relay.
+    let t = w.nodes[0].links.ping(&to, 1).unwrap();
+    assert!(matches!(t, Transmit::Relay { .. }));
+    if let Transmit::Relay { data, .. } = t {
+        let at = w.now + RELAY_LATENCY;
+        w.put(at, Packet::Relay { to: 1, data });
+    }
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
+    let t = w.nodes[0].links.ping(&to, 2).unwrap();
+    assert!(matches!(t, Transmit::Udp { .. }));
+    if let Transmit::Udp { socket, to, data } = t {
+        w.route(0, socket, to, data);
+    }
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(w.nodes[0].got, vec![b"pong 1".to_vec(), b"pong 2".to_vec()]);
 }

@@ -72,10 +72,26 @@ pub enum SendError {
     Relay(#[from] core::SendError),
     #[error("the node has stopped")]
     Stopped,
+    #[error("no answer from {0} within {1:?}")]
+    NoAnswer(NodeId, Duration),
+}
+
+/// The answer to an overlay ping.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PingReply {
+    pub node_id: String,
+    /// `direct` or `xmpp`: the path the ping took.
+    pub path: String,
+    pub remote: String,
+    pub rtt_ms: f64,
 }
 
 pub(crate) enum Command {
     Status(oneshot::Sender<Status>),
+    Ping {
+        to: NodeId,
+        reply: oneshot::Sender<Result<PingReply, SendError>>,
+    },
     Send {
         to: NodeId,
         data: Vec<u8>,
@@ -102,6 +118,16 @@ impl Controller {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Send { to, data, reply })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    /// Pings `to` over its current path (direct UDP or the relay) and waits for the answer.
+    pub async fn ping(&self, to: NodeId) -> Result<PingReply, SendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Ping { to, reply })
             .await
             .map_err(|_| SendError::Stopped)?;
         rx.await.map_err(|_| SendError::Stopped)?

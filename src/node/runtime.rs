@@ -10,17 +10,17 @@
 //! 3. repeat until shutdown or a fatal session error, then leave with unavailable presence.
 #![allow(clippy::disallowed_methods)] // the runtime is the one place that reads the clock
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ringlet_xmpp::core::{self, Core};
 use ringlet_xmpp::session::{Session, SessionEvent, SessionSender};
 use ringlet_xmpp::{FullJid, NodeIdBytes, Stanza};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::reach::{self, Reach};
-use super::{status, AppEvent, Command, NodeError, SendError};
+use super::{status, AppEvent, Command, NodeError, PingReply, SendError};
 use crate::identity::NodeId;
 use crate::link::{self, Path};
 use crate::reach::stun_client;
@@ -56,7 +56,21 @@ pub(super) struct Runtime {
     pub relay_send_failures: u64,
     /// Application datagrams handed to a path: (direct UDP, XMPP relay).
     pub app_sent: (u64, u64),
+    pings: BTreeMap<u64, PendingPing>,
+    next_ping: u64,
 }
+
+/// An overlay ping waiting for its pong.
+struct PendingPing {
+    peer: NodeIdBytes,
+    sent: Instant,
+    path: String,
+    remote: String,
+    reply: oneshot::Sender<Result<PingReply, SendError>>,
+}
+
+/// How long a ping waits for its pong.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn run(parts: Parts) -> Result<(), NodeError> {
     let Parts {
@@ -84,6 +98,8 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         reconnect_failures: 0,
         relay_send_failures: 0,
         app_sent: (0, 0),
+        pings: BTreeMap::new(),
+        next_ping: 1,
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -97,7 +113,8 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
     rt.after_input(&sender);
     let result = loop {
         rt.core.set_app_can_deliver(rt.app.capacity() > 0);
-        let deadline = [rt.core.poll_timeout(), rt.reach.poll_timeout()]
+        let ping_deadline = rt.pings.values().map(|p| p.sent + PING_TIMEOUT).min();
+        let deadline = [rt.core.poll_timeout(), rt.reach.poll_timeout(), ping_deadline]
             .into_iter()
             .flatten()
             .min();
@@ -134,6 +151,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 let now = Instant::now();
                 rt.core.handle_timeout(now);
                 rt.reach.handle_timeout(now);
+                rt.expire_pings(now);
             },
         }
         rt.after_input(&sender);
@@ -185,6 +203,7 @@ impl Runtime {
             Command::Send { to, data, reply } => {
                 let _ = reply.send(self.send(to, &data));
             }
+            Command::Ping { to, reply } => self.ping(to, reply),
             Command::Shutdown(_) => {}
         }
     }
@@ -214,6 +233,75 @@ impl Runtime {
                 self.core.send_datagram(Instant::now(), &to, &data)?;
                 self.app_sent.1 += 1;
                 Ok(())
+            }
+        }
+    }
+
+    fn ping(&mut self, to: NodeId, reply: oneshot::Sender<Result<PingReply, SendError>>) {
+        let nonce = self.next_ping;
+        self.next_ping += 1;
+        let transmit = match self.reach.links.ping(&to.0, nonce) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = reply.send(Err(SendError::UnknownPeer(to)));
+                return;
+            }
+        };
+        let (path, remote) = match &transmit {
+            link::Transmit::Udp {
+                socket,
+                to: addr,
+                data,
+            } => {
+                self.reach.send(*socket, *addr, data);
+                ("direct", format!("udp://{addr}"))
+            }
+            link::Transmit::Relay { to: jid, data } => {
+                if let Err(e) = self.core.send_datagram(Instant::now(), jid, data) {
+                    let _ = reply.send(Err(SendError::Relay(e)));
+                    return;
+                }
+                ("xmpp", format!("xmpp://{jid}"))
+            }
+        };
+        let pending = PendingPing {
+            peer: to.0,
+            sent: Instant::now(),
+            path: path.into(),
+            remote,
+            reply,
+        };
+        self.pings.insert(nonce, pending);
+    }
+
+    fn on_pong(&mut self, now: Instant, peer: NodeIdBytes, nonce: u64) {
+        if self.pings.get(&nonce).is_none_or(|p| p.peer != peer) {
+            return;
+        }
+        if let Some(p) = self.pings.remove(&nonce) {
+            let rtt_ms = now.duration_since(p.sent).as_secs_f64() * 1e3;
+            let answer = PingReply {
+                node_id: NodeId(peer).to_string(),
+                path: p.path,
+                remote: p.remote,
+                rtt_ms,
+            };
+            let _ = p.reply.send(Ok(answer));
+        }
+    }
+
+    fn expire_pings(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| now >= p.sent + PING_TIMEOUT)
+            .map(|(n, _)| *n)
+            .collect();
+        for nonce in late {
+            if let Some(p) = self.pings.remove(&nonce) {
+                let _ = p
+                    .reply
+                    .send(Err(SendError::NoAnswer(NodeId(p.peer), PING_TIMEOUT)));
             }
         }
     }
@@ -304,6 +392,7 @@ impl Runtime {
                 tracing::debug!(peer = %NodeId(peer), opened = ids.len(), "birthday sockets");
                 self.reach.links.sockets_opened(now, &peer, ids);
             }
+            link::Event::Pong { peer, nonce } => self.on_pong(now, peer, nonce),
             link::Event::CloseSockets(ids) => {
                 for id in ids {
                     self.reach.close_socket(id);

@@ -37,7 +37,7 @@ use ringlet_udp::{SocketId, MAIN_SOCKET};
 use stun_codec::MessageClass;
 
 use super::candidate::Candidate;
-use super::nat::{NatInfo, Ports};
+use super::nat::{Filtering, NatInfo, Ports};
 use super::stun_msg::{self, StunMessage};
 
 /// Short-term credentials of one side of an attempt.
@@ -122,6 +122,15 @@ pub fn plan_birthday(
     their_ports: Option<Ports>,
 ) -> Option<Birthday> {
     if ours.udp_blocked() || theirs.udp_blocked() || ours.is_hard() == theirs.is_hard() {
+        return None;
+    }
+    // A filter that admits the hard side's unknown port once we sent to its IP (or at all)
+    // needs no guessing: peer-reflexive checks get through.
+    let easy = if ours.is_hard() { theirs } else { ours };
+    if matches!(
+        easy.filtering,
+        Some(Filtering::EndpointIndependent | Filtering::AddressDependent)
+    ) {
         return None;
     }
     let srflx = their_srflx?;

@@ -13,6 +13,9 @@ use ringlet_lab::{ChildGuard, Netns, Prosody, ProsodySpec};
 
 pub const PASSWORD: &str = "correct horse";
 
+#[allow(dead_code)] // only the NAT lab tests use scenes
+pub mod scene;
+
 /// One node's settings.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

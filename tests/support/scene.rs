@@ -1,0 +1,141 @@
+//! A NAT lab scene: coturn and Prosody on the public host, one `ringlet up` per lab peer, all
+//! friends in one overlay. Dropping it stops the nodes, then Prosody, then removes the lab.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ringlet::node::status::Status;
+use ringlet_lab::natlab::{LabOptions, PUBLIC_IP, PUBLIC_IP2};
+use ringlet_lab::{NatLab, NatType, Prosody, ProsodySpec};
+
+use super::*;
+
+pub const DOMAIN: &str = "lab.test";
+
+pub struct Scene {
+    // Field order is drop order.
+    pub nodes: Vec<NodeProcess>,
+    pub prosody: Prosody,
+    pub lab: NatLab,
+    pub ids: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scene {
+    /// Builds the lab, starts the servers and one node per peer, and waits until all are online.
+    pub async fn start(tag: &str, peers: &[(&str, NatType)], options: LabOptions) -> Scene {
+        let mut lab =
+            NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
+        let dir = tempdir("ringlet-lab-");
+        lab.start_coturn(dir.path()).unwrap();
+        let users: Vec<String> = peers.iter().map(|(name, _)| format!("{name}@{DOMAIN}")).collect();
+        let mut spec = ProsodySpec::new(DOMAIN).unwrap();
+        spec.interface = PUBLIC_IP.into();
+        spec.c2s_port = 5222;
+        spec.netns = Some(lab.public().name().to_owned());
+        spec.shared_roster = users.clone();
+        spec.stun = vec![(PUBLIC_IP.to_string(), 3478), (PUBLIC_IP2.to_string(), 3478)];
+        let mut prosody = Prosody::new(spec).unwrap();
+        for (name, _) in peers {
+            prosody.register(name, PASSWORD).unwrap();
+        }
+        prosody.launch().unwrap();
+        let friends: Vec<&str> = users.iter().map(String::as_str).collect();
+        let mut nodes = Vec::new();
+        for (name, _) in peers {
+            let spec = NodeSpec::new(
+                &format!("{name}@{DOMAIN}"),
+                &format!("{PUBLIC_IP}:5222"),
+                "lab",
+                &friends,
+            );
+            let ns = &lab.peer(name).ns;
+            nodes.push(NodeProcess::spawn(name, &spec, &dir.path().join(name), Some(ns)));
+        }
+        let mut ids = Vec::new();
+        for n in &nodes {
+            ids.push(n.online(Duration::from_secs(15)).await.node_id);
+        }
+        Scene {
+            nodes,
+            prosody,
+            lab,
+            ids,
+            dir,
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Status> {
+        self.nodes[i].status().await
+    }
+
+    /// The path node `i` uses towards node `j`, as its status says.
+    pub async fn path(&self, i: usize, j: usize) -> Option<String> {
+        let s = self.status(i).await?;
+        s.peers
+            .iter()
+            .find(|p| p.node_id == self.ids[j])
+            .map(|p| p.path.clone())
+    }
+
+    /// Waits until `i` and `j` both report `want` for each other.
+    pub async fn wait_path(&self, i: usize, j: usize, want: &str, timeout: Duration) -> bool {
+        wait(timeout, || async {
+            let both = self.path(i, j).await.as_deref() == Some(want)
+                && self.path(j, i).await.as_deref() == Some(want);
+            both.then_some(())
+        })
+        .await
+        .is_some()
+    }
+
+    /// `ringlet ping` from `i` to `j` with the CLI; returns its output if it succeeded.
+    pub fn ping(&self, i: usize, j: usize) -> Result<String, String> {
+        let out = Command::new(ringlet_bin())
+            .args(["ping", "-n", "1", "--config"])
+            .arg(&self.nodes[i].config)
+            .arg(&self.ids[j])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Paths read with the CLI, as `ringlet status --json` prints them.
+    pub fn cli_paths(&self, i: usize) -> Vec<(String, String)> {
+        let out = Command::new(ringlet_bin())
+            .args(["status", "--json", "--config"])
+            .arg(&self.nodes[i].config)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            p["node_id"].as_str().unwrap_or("").to_owned(),
+                            p["path"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The path the issue requires for a pair of NAT types (`None`: either is fine, but connected).
+pub fn expected_path(a: NatType, b: NatType) -> Option<&'static str> {
+    use NatType::*;
+    match (a, b) {
+        (UdpBlocked, _) | (_, UdpBlocked) | (Symmetric, Symmetric) => Some("xmpp"),
+        (Symmetric, PortRestricted) | (PortRestricted, Symmetric) => None,
+        _ => Some("direct"),
+    }
+}
