@@ -103,3 +103,42 @@ fn coturn_answers_stun_on_both_public_addresses() {
         assert!(n > 20);
     }
 }
+
+#[test]
+fn the_delay_line_adds_its_delay_each_way() {
+    let options = LabOptions {
+        wan_delay: Some(Duration::from_millis(20)),
+    };
+    let lab = NatLab::new(
+        "delay",
+        &[("a", NatType::Open), ("b", NatType::PortRestricted)],
+        &options,
+    )
+    .unwrap();
+    let server = socket_in(lab.public(), &format!("{PUBLIC_IP}:5000"));
+    let a = socket_in(&lab.peer("a").ns, "0.0.0.0:6000");
+    let b = socket_in(&lab.peer("b").ns, "0.0.0.0:6001");
+    for (name, sock, hops) in [("open", &a, 1u32), ("behind a router", &b, 1u32)] {
+        let mut rtts = Vec::new();
+        for i in 0..5 {
+            let t = std::time::Instant::now();
+            sock.send_to(b"ping", (PUBLIC_IP, 5000)).unwrap();
+            let mut buf = [0u8; 16];
+            let (_, from) = server
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("{name} #{i}: server got nothing: {e}"));
+            server.send_to(b"pong", from).unwrap();
+            sock.recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("{name} #{i}: no answer: {e}"));
+            rtts.push(t.elapsed());
+        }
+        rtts.sort();
+        let median = rtts[2];
+        // one delayed WAN link on the way there and back
+        let want = Duration::from_millis(40) * hops;
+        assert!(
+            median >= want && median < want + Duration::from_millis(15),
+            "{name}: rtt {median:?}"
+        );
+    }
+}

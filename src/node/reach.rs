@@ -49,6 +49,10 @@ pub(super) struct Reach {
     pub links: Links,
     host_ips: Vec<IpAddr>,
     port: u16,
+    /// Port of the IPv6 twin socket, if there is one.
+    port6: Option<u16>,
+    /// Our addresses as peers saw them that no STUN server reported (at most 4).
+    prflx: Vec<SocketAddr>,
     config_servers: Vec<String>,
     resolved_config: Vec<SocketAddr>,
     resolved_xep: Vec<SocketAddr>,
@@ -82,13 +86,27 @@ pub(super) fn bind(
         ..link::Config::default()
     };
     let port = local.map_or(0, |l| l.port());
+    let host_ips = bind.map(|b| host_ips(b.ip())).unwrap_or_default();
+    // An IPv6 twin of the main socket when the host has global IPv6 addresses.
+    let port6 = match &mut mux {
+        Some(m) if host_ips.iter().any(IpAddr::is_ipv6) => match m.add_ipv6() {
+            Ok(addr) => Some(addr.port()),
+            Err(e) => {
+                tracing::warn!(error = %e, "no IPv6 socket");
+                None
+            }
+        },
+        _ => None,
+    };
     let reach = Reach {
         mux,
         probe_socket,
         stun: StunClient::new(stun_client::Config::default(), port, seed),
         links: Links::new(link_cfg, own, path, seed.wrapping_add(7)),
-        host_ips: bind.map(|b| host_ips(b.ip())).unwrap_or_default(),
+        host_ips,
         port,
+        port6,
+        prflx: Vec::new(),
         config_servers,
         resolved_config: Vec::new(),
         resolved_xep: Vec::new(),
@@ -99,7 +117,8 @@ pub(super) fn bind(
     Ok((reach, resolved_rx))
 }
 
-/// Addresses of the host's interfaces (all non-loopback IPv4 when bound to 0.0.0.0).
+/// Addresses of the host's interfaces when bound to 0.0.0.0: IPv4 except loopback and
+/// link-local, and IPv6 except loopback, link-local and multicast.
 fn host_ips(bind: IpAddr) -> Vec<IpAddr> {
     if !bind.is_unspecified() {
         return vec![bind];
@@ -107,7 +126,7 @@ fn host_ips(bind: IpAddr) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
-        .filter(|i| !i.is_loopback() && !i.is_link_local() && i.ip().is_ipv4())
+        .filter(|i| !i.is_loopback() && !i.is_link_local() && !i.ip().is_multicast())
         .map(|i| i.ip())
         .collect();
     ips.sort();
@@ -243,16 +262,17 @@ impl Reach {
     pub fn candidates(&self, _now: Instant) -> Vec<Candidate> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        let host = self
-            .host_ips
-            .iter()
-            .map(|ip| (CandidateKind::Host, SocketAddr::new(*ip, self.port)));
+        let host = self.host_ips.iter().filter_map(|ip| match ip {
+            IpAddr::V4(_) => Some((CandidateKind::Host, SocketAddr::new(*ip, self.port))),
+            IpAddr::V6(_) => self.port6.map(|p| (CandidateKind::Host, SocketAddr::new(*ip, p))),
+        });
         let srflx = self
             .stun
             .reflexive()
             .iter()
             .map(|a| (CandidateKind::ServerReflexive, *a));
-        for (i, (kind, addr)) in host.chain(srflx).enumerate() {
+        let prflx = self.prflx.iter().map(|a| (CandidateKind::PeerReflexive, *a));
+        for (i, (kind, addr)) in host.chain(srflx).chain(prflx).enumerate() {
             if seen.insert(addr) {
                 out.push(Candidate::new(kind, addr, u16::MAX - i as u16));
             }
@@ -274,9 +294,18 @@ impl Reach {
     /// A peer saw us at `addr`. Behind an endpoint-independent NAT that differs from our
     /// server-reflexive address only if the mapping changed: ask the STUN servers again
     /// (at most every 30 s).
-    pub fn on_peer_reflexive(&mut self, now: Instant, addr: SocketAddr) {
+    /// Returns true if our candidates changed (a new peer-reflexive address to announce).
+    pub fn on_peer_reflexive(&mut self, now: Instant, addr: SocketAddr) -> bool {
         let independent = self.stun.nat().mapping == Some(Mapping::EndpointIndependent);
         let known = self.stun.reflexive().contains(&addr) || self.host_ips.contains(&addr.ip());
+        // Behind endpoint-dependent mapping the address is good for that one peer only.
+        let announce = !known && !self.stun.nat().is_hard() && !self.prflx.contains(&addr);
+        if announce {
+            if self.prflx.len() == 4 {
+                self.prflx.remove(0);
+            }
+            self.prflx.push(addr);
+        }
         let recent = self
             .last_requery
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(30));
@@ -285,6 +314,7 @@ impl Reach {
             self.last_requery = Some(now);
             self.stun.requery(now);
         }
+        announce
     }
 
     /// Opens the extra sockets an attempt asked for (on the main socket's IP).

@@ -386,7 +386,11 @@ impl Runtime {
                 }
                 Path::Xmpp => tracing::info!(peer = %NodeId(peer), "path: XMPP relay"),
             },
-            link::Event::Reflexive(addr) => self.reach.on_peer_reflexive(now, addr),
+            link::Event::Reflexive(addr) => {
+                if self.reach.on_peer_reflexive(now, addr) {
+                    self.on_nat_changed(now);
+                }
+            }
             link::Event::OpenSockets { peer, count } => {
                 let ids = self.reach.open_sockets(count);
                 tracing::debug!(peer = %NodeId(peer), opened = ids.len(), "birthday sockets");

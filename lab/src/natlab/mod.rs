@@ -17,6 +17,7 @@
 //! deletes its namespaces; [`NatLab::new`] first removes leftovers of a crashed run with the same
 //! prefix, so setup is idempotent. Traffic never leaves the namespaces.
 
+mod delay;
 mod nat;
 mod topology;
 
@@ -57,8 +58,10 @@ pub struct LabOptions {
 }
 
 pub struct NatLab {
-    // Field order is drop order: processes, then peers' and routers' namespaces, then the rest.
+    // Field order is drop order: processes, delay lines, then peers' and routers' namespaces,
+    // then the rest.
     processes: Vec<ChildGuard>,
+    delays: Vec<topology::Delay>,
     peers: Vec<LabPeer>,
     public: Netns,
     inet: Netns,
@@ -76,6 +79,7 @@ impl NatLab {
         let public = Netns::create_named(&format!("{prefix}-pub"))?;
         topology::attach(
             &inet,
+            &prefix,
             "pub",
             &public,
             "eth0",
@@ -83,16 +87,20 @@ impl NatLab {
             None,
             None,
         )?;
+        if options.wan_delay.is_some() {
+            topology::no_offloads(&public, "eth0")?;
+        }
         let mut lab = Self {
             processes: Vec::new(),
+            delays: Vec::new(),
             peers: Vec::new(),
             public,
             inet,
         };
         for (i, (name, nat)) in peers.iter().enumerate() {
-            let peer = topology::add_peer(&lab.inet, &prefix, i, name, *nat, options.wan_delay)?;
-            lab.processes.extend(peer.1);
-            lab.peers.push(peer.0);
+            let (peer, delay) = topology::add_peer(&lab.inet, &prefix, i, name, *nat, options.wan_delay)?;
+            lab.peers.push(peer);
+            lab.delays.extend(delay);
         }
         Ok(lab)
     }

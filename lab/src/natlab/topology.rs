@@ -4,8 +4,9 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
+use super::delay::DelayLine;
 use super::{nat, LabPeer, NatType};
-use crate::{ChildGuard, Netns};
+use crate::Netns;
 
 pub(super) fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output()?;
@@ -36,31 +37,76 @@ pub(super) fn make_bridge(inet: &Netns) -> anyhow::Result<()> {
     ip(&["-n", inet.name(), "link", "set", "br0", "up"])
 }
 
+/// A delay line between a host and the bridge, with the namespace it lives in.
+pub(super) type Delay = (DelayLine, Netns);
+
 /// Connects `host` to the internet bridge: `port` on the bridge side, `host_if` with `ips` on
-/// the host side, and a default route via `gateway` if given.
+/// the host side, and a default route via `gateway` if given. With a delay, the link passes
+/// through a delay line in a namespace of its own (`<prefix>-d<port>`).
 pub(super) fn attach(
     inet: &Netns,
+    prefix: &str,
     port: &str,
     host: &Netns,
     host_if: &str,
     ips: &[Ipv4Addr],
     gateway: Option<Ipv4Addr>,
-    _delay: Option<Duration>,
-) -> anyhow::Result<()> {
-    ip(&[
-        "-n",
-        inet.name(),
-        "link",
-        "add",
-        port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        host_if,
-        "netns",
-        host.name(),
-    ])?;
+    delay: Option<Duration>,
+) -> anyhow::Result<Option<Delay>> {
+    let mut line = None;
+    match delay {
+        None => {
+            ip(&[
+                "-n",
+                inet.name(),
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                host_if,
+                "netns",
+                host.name(),
+            ])?;
+        }
+        Some(delay) => {
+            let d = Netns::create_named(&format!("{prefix}-d{port}"))?;
+            ip(&[
+                "-n",
+                d.name(),
+                "link",
+                "add",
+                "x",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                host_if,
+                "netns",
+                host.name(),
+            ])?;
+            ip(&[
+                "-n",
+                inet.name(),
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "y",
+                "netns",
+                d.name(),
+            ])?;
+            for dev in ["x", "y"] {
+                ip(&["-n", d.name(), "link", "set", dev, "promisc", "on", "up"])?;
+            }
+            line = Some((DelayLine::start(&d, "x", "y", delay)?, d));
+        }
+    }
     ip(&["-n", inet.name(), "link", "set", port, "master", "br0", "up"])?;
     for addr in ips {
         ip(&[
@@ -74,6 +120,16 @@ pub(super) fn attach(
         ])?;
     }
     ip(&["-n", host.name(), "link", "set", host_if, "up"])?;
+    if let Some((_, d)) = &line {
+        for (ns, dev) in [(host, host_if), (inet, port), (d, "x"), (d, "y")] {
+            wait_carrier(ns, dev)?;
+        }
+    }
+    if delay.is_some() {
+        // The delay line copies raw frames: the kernel must finish checksums and segmentation
+        // itself instead of leaving them to a (virtual) NIC.
+        no_offloads(host, host_if)?;
+    }
     if let Some(gw) = gateway {
         ip(&[
             "-n",
@@ -85,6 +141,38 @@ pub(super) fn attach(
             &gw.to_string(),
         ])?;
     }
+    Ok(line)
+}
+
+/// Turns off checksum and segmentation offloads of `dev` in `ns`.
+pub(super) fn no_offloads(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    let out = ns
+        .command("ethtool")
+        .args([
+            "-K", dev, "tx", "off", "sg", "off", "tso", "off", "gso", "off", "gro", "off",
+        ])
+        .output()
+        .map_err(|e| anyhow::anyhow!("ethtool is needed for WAN delay (apt-get install ethtool): {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ethtool -K {dev}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Waits until `dev` in `ns` has carrier: a veth whose peer came up in another namespace
+/// reports it asynchronously, up to a second later.
+fn wait_carrier(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    let up = crate::wait_for(Duration::from_secs(5), || {
+        let out = Command::new("ip")
+            .args(["-n", ns.name(), "-o", "link", "show", "dev", dev])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        (!text.contains("NO-CARRIER") && text.contains("state UP")).then_some(())
+    });
+    anyhow::ensure!(up.is_some(), "{dev} in {} got no carrier", ns.name());
     Ok(())
 }
 
@@ -96,12 +184,12 @@ pub(super) fn add_peer(
     name: &str,
     nat_type: NatType,
     delay: Option<Duration>,
-) -> anyhow::Result<(LabPeer, Vec<ChildGuard>)> {
+) -> anyhow::Result<(LabPeer, Option<Delay>)> {
     anyhow::ensure!(i < 80, "the lab addresses at most 80 peers");
     let ns = Netns::create_named(&format!("{prefix}-p{i}"))?;
     if nat_type == NatType::Open {
         let addr = Ipv4Addr::new(203, 0, 113, 100 + i as u8);
-        attach(inet, &format!("h{i}"), &ns, "eth0", &[addr], None, delay)?;
+        let line = attach(inet, prefix, &format!("h{i}"), &ns, "eth0", &[addr], None, delay)?;
         let peer = LabPeer {
             name: name.into(),
             nat: nat_type,
@@ -110,11 +198,20 @@ pub(super) fn add_peer(
             ip: addr,
             public_ip: addr,
         };
-        return Ok((peer, Vec::new()));
+        return Ok((peer, line));
     }
     let router = Netns::create_named(&format!("{prefix}-r{i}"))?;
     let wan = Ipv4Addr::new(203, 0, 113, 10 + i as u8);
-    attach(inet, &format!("r{i}"), &router, "wan", &[wan], None, delay)?;
+    let line = attach(
+        inet,
+        prefix,
+        &format!("r{i}"),
+        &router,
+        "wan",
+        &[wan],
+        None,
+        delay,
+    )?;
     let gw = Ipv4Addr::new(10, i as u8 + 1, 0, 1);
     let addr = Ipv4Addr::new(10, i as u8 + 1, 0, 2);
     ip(&[
@@ -170,5 +267,5 @@ pub(super) fn add_peer(
         ip: addr,
         public_ip: wan,
     };
-    Ok((peer, Vec::new()))
+    Ok((peer, line))
 }

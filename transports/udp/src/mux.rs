@@ -1,4 +1,5 @@
-//! The sockets: the main one (IPv4, plus IPv6 where the host has it) and temporary extras.
+//! The sockets: the main one (IPv4, plus an IPv6 twin where the host has IPv6, chosen by the
+//! destination's family and reported as [`MAIN_SOCKET`] too) and temporary extras.
 //!
 //! Receiving drains up to `quinn_udp::BATCH_SIZE` datagrams per system call (recvmmsg) from
 //! whichever socket is readable; sending is one datagram per call, never blocking: a full
@@ -17,6 +18,9 @@ pub type SocketId = u16;
 
 /// The socket every node binds first; STUN and established links use it.
 pub const MAIN_SOCKET: SocketId = 0;
+
+/// Internal id of the main socket's IPv6 twin.
+const MAIN_SOCKET_V6: SocketId = SocketId::MAX;
 
 /// Most temporary sockets open at once.
 pub const MAX_EXTRA_SOCKETS: usize = 256;
@@ -42,6 +46,24 @@ pub struct UdpMux {
     bufs: Vec<Vec<u8>>,
     /// Datagrams dropped because a socket buffer was full or the send failed.
     pub send_errors: u64,
+}
+
+/// An IPv6-only socket, so that it can share the port number with the IPv4 main socket.
+fn open_v6(port: u16) -> io::Result<Slot> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_only_v6(true)?;
+    sock.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    let std_sock: StdUdpSocket = sock.into();
+    std_sock.set_nonblocking(true)?;
+    let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
+    Ok(Slot {
+        socket: UdpSocket::from_std(std_sock)?,
+        state,
+    })
 }
 
 fn open(addr: SocketAddr) -> io::Result<Slot> {
@@ -71,15 +93,32 @@ impl UdpMux {
         self.slots.get(&id).and_then(|s| s.socket.local_addr().ok())
     }
 
+    /// Binds the IPv6 twin of the main socket (the main socket's port if it is free there).
+    pub fn add_ipv6(&mut self) -> io::Result<SocketAddr> {
+        let port = self.local_addr(MAIN_SOCKET).map_or(0, |a| a.port());
+        let slot = open_v6(port).or_else(|_| open_v6(0))?;
+        let addr = slot.socket.local_addr()?;
+        self.slots.insert(MAIN_SOCKET_V6, slot);
+        Ok(addr)
+    }
+
+    /// The IPv6 twin's address, if there is one.
+    pub fn local_addr_v6(&self) -> Option<SocketAddr> {
+        self.local_addr(MAIN_SOCKET_V6)
+    }
+
     /// Opens up to `count` extra sockets on `ip` (ephemeral ports); returns their ids.
     pub fn open_extra(&mut self, ip: std::net::IpAddr, count: usize) -> Vec<SocketId> {
-        let room = MAX_EXTRA_SOCKETS.saturating_sub(self.slots.len() - 1);
+        let room = MAX_EXTRA_SOCKETS.saturating_sub(self.extra_count());
         let mut ids = Vec::new();
         for _ in 0..count.min(room) {
             let Ok(slot) = open(SocketAddr::new(ip, 0)) else {
                 break;
             };
-            while self.slots.contains_key(&self.next_id) || self.next_id == MAIN_SOCKET {
+            while self.slots.contains_key(&self.next_id)
+                || self.next_id == MAIN_SOCKET
+                || self.next_id == MAIN_SOCKET_V6
+            {
                 self.next_id = self.next_id.wrapping_add(1);
             }
             self.slots.insert(self.next_id, slot);
@@ -91,17 +130,25 @@ impl UdpMux {
 
     /// Closes an extra socket (the main socket stays).
     pub fn close(&mut self, id: SocketId) {
-        if id != MAIN_SOCKET {
+        if id != MAIN_SOCKET && id != MAIN_SOCKET_V6 {
             self.slots.remove(&id);
         }
     }
 
     pub fn extra_count(&self) -> usize {
-        self.slots.len() - 1
+        self.slots
+            .keys()
+            .filter(|id| **id != MAIN_SOCKET && **id != MAIN_SOCKET_V6)
+            .count()
     }
 
     /// Sends one datagram without waiting; returns false if it was dropped.
     pub fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]) -> bool {
+        let id = if id == MAIN_SOCKET && to.is_ipv6() {
+            MAIN_SOCKET_V6
+        } else {
+            id
+        };
         let Some(slot) = self.slots.get(&id) else {
             self.send_errors += 1;
             return false;
@@ -166,7 +213,7 @@ impl UdpMux {
             let stride = if m.stride == 0 { m.len } else { m.stride };
             for chunk in buf[..m.len].chunks(stride.max(1)) {
                 out.push(Received {
-                    socket: id,
+                    socket: if id == MAIN_SOCKET_V6 { MAIN_SOCKET } else { id },
                     from: normalise(m.addr),
                     data: chunk.to_vec(),
                 });
@@ -223,6 +270,21 @@ mod tests {
         assert!(got
             .iter()
             .all(|r| r.socket == MAIN_SOCKET && r.from == a.local_addr(MAIN_SOCKET).unwrap()));
+        let v6 = b.add_ipv6().unwrap();
+        assert_eq!(v6.port(), b_addr.port(), "the twin shares the port");
+        let mut a6 = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        a6.add_ipv6().unwrap();
+        assert!(a6.send(
+            MAIN_SOCKET,
+            SocketAddr::new("::1".parse().unwrap(), v6.port()),
+            b"over v6"
+        ));
+        let r = b.recv().await.unwrap();
+        assert_eq!(
+            (r[0].socket, r[0].data.as_slice()),
+            (MAIN_SOCKET, &b"over v6"[..])
+        );
+        assert!(r[0].from.is_ipv6());
         let extra = b.open_extra("127.0.0.1".parse().unwrap(), 3);
         assert_eq!(extra.len(), 3);
         let target = b.local_addr(extra[1]).unwrap();
