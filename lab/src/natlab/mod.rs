@@ -85,7 +85,6 @@ impl NatLab {
             "eth0",
             &[PUBLIC_IP, PUBLIC_IP2],
             None,
-            None,
         )?;
         if options.wan_delay.is_some() {
             topology::no_offloads(&public, "eth0")?;

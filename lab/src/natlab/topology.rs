@@ -41,8 +41,8 @@ pub(super) fn make_bridge(inet: &Netns) -> anyhow::Result<()> {
 pub(super) type Delay = (DelayLine, Netns);
 
 /// Connects `host` to the internet bridge: `port` on the bridge side, `host_if` with `ips` on
-/// the host side, and a default route via `gateway` if given. With a delay, the link passes
-/// through a delay line in a namespace of its own (`<prefix>-d<port>`).
+/// the host side. With a delay, the link passes through a delay line in a namespace of its own
+/// (`<prefix>-d<port>`).
 pub(super) fn attach(
     inet: &Netns,
     prefix: &str,
@@ -50,7 +50,6 @@ pub(super) fn attach(
     host: &Netns,
     host_if: &str,
     ips: &[Ipv4Addr],
-    gateway: Option<Ipv4Addr>,
     delay: Option<Duration>,
 ) -> anyhow::Result<Option<Delay>> {
     let mut line = None;
@@ -130,17 +129,6 @@ pub(super) fn attach(
         // itself instead of leaving them to a (virtual) NIC.
         no_offloads(host, host_if)?;
     }
-    if let Some(gw) = gateway {
-        ip(&[
-            "-n",
-            host.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ])?;
-    }
     Ok(line)
 }
 
@@ -189,7 +177,7 @@ pub(super) fn add_peer(
     let ns = Netns::create_named(&format!("{prefix}-p{i}"))?;
     if nat_type == NatType::Open {
         let addr = Ipv4Addr::new(203, 0, 113, 100 + i as u8);
-        let line = attach(inet, prefix, &format!("h{i}"), &ns, "eth0", &[addr], None, delay)?;
+        let line = attach(inet, prefix, &format!("h{i}"), &ns, "eth0", &[addr], delay)?;
         let peer = LabPeer {
             name: name.into(),
             nat: nat_type,
@@ -202,16 +190,7 @@ pub(super) fn add_peer(
     }
     let router = Netns::create_named(&format!("{prefix}-r{i}"))?;
     let wan = Ipv4Addr::new(203, 0, 113, 10 + i as u8);
-    let line = attach(
-        inet,
-        prefix,
-        &format!("r{i}"),
-        &router,
-        "wan",
-        &[wan],
-        None,
-        delay,
-    )?;
+    let line = attach(inet, prefix, &format!("r{i}"), &router, "wan", &[wan], delay)?;
     let gw = Ipv4Addr::new(10, i as u8 + 1, 0, 1);
     let addr = Ipv4Addr::new(10, i as u8 + 1, 0, 2);
     ip(&[
