@@ -1,6 +1,7 @@
 //! A userspace delay line (the kernel here has no `sch_netem`): two interfaces in a namespace
 //! of their own, and one thread per direction that reads every Ethernet frame from one side
-//! with an AF_PACKET socket, holds it for the delay, and writes it to the other side.
+//! with an AF_PACKET socket, holds it for the delay, and writes it to the other side. ARP
+//! frames pass at once (see [`is_arp`]).
 //!
 //! The threads stop when the [`DelayLine`] is dropped.
 
@@ -66,7 +67,11 @@ fn forward(rx: &PacketSocket, tx: &PacketSocket, delay: Duration, stop: &AtomicB
         });
         if rx.poll_readable(wait.min(Duration::from_millis(5))) {
             while let Some(n) = rx.recv_incoming(&mut buf) {
-                queue.push_back((Instant::now() + delay, buf[..n].to_vec()));
+                if is_arp(&buf[..n]) {
+                    tx.send(&buf[..n]);
+                } else {
+                    queue.push_back((Instant::now() + delay, buf[..n].to_vec()));
+                }
             }
         }
         let now = Instant::now();
@@ -78,6 +83,13 @@ fn forward(rx: &PacketSocket, tx: &PacketSocket, delay: Duration, stop: &AtomicB
     }
 }
 
+/// ARP passes undelayed: it only exists because the lab's "internet" is one Ethernet segment,
+/// and real WAN paths have no neighbour resolution between the two ends. Delaying it would add
+/// two extra one-way delays to the first packet towards every new host.
+fn is_arp(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&ETH_P_ARP.to_be_bytes()[..])
+}
+
 /// A raw AF_PACKET socket bound to one interface.
 struct PacketSocket {
     fd: i32,
@@ -85,6 +97,7 @@ struct PacketSocket {
 }
 
 const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_ARP: u16 = 0x0806;
 
 impl PacketSocket {
     fn open(ifname: &str) -> io::Result<Self> {
