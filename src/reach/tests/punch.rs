@@ -419,3 +419,73 @@ fn a_rebinding_peer_is_followed_to_its_new_address() {
     assert!(moved, "B must follow A's new address: {:?}", w.sides[1].events);
     assert_eq!(w.connected(), [true, true]);
 }
+
+/// The first authenticated answer makes the path usable at once; a pair that answers within
+/// the settle period with a lower RTT then takes over, and checks stop.
+#[test]
+fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
+    let t0 = Instant::now();
+    let mut rng = StdRng::seed_from_u64(3);
+    let peer = Credentials::random(&mut rng);
+    let mut agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), 3);
+    let slow: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+    let fast: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+    let candidates = [
+        Candidate::new(CandidateKind::ServerReflexive, slow, 2),
+        Candidate::new(CandidateKind::ServerReflexive, fast, 1),
+    ];
+    agent.set_remote(t0, peer.clone(), &candidates);
+    let mut checks = BTreeMap::new();
+    let mut now = t0;
+    while checks.len() < 2 && now < t0 + Duration::from_millis(50) {
+        agent.handle_timeout(now);
+        while let Some(t) = agent.poll_transmit() {
+            let msg = stun_msg::decode(&t.data).unwrap();
+            checks.entry(t.to).or_insert((now, msg.transaction_id()));
+        }
+        now += Duration::from_millis(1);
+    }
+    let (slow_sent, slow_tid) = checks[&slow];
+    let (fast_sent, fast_tid) = checks[&fast];
+    assert!(slow_sent < fast_sent, "the higher-priority pair is checked first");
+    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
+
+    // The slow pair answers first (RTT 20 ms): connected at once, without waiting to settle.
+    let at = slow_sent + Duration::from_millis(20);
+    agent.handle_response(at, MAIN_SOCKET, slow, &answer(slow_tid));
+    let events = path_events(&mut agent);
+    assert!(
+        matches!(events.as_slice(), [Event::Connected(s)] if s.remote == slow),
+        "{events:?}"
+    );
+
+    // The fast pair answers 3 ms later with a lower RTT; at the end of the settle period the
+    // path moves there and no more checks go out.
+    let fast_rtt = at + Duration::from_millis(3) - fast_sent;
+    assert!(fast_rtt < Duration::from_millis(20));
+    agent.handle_response(
+        at + Duration::from_millis(3),
+        MAIN_SOCKET,
+        fast,
+        &answer(fast_tid),
+    );
+    let settled = at + Config::default().settle;
+    agent.handle_timeout(settled);
+    let events = path_events(&mut agent);
+    assert!(
+        matches!(events.as_slice(), [Event::Moved(s)] if s.remote == fast && s.rtt == fast_rtt),
+        "{events:?}"
+    );
+    assert_eq!(agent.selected().map(|s| s.remote), Some(fast));
+    while agent.poll_transmit().is_some() {}
+    agent.handle_timeout(settled + Duration::from_secs(1));
+    assert!(agent.poll_transmit().is_none(), "checks stop once a pair is kept");
+}
+
+/// The agent's events other than passive reflection.
+fn path_events(agent: &mut PunchAgent) -> Vec<Event> {
+    std::iter::from_fn(|| agent.poll_event())
+        .filter(|e| !matches!(e, Event::Reflexive(_)))
+        .collect()
+}
