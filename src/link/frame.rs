@@ -11,7 +11,8 @@
 //! length + UTF-8), NAT info (mapping u8, ports u8 + step i16, filtering u8), candidate count
 //! (u8), and per
 //! candidate: kind u8, priority u32, address (4 → IPv4, 6 → IPv6, then port u16).
-//! A candidates body is the attempt id and the candidate list; ping and pong bodies are a u64
+//! A candidates body (trickled after the offer or answer) is the attempt id, the sender's NAT
+//! info as it is now, and the candidates it learned since; ping and pong bodies are a u64
 //! nonce. All integers are big-endian.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,6 +47,7 @@ pub enum Body {
     Answer(Offer),
     Candidates {
         attempt: u32,
+        nat: NatInfo,
         candidates: Vec<Candidate>,
     },
     Ping(u64),
@@ -87,8 +89,13 @@ impl Frame {
             Body::Data(d) => (1, d.clone()),
             Body::Offer(o) => (2, emit_offer(o)),
             Body::Answer(o) => (3, emit_offer(o)),
-            Body::Candidates { attempt, candidates } => {
+            Body::Candidates {
+                attempt,
+                nat,
+                candidates,
+            } => {
                 let mut b = attempt.to_be_bytes().to_vec();
+                emit_nat(&mut b, nat);
                 emit_candidates(&mut b, candidates);
                 (4, b)
             }
@@ -129,6 +136,7 @@ impl Frame {
                 let attempt = r.u32()?;
                 Body::Candidates {
                     attempt,
+                    nat: parse_nat(&mut r)?,
                     candidates: parse_candidates(&mut r)?,
                 }
             }
@@ -149,12 +157,18 @@ fn emit_offer(o: &Offer) -> Vec<u8> {
         b.push(s.len().min(255) as u8);
         b.extend_from_slice(&s.as_bytes()[..s.len().min(255)]);
     }
-    b.push(match o.nat.mapping {
+    emit_nat(&mut b, &o.nat);
+    emit_candidates(&mut b, &o.candidates);
+    b
+}
+
+fn emit_nat(b: &mut Vec<u8>, nat: &NatInfo) {
+    b.push(match nat.mapping {
         None => 0,
         Some(Mapping::EndpointIndependent) => 1,
         Some(Mapping::EndpointDependent) => 2,
     });
-    let (ports, step) = match o.nat.ports {
+    let (ports, step) = match nat.ports {
         None => (0, 0),
         Some(Ports::Preserving) => (1, 0),
         Some(Ports::Sequential { step }) => (2, step.clamp(i16::MIN.into(), i16::MAX.into()) as i16),
@@ -162,14 +176,12 @@ fn emit_offer(o: &Offer) -> Vec<u8> {
     };
     b.push(ports);
     b.extend_from_slice(&step.to_be_bytes());
-    b.push(match o.nat.filtering {
+    b.push(match nat.filtering {
         None => 0,
         Some(Filtering::EndpointIndependent) => 1,
         Some(Filtering::AddressDependent) => 2,
         Some(Filtering::AddressAndPortDependent) => 3,
     });
-    emit_candidates(&mut b, &o.candidates);
-    b
 }
 
 fn emit_candidates(b: &mut Vec<u8>, candidates: &[Candidate]) {
@@ -203,6 +215,17 @@ fn parse_offer(r: &mut Reader) -> Result<Offer, FrameError> {
     if ufrag.is_empty() || pwd.len() < 16 || ufrag.contains(':') {
         return Err(FrameError::Body);
     }
+    let nat = parse_nat(r)?;
+    let candidates = parse_candidates(r)?;
+    Ok(Offer {
+        attempt,
+        creds: Credentials { ufrag, pwd },
+        nat,
+        candidates,
+    })
+}
+
+fn parse_nat(r: &mut Reader) -> Result<NatInfo, FrameError> {
     let mapping = match r.u8()? {
         0 => None,
         1 => Some(Mapping::EndpointIndependent),
@@ -227,18 +250,11 @@ fn parse_offer(r: &mut Reader) -> Result<Offer, FrameError> {
         3 => Some(Filtering::AddressAndPortDependent),
         _ => return Err(FrameError::Body),
     };
-    let nat = NatInfo {
+    Ok(NatInfo {
         mapping,
         ports,
         filtering,
         udp: None,
-    };
-    let candidates = parse_candidates(r)?;
-    Ok(Offer {
-        attempt,
-        creds: Credentials { ufrag, pwd },
-        nat,
-        candidates,
     })
 }
 
@@ -347,6 +363,7 @@ mod tests {
             Body::Answer(offer()),
             Body::Candidates {
                 attempt: 9,
+                nat: offer().nat,
                 candidates: offer().candidates,
             },
             Body::Ping(u64::MAX),

@@ -137,6 +137,45 @@ struct Attempt {
     id: u32,
     agent: PunchAgent,
     initiator: bool,
+    /// What the peer last told us about its NAT, and its server-reflexive address.
+    peer_nat: NatInfo,
+    peer_srflx: Option<SocketAddr>,
+    birthday: bool,
+}
+
+impl Attempt {
+    fn new(id: u32, agent: PunchAgent, initiator: bool) -> Self {
+        Self {
+            id,
+            agent,
+            initiator,
+            peer_nat: NatInfo::default(),
+            peer_srflx: None,
+            birthday: false,
+        }
+    }
+
+    /// What the peer told us about itself (offer, answer or trickle).
+    fn learn(&mut self, now: Instant, own_nat: &NatInfo, peer_nat: NatInfo, candidates: &[Candidate]) {
+        self.peer_nat = peer_nat;
+        if self.peer_srflx.is_none() {
+            self.peer_srflx = srflx_of(candidates);
+        }
+        self.plan_birthday(now, own_nat);
+    }
+
+    /// Starts birthday probing once both sides' NAT info and the peer's public address call
+    /// for it. Either may arrive after the offer (NAT detection takes a few round trips), so
+    /// this runs again whenever one of them changes; an attempt probes this way at most once.
+    fn plan_birthday(&mut self, now: Instant, own_nat: &NatInfo) {
+        if self.birthday {
+            return;
+        }
+        if let Some(plan) = plan_birthday(own_nat, &self.peer_nat, self.peer_srflx, self.peer_nat.ports) {
+            self.birthday = true;
+            self.agent.set_birthday(now, plan);
+        }
+    }
 }
 
 struct Link {
@@ -254,10 +293,12 @@ impl Links {
         self.nat = nat;
         let path = self.path_id;
         for link in self.links.values_mut() {
-            match &link.attempt {
-                Some(a) if !added.is_empty() => {
+            match &mut link.attempt {
+                Some(a) if !added.is_empty() || nat_changed => {
+                    a.plan_birthday(now, &nat);
                     let body = Body::Candidates {
                         attempt: a.id,
+                        nat,
                         candidates: added.clone(),
                     };
                     let data = Frame { path, body }.emit();
@@ -305,12 +346,9 @@ impl Links {
             to: link.jid.clone(),
             data,
         });
-        link.attempt = Some(Attempt {
-            id,
-            agent,
-            initiator: true,
-        });
+        link.attempt = Some(Attempt::new(id, agent, true));
         self.counters.attempts += 1;
+        tracing::debug!(peer = %hex(&peer), attempt = id, "punch: offer sent");
     }
 
     /// A datagram that came over the XMPP relay from member `peer`.
@@ -325,14 +363,21 @@ impl Links {
             Body::Data(data) => self.events.push_back(Event::Datagram { from: peer, data }),
             Body::Offer(offer) => self.on_offer(now, peer, offer),
             Body::Answer(answer) => self.on_answer(now, peer, answer),
-            Body::Candidates { attempt, candidates } => {
+            Body::Candidates {
+                attempt,
+                nat,
+                candidates,
+            } => {
+                let own_nat = self.nat;
                 if let Some(a) = self
                     .links
                     .get_mut(&peer)
                     .and_then(|l| l.attempt.as_mut())
                     .filter(|a| a.id == attempt)
                 {
+                    tracing::debug!(peer = %hex(&peer), ?nat, ?candidates, "punch: candidates trickled");
                     a.agent.add_candidates(now, &candidates);
+                    a.learn(now, &own_nat, nat, &candidates);
                 }
             }
             Body::Ping(nonce) => self.pong(peer, nonce),
@@ -377,19 +422,14 @@ impl Links {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
+        tracing::debug!(peer = %hex(&peer), attempt = offer.attempt, candidates = ?offer.candidates, "punch: offer received, answering");
         link.retry_at = None;
         let seed: u64 = self.rng.random();
         let creds = Credentials::random(&mut self.rng);
         let mut agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
         agent.set_remote(now, offer.creds.clone(), &offer.candidates);
-        if let Some(plan) = plan_birthday(
-            &self.nat,
-            &offer.nat,
-            srflx_of(&offer.candidates),
-            offer.nat.ports,
-        ) {
-            agent.set_birthday(now, plan);
-        }
+        let mut attempt = Attempt::new(offer.attempt, agent, false);
+        attempt.learn(now, &self.nat, offer.nat, &offer.candidates);
         let answer = Offer {
             attempt: offer.attempt,
             creds,
@@ -405,11 +445,7 @@ impl Links {
             to: link.jid.clone(),
             data,
         });
-        link.attempt = Some(Attempt {
-            id: offer.attempt,
-            agent,
-            initiator: false,
-        });
+        link.attempt = Some(attempt);
         self.counters.attempts += 1;
     }
 
@@ -421,10 +457,9 @@ impl Links {
         if a.id != answer.attempt || !a.initiator || a.agent.remote_ufrag().is_some() {
             return;
         }
+        tracing::debug!(peer = %hex(&peer), candidates = ?answer.candidates, "punch: answer received");
         a.agent.set_remote(now, answer.creds.clone(), &answer.candidates);
-        if let Some(plan) = plan_birthday(&nat, &answer.nat, srflx_of(&answer.candidates), answer.nat.ports) {
-            a.agent.set_birthday(now, plan);
-        }
+        a.learn(now, &nat, answer.nat, &answer.candidates);
     }
 
     /// A STUN packet the STUN client did not claim. Returns false if nobody here claims it.
@@ -721,4 +756,8 @@ fn srflx_of(candidates: &[Candidate]) -> Option<SocketAddr> {
         .iter()
         .find(|c| c.kind == CandidateKind::ServerReflexive)
         .map(|c| c.addr)
+}
+
+fn hex(id: &NodeIdBytes) -> String {
+    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
