@@ -19,11 +19,23 @@ pub struct Scene {
     pub lab: NatLab,
     pub ids: Vec<String>,
     pub dir: tempfile::TempDir,
+    /// When the first node process was spawned (servers already up).
+    pub started: std::time::Instant,
 }
 
 impl Scene {
     /// Builds the lab, starts the servers and one node per peer, and waits until all are online.
     pub async fn start(tag: &str, peers: &[(&str, NatType)], options: LabOptions) -> Scene {
+        let scene = Scene::start_timed(tag, peers, options).await;
+        for n in &scene.nodes {
+            n.online(Duration::from_secs(15)).await;
+        }
+        scene
+    }
+
+    /// Like [`Scene::start`], but returns as soon as every node answers on its control socket,
+    /// so that callers can time the way to `online` and beyond from [`Scene::started`].
+    pub async fn start_timed(tag: &str, peers: &[(&str, NatType)], options: LabOptions) -> Scene {
         let mut lab =
             NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
         let dir = tempdir("ringlet-lab-");
@@ -42,6 +54,8 @@ impl Scene {
         prosody.launch().unwrap();
         let friends: Vec<&str> = users.iter().map(String::as_str).collect();
         let mut nodes = Vec::new();
+        #[allow(clippy::disallowed_methods)] // test support measures real time
+        let started = std::time::Instant::now();
         for (name, _) in peers {
             let spec = NodeSpec::new(
                 &format!("{name}@{DOMAIN}"),
@@ -54,7 +68,9 @@ impl Scene {
         }
         let mut ids = Vec::new();
         for n in &nodes {
-            ids.push(n.online(Duration::from_secs(15)).await.node_id);
+            let status = wait(Duration::from_secs(15), || n.status()).await;
+            let status = status.unwrap_or_else(|| panic!("{} has no control socket:\n{}", n.name, n.log()));
+            ids.push(status.node_id);
         }
         Scene {
             nodes,
@@ -62,6 +78,7 @@ impl Scene {
             lab,
             ids,
             dir,
+            started,
         }
     }
 

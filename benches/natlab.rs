@@ -1,0 +1,237 @@
+//! NAT traversal benchmarks in the NAT lab (needs root): real `ringlet up` processes behind real
+//! NAT rules, Prosody and coturn on the public host, optional WAN delay.
+//!
+//! - time from process start to all-to-all direct, 2 and 5 peers behind port-restricted NATs,
+//!   0 and 20 ms one-way WAN delay (with the time to XMPP login and to rendezvous of the same
+//!   runs as the breakdown);
+//! - symmetric ↔ port-restricted: share of 20 fresh attempts that go direct, and how fast;
+//! - STUN checks sent per successful punch, per pair of NAT types.
+//!
+//! Run: `cargo bench --bench natlab` (`-- --quick` for fewer runs; or name sections:
+//! `time birthday probes`).
+#![allow(clippy::disallowed_methods)] // benchmarks measure real time
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ringlet_lab::natlab::LabOptions;
+use ringlet_lab::NatType;
+use support::scene::{expected_path, Scene};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// One run: seconds from process start to (all online, all see each other, all pairs direct).
+async fn time_to_direct(peers: usize, delay_ms: u64) -> (f64, f64, f64) {
+    let names: Vec<String> = (0..peers).map(|i| format!("p{i}")).collect();
+    let spec: Vec<(&str, NatType)> = names
+        .iter()
+        .map(|n| (n.as_str(), NatType::PortRestricted))
+        .collect();
+    let options = LabOptions {
+        wan_delay: (delay_ms > 0).then(|| Duration::from_millis(delay_ms)),
+    };
+    let scene = Scene::start_timed("time", &spec, options).await;
+    let start = scene.started;
+    let mut online = 0.0;
+    let mut seen = None;
+    let mut direct = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while direct.is_none() && Instant::now() < deadline {
+        let mut all_online = true;
+        let mut all_seen = true;
+        let mut all_direct = true;
+        for i in 0..peers {
+            match scene.status(i).await {
+                Some(s) => {
+                    all_online &= s.state == "online";
+                    all_seen &= s.peers.len() == peers - 1;
+                    all_direct &= s.peers.len() == peers - 1 && s.peers.iter().all(|p| p.path == "direct");
+                }
+                None => {
+                    all_online = false;
+                    all_seen = false;
+                    all_direct = false;
+                }
+            }
+        }
+        let t = start.elapsed().as_secs_f64();
+        if all_online && online == 0.0 {
+            online = t;
+        }
+        if all_seen && seen.is_none() {
+            seen = Some(t);
+        }
+        if all_direct {
+            direct = Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    dump_logs(&scene);
+    (online, seen.unwrap_or(f64::NAN), direct.unwrap_or(f64::NAN))
+}
+
+/// With `RINGLET_BENCH_LOGS` set, prints every node's log to stderr (to see where time goes).
+fn dump_logs(scene: &Scene) {
+    if std::env::var_os("RINGLET_BENCH_LOGS").is_some() {
+        for n in &scene.nodes {
+            eprintln!("----- {}\n{}", n.name, n.log());
+        }
+    }
+}
+
+async fn bench_time(runs: usize) {
+    println!("\ntime from process start to all-to-all direct, peers behind port-restricted NATs ({runs} runs each)");
+    println!(
+        "{:>5} {:>8} {:>13} {:>17} {:>17} {:>13} {:>19} {:>8}",
+        "peers",
+        "delay",
+        "online (med)",
+        "rendezvous (med)",
+        "all direct (med)",
+        "direct (max)",
+        "direct − online (med)",
+        "target"
+    );
+    let cases = [(2, 0, ""), (2, 20, "≤ 0.5 s"), (5, 0, ""), (5, 20, "≤ 1.0 s")];
+    let only: Option<(usize, u64)> = std::env::var("RINGLET_BENCH_CASE").ok().and_then(|c| {
+        let (p, d) = c.split_once(',')?;
+        Some((p.parse().ok()?, d.parse().ok()?))
+    });
+    for (peers, delay, target) in cases
+        .into_iter()
+        .filter(|(p, d, _)| only.is_none_or(|o| o == (*p, *d)))
+    {
+        let mut o = Vec::new();
+        let mut s = Vec::new();
+        let mut d = Vec::new();
+        for _ in 0..runs {
+            let (online, seen, direct) = time_to_direct(peers, delay).await;
+            o.push(online);
+            s.push(seen);
+            d.push(direct);
+        }
+        let max = d.iter().cloned().fold(0.0, f64::max);
+        let after_online = median(d.iter().zip(&o).map(|(d, o)| d - o).collect());
+        println!(
+            "{peers:>5} {:>8} {:>11.3} s {:>15.3} s {:>15.3} s {:>11.3} s {:>19.3} s {target:>8}",
+            format!("{delay} ms"),
+            median(o),
+            median(s),
+            median(d),
+            max,
+            after_online
+        );
+    }
+}
+
+async fn bench_birthday(runs: usize) {
+    let mut wins = Vec::new();
+    let mut checks = Vec::new();
+    for _ in 0..runs {
+        let peers = [("sym", NatType::Symmetric), ("pr", NatType::PortRestricted)];
+        let scene = Scene::start_timed("bday", &peers, LabOptions::default()).await;
+        let start = scene.started;
+        let direct = scene.wait_path(0, 1, "direct", Duration::from_secs(8)).await;
+        if direct {
+            wins.push(start.elapsed().as_secs_f64());
+        }
+        dump_logs(&scene);
+        let c0 = scene.status(0).await.map(|s| s.counters).unwrap_or_default();
+        let c1 = scene.status(1).await.map(|s| s.counters).unwrap_or_default();
+        checks.push((
+            c0.get("link_checks_for_success").copied().unwrap_or(0),
+            c1.get("link_attempts").copied().unwrap_or(0),
+        ));
+    }
+    println!("\nsymmetric ↔ port-restricted: birthday probing ({runs} fresh labs, 8 s each at most)");
+    println!(
+        "{:>10} {:>12} {:>22}",
+        "direct", "share", "time to direct (median)"
+    );
+    let share = 100.0 * wins.len() as f64 / runs as f64;
+    let t = if wins.is_empty() {
+        "-".to_owned()
+    } else {
+        format!("{:.2} s", median(wins.clone()))
+    };
+    println!(
+        "{:>10} {:>11.0}% {:>22}",
+        format!("{}/{runs}", wins.len()),
+        share,
+        t
+    );
+    println!("  (none of tinc, n2n or Tailscale-style systems in REFERENCE.md go direct for this pair)");
+}
+
+async fn bench_probes() {
+    println!("\nSTUN checks sent per successful punch, per pair of NAT types (both sides, one attempt)");
+    println!(
+        "{:>15} {:<15} {:>8} {:>8} {:>10}",
+        "", "", "path", "checks", "to direct"
+    );
+    for (i, a) in NatType::ALL.iter().enumerate() {
+        for b in &NatType::ALL[i..] {
+            let peers = [("a", *a), ("b", *b)];
+            let scene = Scene::start_timed("probe", &peers, LabOptions::default()).await;
+            let start = scene.started;
+            let want = expected_path(*a, *b).unwrap_or("direct");
+            let direct = want == "direct" && scene.wait_path(0, 1, "direct", Duration::from_secs(8)).await;
+            let took = start.elapsed().as_secs_f64();
+            let mut checks = 0;
+            for n in 0..2 {
+                if let Some(s) = scene.status(n).await {
+                    checks += s.counters["link_checks_for_success"];
+                }
+            }
+            let (path, checks, took) = if direct {
+                ("direct", checks.to_string(), format!("{took:.3} s"))
+            } else {
+                ("xmpp", "-".into(), "-".into())
+            };
+            println!(
+                "{:>15} {:<15} {path:>8} {checks:>8} {took:>10}",
+                a.name(),
+                b.name()
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = ringlet_lab::require_root("the NAT lab benchmarks") {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let what: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| what.is_empty() || what.iter().any(|w| w == name);
+    println!(
+        "ringlet NAT lab benchmarks ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    if run("time") {
+        bench_time(if quick { 2 } else { 5 }).await;
+    }
+    if run("birthday") {
+        let runs = std::env::var("RINGLET_BENCH_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok());
+        bench_birthday(runs.unwrap_or(if quick { 5 } else { 20 })).await;
+    }
+    if run("probes") {
+        bench_probes().await;
+    }
+}
