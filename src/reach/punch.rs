@@ -423,16 +423,20 @@ impl PunchAgent {
         tracing::trace!(%from, "punch: check from a new address");
         // A new address: a peer-reflexive candidate, or the peer's NAT rebound. Check it back.
         // The check goes out at once, ahead of the paced queue (which may hold hundreds of
-        // birthday probes): the peer's NAT is open for it right now.
+        // birthday probes): the peer's NAT is open for it right now. Without the peer's
+        // credentials yet (its check overtook its answer) it waits, due, for them.
         let i = self.add_pair(now, socket, from, self.cfg.pair_tries.min(5));
         let pair = &mut self.pairs[i];
         if pair.rtt.is_none() {
             if pair.tries >= pair.max_tries {
                 pair.max_tries = pair.tries + 3;
             }
-            pair.tries += 1;
-            pair.next = now + self.cfg.pair_retry;
-            self.send_check(now, i, false);
+            pair.next = now;
+            if self.remote.is_some() {
+                pair.tries += 1;
+                pair.next = now + self.cfg.pair_retry;
+                self.send_check(now, i, false);
+            }
         }
         self.pump(now);
     }

@@ -489,3 +489,31 @@ fn path_events(agent: &mut PunchAgent) -> Vec<Event> {
         .filter(|e| !matches!(e, Event::Reflexive(_)))
         .collect()
 }
+
+/// The peer's check can overtake its answer (direct UDP is faster than the relay): it is
+/// answered at once, and the check back goes out as soon as the answer brings credentials.
+#[test]
+fn a_check_that_overtakes_the_answer_is_checked_back_when_the_answer_lands() {
+    let t0 = Instant::now();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (ours, theirs) = (Credentials::random(&mut rng), Credentials::random(&mut rng));
+    let mut agent = PunchAgent::new(t0, Config::default(), ours.clone(), 5);
+    let peer: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+    let check = stun_msg::check_request([1; 12], &ours.ufrag, &theirs.ufrag, &ours.pwd);
+    agent.handle_request(t0, MAIN_SOCKET, peer, &stun_msg::decode(&check).unwrap());
+    let sent: Vec<_> = std::iter::from_fn(|| agent.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1, "only the response, no check without credentials");
+    assert_eq!(
+        stun_msg::decode(&sent[0].data).unwrap().class(),
+        MessageClass::SuccessResponse
+    );
+
+    let answer_lands = t0 + Duration::from_millis(2);
+    agent.set_remote(answer_lands, theirs, &[]);
+    let sent: Vec<_> = std::iter::from_fn(|| agent.poll_transmit()).collect();
+    assert!(
+        sent.iter()
+            .any(|t| t.to == peer && stun_msg::decode(&t.data).unwrap().class() == MessageClass::Request),
+        "the check back must leave with the answer, not a retry later: {sent:?}"
+    );
+}
