@@ -118,7 +118,8 @@ async fn up(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut server = ControlServer::bind(&config.control_socket).await?;
     let mut handle = node::start(&config, Options::default()).await?;
-    tracing::info!(node = %handle.node_id(), jid = %handle.jid(), overlay = %config.overlay, "node up");
+    tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
+    tracing::debug!(jid = %handle.jid(), "node jid");
     server.serve(handle.controller());
     let stopped_on_its_own = loop {
         tokio::select! {

@@ -270,7 +270,8 @@ pub async fn start_with_key(
                 source,
             }
         })?;
-    tracing::info!(jid = %config.jid, server = %session_cfg.login.server_name(), tls = %config.tls, "logging in");
+    tracing::info!(tls = %config.tls, "logging in");
+    tracing::debug!(jid = %config.jid, server = %session_cfg.login.server_name(), "login target");
     let session = Session::connect(session_cfg).await?;
     let mut rendezvous = rendezvous::Config::new(
         ns,

@@ -23,6 +23,7 @@ use super::reach::{self, Reach};
 use super::{status, AppEvent, Command, NodeError, PingReply, SendError};
 use crate::identity::NodeId;
 use crate::link::{self, Path};
+use crate::reach::nat::NatInfo;
 use crate::reach::stun_client;
 
 pub(super) struct Parts {
@@ -58,6 +59,8 @@ pub(super) struct Runtime {
     pub app_sent: (u64, u64),
     pings: BTreeMap<u64, PendingPing>,
     next_ping: u64,
+    /// The NAT behaviour last logged at INFO (it is logged again only when it changes).
+    logged_nat: Option<NatInfo>,
 }
 
 /// An overlay ping waiting for its pong.
@@ -98,12 +101,14 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         reconnect_failures: 0,
         relay_send_failures: 0,
         app_sent: (0, 0),
+        logged_nat: None,
         pings: BTreeMap::new(),
         next_ping: 1,
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
-    tracing::info!(jid = %session.jid(), "online");
+    tracing::info!("online");
+    tracing::debug!(jid = %session.jid(), "bound");
     let candidates = rt.reach.start(now);
     rt.reach
         .links
@@ -179,7 +184,8 @@ impl Runtime {
         let now = Instant::now();
         match ev {
             SessionEvent::Online { jid } => {
-                tracing::info!(%jid, "online again");
+                tracing::info!("online again");
+                tracing::debug!(%jid, "bound");
                 self.core.handle_online(now, jid);
             }
             SessionEvent::Suspended => {
@@ -368,7 +374,11 @@ impl Runtime {
             .iter()
             .map(|a| a.to_string())
             .collect();
-        tracing::info!(?nat, ?reflexive, "NAT behaviour");
+        if self.logged_nat != Some(nat) {
+            self.logged_nat = Some(nat);
+            tracing::info!(?nat, "NAT behaviour");
+        }
+        tracing::debug!(?nat, ?reflexive, "reflexive addresses");
         let candidates = self.reach.candidates(now);
         self.reach.links.set_local(now, candidates.clone(), nat);
         self.core.set_endpoints(Reach::endpoints(&candidates));
@@ -382,7 +392,9 @@ impl Runtime {
             }),
             link::Event::PathChanged { peer, path } => match path {
                 Path::Direct { remote, rtt, .. } => {
-                    tracing::info!(peer = %NodeId(peer), %remote, rtt_ms = rtt.as_secs_f64() * 1e3, "direct path up")
+                    let rtt_ms = rtt.as_secs_f64() * 1e3;
+                    tracing::info!(peer = %NodeId(peer), rtt_ms, "direct path up");
+                    tracing::debug!(peer = %NodeId(peer), %remote, "direct path address");
                 }
                 Path::Xmpp => tracing::info!(peer = %NodeId(peer), "path: XMPP relay"),
             },
@@ -408,7 +420,8 @@ impl Runtime {
     fn on_core_event(&mut self, now: Instant, ev: core::Event) {
         match ev {
             core::Event::MemberUp { jid, node } => {
-                tracing::info!(peer = %NodeId(node), %jid, "peer online");
+                tracing::info!(peer = %NodeId(node), "peer online");
+                tracing::debug!(peer = %NodeId(node), %jid, "peer resource");
                 self.reach.links.member_up(now, node, jid.clone());
                 self.emit(AppEvent::PeerUp {
                     node: NodeId(node),
@@ -416,7 +429,7 @@ impl Runtime {
                 });
             }
             core::Event::MemberDown { jid, node } => {
-                tracing::info!(peer = %NodeId(node), %jid, "peer offline");
+                tracing::info!(peer = %NodeId(node), "peer offline");
                 self.member_down(&node, &jid);
                 self.emit(AppEvent::PeerDown {
                     node: NodeId(node),
@@ -436,7 +449,8 @@ impl Runtime {
                 reason,
                 dropped,
             } => {
-                tracing::warn!(%peer, ?reason, dropped, "relay to peer failed");
+                tracing::warn!(?reason, dropped, "relay to a peer failed");
+                tracing::debug!(%peer, "relay failure peer");
                 self.emit(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: format!("{reason:?}"),
@@ -444,7 +458,8 @@ impl Runtime {
                 });
             }
             core::Event::DatagramRefused { peer, condition } => {
-                tracing::warn!(%peer, %condition, "peer refused a datagram");
+                tracing::warn!(%condition, "a peer refused a datagram");
+                tracing::debug!(%peer, "refusing peer");
                 self.emit(AppEvent::SendFailed {
                     to: peer.to_string(),
                     reason: condition,

@@ -243,7 +243,8 @@ async fn run(
                 Some(StreamEvent::Stream(StreamState::Reset { bound_jid, .. })) => match bound_jid.try_into_full() {
                     Ok(jid) => SessionEvent::Online { jid },
                     Err(bare) => {
-                        tracing::error!(%bare, "server bound a bare JID; ignoring this session");
+                        tracing::error!("the server bound a bare JID, not a resource; ignoring this session");
+                        tracing::debug!(%bare, "bound bare JID");
                         continue;
                     }
                 },
