@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ringlet_udp::{classify, PacketKind, Received, SocketId, UdpMux, MAIN_SOCKET};
+use ringlet_udp::{classify, Outgoing, PacketKind, Received, SocketId, UdpMux, MAIN_SOCKET};
 use ringlet_xmpp::wire::addresses::Endpoint;
 use ringlet_xmpp::wire::extdisco::Service;
 use ringlet_xmpp::NodeIdBytes;
@@ -41,6 +41,16 @@ pub(super) struct UdpCounters {
     pub recv_errors: u64,
 }
 
+/// What the sockets report.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SocketStats {
+    /// Datagrams dropped on send (full socket buffer, closed socket, refused).
+    pub send_errors: u64,
+    pub send_calls: u64,
+    pub datagrams_sent: u64,
+    pub extra_sockets: u64,
+}
+
 pub(super) struct Reach {
     /// `None` when UDP is disabled: every path is the XMPP relay.
     mux: Option<UdpMux>,
@@ -58,8 +68,13 @@ pub(super) struct Reach {
     resolved_xep: Vec<SocketAddr>,
     resolved_tx: mpsc::Sender<(ServerSource, Vec<SocketAddr>)>,
     last_requery: Option<Instant>,
+    /// Datagrams queued this turn of the runtime loop; [`Reach::flush`] sends them together.
+    outbox: Vec<(SocketId, SocketAddr, Vec<u8>)>,
     pub counters: UdpCounters,
 }
+
+/// The outbox is flushed early when it holds this many datagrams.
+const OUTBOX_LIMIT: usize = 256;
 
 /// Lookups of STUN server names, answered to the runtime loop.
 pub(super) type Resolved = mpsc::Receiver<(ServerSource, Vec<SocketAddr>)>;
@@ -112,6 +127,7 @@ pub(super) fn bind(
         resolved_xep: Vec::new(),
         resolved_tx,
         last_requery: None,
+        outbox: Vec::new(),
         counters: UdpCounters::default(),
     };
     Ok((reach, resolved_rx))
@@ -149,22 +165,53 @@ impl Reach {
         }
     }
 
-    /// Sends one datagram; false if it was dropped.
-    pub fn send(&mut self, socket: SocketId, to: SocketAddr, data: &[u8]) -> bool {
-        self.mux.as_mut().is_some_and(|m| m.send(socket, to, data))
+    /// Queues one datagram for [`Reach::flush`], which the runtime calls after every turn of
+    /// its loop, so that a burst (a TUN batch, birthday probes) leaves in few system calls.
+    pub fn send(&mut self, socket: SocketId, to: SocketAddr, data: Vec<u8>) {
+        if self.mux.is_none() {
+            return;
+        }
+        self.outbox.push((socket, to, data));
+        if self.outbox.len() >= OUTBOX_LIMIT {
+            self.flush();
+        }
+    }
+
+    /// Sends the queued datagrams (dropped ones are counted in the mux's `send_errors`).
+    pub fn flush(&mut self) {
+        let Some(mux) = &mut self.mux else {
+            self.outbox.clear();
+            return;
+        };
+        let batch: Vec<Outgoing<'_>> = self
+            .outbox
+            .iter()
+            .map(|(socket, to, data)| Outgoing {
+                socket: *socket,
+                to: *to,
+                data,
+            })
+            .collect();
+        mux.send_batch(&batch);
+        self.outbox.clear();
     }
 
     pub fn close_socket(&mut self, id: SocketId) {
+        self.flush(); // what was queued for the socket still leaves through it
         if let Some(m) = &mut self.mux {
             m.close(id);
         }
     }
 
-    /// (datagrams dropped on send, extra sockets open)
-    pub fn socket_stats(&self) -> (u64, usize) {
+    pub fn socket_stats(&self) -> SocketStats {
         self.mux
             .as_ref()
-            .map_or((0, 0), |m| (m.send_errors, m.extra_count()))
+            .map_or_else(SocketStats::default, |m| SocketStats {
+                send_errors: m.send_errors,
+                send_calls: m.send_calls,
+                datagrams_sent: m.datagrams_sent,
+                extra_sockets: m.extra_count() as u64,
+            })
     }
 
     /// XEP-0215 named these services: resolve the UDP STUN ones.
@@ -254,7 +301,7 @@ impl Reach {
                     None => continue,
                 },
             };
-            self.send(socket, t.to, &t.data);
+            self.send(socket, t.to, t.data);
         }
     }
 

@@ -231,7 +231,7 @@ impl Runtime {
             .map_err(|_| SendError::UnknownPeer(to))?
         {
             link::Transmit::Udp { socket, to, data } => {
-                self.reach.send(socket, to, &data);
+                self.reach.send(socket, to, data);
                 self.app_sent.0 += 1;
                 Ok(())
             }
@@ -259,7 +259,7 @@ impl Runtime {
                 to: addr,
                 data,
             } => {
-                self.reach.send(*socket, *addr, data);
+                self.reach.send(*socket, *addr, data.clone());
                 ("direct", format!("udp://{addr}"))
             }
             link::Transmit::Relay { to: jid, data } => {
@@ -334,7 +334,7 @@ impl Runtime {
                 moved = true;
                 match t {
                     link::Transmit::Udp { socket, to, data } => {
-                        self.reach.send(socket, to, &data);
+                        self.reach.send(socket, to, data);
                     }
                     link::Transmit::Relay { to, data } => self.relay(now, &to, &data),
                 }
@@ -353,6 +353,7 @@ impl Runtime {
                 break;
             }
         }
+        self.reach.flush();
         let seeking = self.core.members().any(|m| m.addresses.is_none());
         self.core.set_seeking(now, seeking);
     }

@@ -145,6 +145,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
     let z = rt.core.rendezvous_counters();
     let u = &rt.reach.counters;
     let l = rt.reach.links.counters();
+    let sockets = rt.reach.socket_stats();
     [
         ("stanzas_in", c.stanzas_in),
         ("stanzas_out", c.stanzas_out),
@@ -181,8 +182,10 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("udp_unknown_in", u.unknown_in),
         ("udp_stun_malformed", u.stun_malformed + rt.reach.stun.malformed),
         ("udp_stun_unclaimed", u.stun_unclaimed),
-        ("udp_send_errors", rt.reach.socket_stats().0),
-        ("udp_extra_sockets", rt.reach.socket_stats().1 as u64),
+        ("udp_datagrams_out", sockets.datagrams_sent),
+        ("udp_send_calls", sockets.send_calls),
+        ("udp_send_errors", sockets.send_errors),
+        ("udp_extra_sockets", sockets.extra_sockets),
         ("link_attempts", l.attempts),
         ("link_direct_up", l.direct_up),
         ("link_paths_lost", l.paths_lost),

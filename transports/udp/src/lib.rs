@@ -6,7 +6,7 @@
 
 mod mux;
 
-pub use mux::{Received, SocketId, UdpMux, MAIN_SOCKET};
+pub use mux::{Outgoing, Received, SocketId, UdpMux, MAIN_SOCKET};
 
 /// Magic cookie of STUN (RFC 5389) at bytes 4..8.
 pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];

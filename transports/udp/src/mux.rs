@@ -2,8 +2,10 @@
 //! destination's family and reported as [`MAIN_SOCKET`] too) and temporary extras.
 //!
 //! Receiving drains up to `quinn_udp::BATCH_SIZE` datagrams per system call (recvmmsg) from
-//! whichever socket is readable; sending is one datagram per call, never blocking: a full
-//! socket buffer drops the datagram and counts it, as a congested link would.
+//! whichever socket is readable. Sending never blocks: a full socket buffer drops the datagram
+//! and counts it, as a congested link would. [`UdpMux::send_batch`] sends a run of equal-sized
+//! datagrams to one destination in one system call where the kernel offers UDP segmentation
+//! offload (GSO); elsewhere, and for mixed batches, it is one call per datagram.
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSliceMut};
@@ -27,6 +29,17 @@ pub const MAX_EXTRA_SOCKETS: usize = 256;
 
 const BUF_SIZE: usize = 65_536;
 
+/// Most payload bytes in one segmented send (the kernel's limit is one IP datagram).
+const MAX_GSO_BYTES: usize = 60_000;
+
+/// One datagram for [`UdpMux::send_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub socket: SocketId,
+    pub to: SocketAddr,
+    pub data: &'a [u8],
+}
+
 /// One received datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -44,8 +57,12 @@ pub struct UdpMux {
     slots: BTreeMap<SocketId, Slot>,
     next_id: SocketId,
     bufs: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
     /// Datagrams dropped because a socket buffer was full or the send failed.
     pub send_errors: u64,
+    /// Send system calls made, and datagrams they carried (their ratio is the batching gain).
+    pub send_calls: u64,
+    pub datagrams_sent: u64,
 }
 
 /// An IPv6-only socket, so that it can share the port number with the IPv4 main socket.
@@ -85,7 +102,10 @@ impl UdpMux {
             slots,
             next_id: 1,
             bufs: vec![vec![0u8; BUF_SIZE]; BATCH_SIZE],
+            scratch: Vec::new(),
             send_errors: 0,
+            send_calls: 0,
+            datagrams_sent: 0,
         })
     }
 
@@ -144,32 +164,110 @@ impl UdpMux {
 
     /// Sends one datagram without waiting; returns false if it was dropped.
     pub fn send(&mut self, id: SocketId, to: SocketAddr, data: &[u8]) -> bool {
-        let id = if id == MAIN_SOCKET && to.is_ipv6() {
+        let sent = self.try_send(id, to, data, None);
+        if sent {
+            self.datagrams_sent += 1;
+        } else {
+            self.send_errors += 1;
+        }
+        sent
+    }
+
+    /// Sends datagrams in order without waiting; returns how many were dropped. A run of
+    /// datagrams from one socket to one destination, all of one size but the last, which may
+    /// be shorter, leaves in a single segmented send where the kernel offers it.
+    pub fn send_batch(&mut self, batch: &[Outgoing<'_>]) -> usize {
+        let mut dropped = 0;
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let run = self.gso_run(rest);
+            if run > 1 && self.send_segmented(&rest[..run]) {
+                self.datagrams_sent += run as u64;
+            } else {
+                // One by one: no run, or the kernel refused the segmented send.
+                for o in &rest[..run.max(1)] {
+                    if !self.send(o.socket, o.to, o.data) {
+                        dropped += 1;
+                    }
+                }
+            }
+            rest = &rest[run.max(1)..];
+        }
+        dropped
+    }
+
+    /// How many datagrams at the head of `batch` can leave as one segmented send.
+    fn gso_run(&self, batch: &[Outgoing<'_>]) -> usize {
+        let first = batch[0];
+        let max_segments = self
+            .slots
+            .get(&self.route(first.socket, first.to))
+            .map_or(1, |s| s.state.max_gso_segments());
+        let size = first.data.len();
+        if max_segments < 2 || size == 0 {
+            return 1;
+        }
+        let mut n = 1;
+        let mut bytes = size;
+        for o in &batch[1..] {
+            let same_flow = o.socket == first.socket && o.to == first.to;
+            if !same_flow || o.data.len() > size || n == max_segments || bytes + o.data.len() > MAX_GSO_BYTES
+            {
+                break;
+            }
+            n += 1;
+            bytes += o.data.len();
+            if o.data.len() < size {
+                break; // only the last segment may be short
+            }
+        }
+        n
+    }
+
+    fn send_segmented(&mut self, run: &[Outgoing<'_>]) -> bool {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        for o in run {
+            buf.extend_from_slice(o.data);
+        }
+        let sent = self.try_send(run[0].socket, run[0].to, &buf, Some(run[0].data.len()));
+        self.scratch = buf;
+        sent
+    }
+
+    /// The slot a send from `id` to `to` uses: IPv6 destinations leave through the main
+    /// socket's IPv6 twin.
+    fn route(&self, id: SocketId, to: SocketAddr) -> SocketId {
+        if id == MAIN_SOCKET && to.is_ipv6() {
             MAIN_SOCKET_V6
         } else {
             id
-        };
-        let Some(slot) = self.slots.get(&id) else {
-            self.send_errors += 1;
+        }
+    }
+
+    fn try_send(
+        &mut self,
+        id: SocketId,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> bool {
+        let Some(slot) = self.slots.get(&self.route(id, to)) else {
             return false;
         };
         let transmit = Transmit {
             destination: to,
             ecn: None,
-            contents: data,
-            segment_size: None,
+            contents,
+            segment_size,
             src_ip: None,
         };
+        self.send_calls += 1;
         // The socket is non-blocking and nothing ever waits for writability, so the send is
         // attempted directly rather than through tokio's readiness cache.
-        let sent = slot
-            .state
+        slot.state
             .try_send(UdpSockRef::from(&slot.socket), &transmit)
-            .is_ok();
-        if !sent {
-            self.send_errors += 1;
-        }
-        sent
+            .is_ok()
     }
 
     /// Waits until some socket has datagrams and returns a batch of them.
@@ -293,5 +391,54 @@ mod tests {
         assert_eq!((r[0].socket, r[0].data.as_slice()), (extra[1], &b"to extra"[..]));
         b.close(extra[1]);
         assert_eq!(b.extra_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_arrives_whole_and_in_order_and_equal_runs_share_system_calls() {
+        let mut a = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut c = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (to_b, to_c) = (
+            b.local_addr(MAIN_SOCKET).unwrap(),
+            c.local_addr(MAIN_SOCKET).unwrap(),
+        );
+        // 30 full-sized datagrams and a short one to b, then one to c, then 5 more to b.
+        let payloads: Vec<Vec<u8>> = (0..37u8)
+            .map(|i| vec![i; if i == 30 { 17 } else { 1200 }])
+            .collect();
+        let batch: Vec<Outgoing<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Outgoing {
+                socket: MAIN_SOCKET,
+                to: if i == 31 { to_c } else { to_b },
+                data: p,
+            })
+            .collect();
+        assert_eq!(a.send_batch(&batch), 0);
+        assert_eq!(a.datagrams_sent, 37);
+        let mut got = Vec::new();
+        while got.len() < 36 {
+            got.extend(b.recv().await.unwrap());
+        }
+        let want: Vec<&Vec<u8>> = payloads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 31)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(got.iter().map(|r| &r.data).collect::<Vec<_>>(), want);
+        assert_eq!(c.recv().await.unwrap()[0].data, payloads[31]);
+        let gso = a.slots[&MAIN_SOCKET].state.max_gso_segments();
+        eprintln!(
+            "GSO: {gso} segments per call; {} calls for 37 datagrams",
+            a.send_calls
+        );
+        if gso > 1 {
+            // Three runs: 0..=30 (the short one ends it), 31 alone, 32..=36.
+            assert_eq!(a.send_calls, 3, "GSO offers {gso} segments per call");
+        } else {
+            assert_eq!(a.send_calls, 37);
+        }
     }
 }
