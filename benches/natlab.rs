@@ -13,6 +13,7 @@
 //! node's log to stderr.
 #![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -217,20 +218,9 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(1);
     }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let what: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let run = |name: &str| what.is_empty() || what.iter().any(|w| w == name);
-    println!(
-        "ringlet NAT lab benchmarks ({} build)",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
+    let args = common::Args::parse();
+    let (quick, run) = (args.quick, |name: &str| args.wants(name));
+    println!("ringlet NAT lab benchmarks ({} build)", common::build());
     if run("time") {
         bench_time(if quick { 2 } else { 5 }).await;
     }

@@ -13,6 +13,8 @@
 //! e.g. a `[relay]` section, to compare settings.
 #![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
+mod common;
+
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -440,19 +442,11 @@ fn relay_envelope(to: &str) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let what: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let run = |name: &str| what.is_empty() || what.iter().any(|w| w == name);
+    let args = common::Args::parse();
+    let (quick, run) = (args.quick, |name: &str| args.wants(name));
     println!(
         "ringlet XMPP benchmarks: Prosody 0.12 on loopback, nagle off, {} build",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        common::build()
     );
     if run("sizes") {
         bench_stanza_sizes().await;

@@ -178,6 +178,27 @@ impl Attempt {
     }
 }
 
+impl Link {
+    /// A frame over the link's current path.
+    fn transmit(&self, data: Vec<u8>) -> Transmit {
+        match self.path {
+            Path::Direct { socket, remote, .. } => Transmit::Udp {
+                socket,
+                to: remote,
+                data,
+            },
+            Path::Xmpp => self.relay(data),
+        }
+    }
+
+    fn relay(&self, data: Vec<u8>) -> Transmit {
+        Transmit::Relay {
+            to: self.jid.clone(),
+            data,
+        }
+    }
+}
+
 struct Link {
     jid: FullJid,
     attempt: Option<Attempt>,
@@ -301,11 +322,7 @@ impl Links {
                         nat,
                         candidates: added.clone(),
                     };
-                    let data = Frame { path, body }.emit();
-                    self.transmits.push_back(Transmit::Relay {
-                        to: link.jid.clone(),
-                        data,
-                    });
+                    signal(&mut self.transmits, path, &link.jid, body);
                 }
                 None if link.path == Path::Xmpp
                     && (nat_changed || !added.is_empty())
@@ -337,15 +354,7 @@ impl Links {
             nat: self.nat,
             candidates: self.local.clone(),
         };
-        let data = Frame {
-            path: self.path_id,
-            body: Body::Offer(offer),
-        }
-        .emit();
-        self.transmits.push_back(Transmit::Relay {
-            to: link.jid.clone(),
-            data,
-        });
+        signal(&mut self.transmits, self.path_id, &link.jid, Body::Offer(offer));
         link.attempt = Some(Attempt::new(id, agent, true));
         self.counters.attempts += 1;
         tracing::debug!(peer = %hex(&peer), attempt = id, "punch: offer sent");
@@ -436,15 +445,7 @@ impl Links {
             nat: self.nat,
             candidates: self.local.clone(),
         };
-        let data = Frame {
-            path: self.path_id,
-            body: Body::Answer(answer),
-        }
-        .emit();
-        self.transmits.push_back(Transmit::Relay {
-            to: link.jid.clone(),
-            data,
-        });
+        signal(&mut self.transmits, self.path_id, &link.jid, Body::Answer(answer));
         link.attempt = Some(attempt);
         self.counters.attempts += 1;
     }
@@ -540,17 +541,7 @@ impl Links {
             body: Body::Ping(nonce),
         }
         .emit();
-        Ok(match link.path {
-            Path::Direct { socket, remote, .. } => Transmit::Udp {
-                socket,
-                to: remote,
-                data,
-            },
-            Path::Xmpp => Transmit::Relay {
-                to: link.jid.clone(),
-                data,
-            },
-        })
+        Ok(link.transmit(data))
     }
 
     fn pong(&mut self, peer: NodeIdBytes, nonce: u64) {
@@ -562,17 +553,7 @@ impl Links {
             body: Body::Pong(nonce),
         }
         .emit();
-        self.transmits.push_back(match link.path {
-            Path::Direct { socket, remote, .. } => Transmit::Udp {
-                socket,
-                to: remote,
-                data,
-            },
-            Path::Xmpp => Transmit::Relay {
-                to: link.jid.clone(),
-                data,
-            },
-        });
+        self.transmits.push_back(link.transmit(data));
     }
 
     /// Frames a datagram for `peer`'s best path. The caller sends the returned transmit at once,
@@ -580,18 +561,10 @@ impl Links {
     pub fn send(&mut self, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
         let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
         let bytes = Frame::emit_data(&self.path_id, data);
-        Ok(match link.path {
-            Path::Direct { socket, remote, .. } if data.len() <= self.cfg.max_direct_payload => {
-                Transmit::Udp {
-                    socket,
-                    to: remote,
-                    data: bytes,
-                }
-            }
-            _ => Transmit::Relay {
-                to: link.jid.clone(),
-                data: bytes,
-            },
+        Ok(if data.len() <= self.cfg.max_direct_payload {
+            link.transmit(bytes)
+        } else {
+            link.relay(bytes)
         })
     }
 
@@ -748,6 +721,12 @@ impl Links {
             .flatten()
             .min()
     }
+}
+
+/// Queues a signalling frame (offer, answer, candidates): these travel over the relay only.
+fn signal(transmits: &mut VecDeque<Transmit>, path: PathId, to: &FullJid, body: Body) {
+    let data = Frame { path, body }.emit();
+    transmits.push_back(Transmit::Relay { to: to.clone(), data });
 }
 
 /// The first server-reflexive candidate of a list.

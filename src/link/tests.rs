@@ -12,7 +12,7 @@ use ringlet_xmpp::{FullJid, NodeIdBytes};
 use super::*;
 use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
-use crate::reach::testnet::{Kind, Nat};
+use crate::reach::testnet::{Kind, Nat, Step, Wire};
 
 const UDP_LATENCY: Duration = Duration::from_millis(10);
 const RELAY_LATENCY: Duration = Duration::from_millis(30);
@@ -47,8 +47,7 @@ struct World {
     nodes: Vec<Node>,
     /// Application datagrams sent (direct, relayed).
     sent: (usize, usize),
-    wire: BTreeMap<(Instant, u64), Packet>,
-    tie: u64,
+    wire: Wire<Packet>,
 }
 
 fn node(now: Instant, i: usize, kind: Kind) -> Node {
@@ -105,8 +104,7 @@ fn world(a: Kind, b: Kind) -> World {
         now,
         nodes,
         sent: (0, 0),
-        wire: BTreeMap::new(),
-        tie: 0,
+        wire: Wire::default(),
     };
     for i in 0..2 {
         let (peer, jid) = (w.nodes[1 - i].id, w.nodes[1 - i].jid.clone());
@@ -139,8 +137,7 @@ impl World {
     }
 
     fn put(&mut self, at: Instant, p: Packet) {
-        self.tie += 1;
-        self.wire.insert((at, self.tie), p);
+        self.wire.send(at, p);
     }
 
     fn flush(&mut self) {
@@ -253,27 +250,16 @@ impl World {
             if done(self) {
                 return true;
             }
-            let next_wire = self.wire.keys().next().map(|k| k.0);
             let next_timer = self.nodes.iter().filter_map(|n| n.links.poll_timeout()).min();
-            let Some(next) = [next_wire, next_timer]
-                .into_iter()
-                .flatten()
-                .min()
-                .filter(|t| *t <= end)
-            else {
-                self.now = end;
-                return false;
-            };
-            self.now = next.max(self.now);
-            if next_wire == Some(next) {
-                let key = *self.wire.keys().next().unwrap();
-                let p = self.wire.remove(&key).unwrap();
-                self.deliver(p);
-            } else {
-                let now = self.now;
-                for n in self.nodes.iter_mut() {
-                    n.links.handle_timeout(now);
+            match self.wire.step(&mut self.now, end, next_timer) {
+                Step::Deliver(p) => self.deliver(p),
+                Step::Timer => {
+                    let now = self.now;
+                    for n in self.nodes.iter_mut() {
+                        n.links.handle_timeout(now);
+                    }
                 }
+                Step::End => return false,
             }
         }
     }

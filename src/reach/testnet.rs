@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -213,4 +214,56 @@ fn change_request_flags(request: &[u8]) -> (bool, bool) {
         at += 4 + len.div_ceil(4) * 4;
     }
     (false, false)
+}
+
+/// Packets in flight on a simulated wire, delivered in time order (ties in sending order).
+pub struct Wire<P> {
+    in_flight: BTreeMap<(Instant, u64), P>,
+    sent: u64,
+}
+
+/// What a simulation does next.
+pub enum Step<P> {
+    /// Deliver this packet, due now.
+    Deliver(P),
+    /// A timer is due now.
+    Timer,
+    /// Nothing happens before the end.
+    End,
+}
+
+impl<P> Default for Wire<P> {
+    fn default() -> Self {
+        Self {
+            in_flight: BTreeMap::new(),
+            sent: 0,
+        }
+    }
+}
+
+impl<P> Wire<P> {
+    pub fn send(&mut self, arrives: Instant, packet: P) {
+        self.sent += 1;
+        self.in_flight.insert((arrives, self.sent), packet);
+    }
+
+    /// Advances `now` to the earlier of the next delivery and `next_timer`, unless that lies
+    /// beyond `end` (then `now` becomes `end`).
+    pub fn step(&mut self, now: &mut Instant, end: Instant, next_timer: Option<Instant>) -> Step<P> {
+        let next_delivery = self.in_flight.keys().next().map(|k| k.0);
+        let Some(next) = [next_delivery, next_timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .filter(|t| *t <= end)
+        else {
+            *now = end;
+            return Step::End;
+        };
+        *now = next.max(*now);
+        match self.in_flight.first_entry() {
+            Some(e) if e.key().0 == next => Step::Deliver(e.remove()),
+            _ => Step::Timer,
+        }
+    }
 }

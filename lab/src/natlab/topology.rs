@@ -6,17 +6,25 @@ use std::time::Duration;
 
 use super::delay::DelayLine;
 use super::{nat, LabPeer, NatType};
+use crate::netns::ip;
 use crate::Netns;
 
-pub(super) fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+/// A veth pair: `a` in namespace `ns_a`, its peer `b` in `ns_b`.
+fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> anyhow::Result<()> {
+    ip(&[
+        "-n",
+        ns_a.name(),
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b.name(),
+    ])
 }
 
 /// Deletes namespaces left by an earlier run that used the same prefix.
@@ -55,51 +63,12 @@ pub(super) fn attach(
     let mut line = None;
     match delay {
         None => {
-            ip(&[
-                "-n",
-                inet.name(),
-                "link",
-                "add",
-                port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                host_if,
-                "netns",
-                host.name(),
-            ])?;
+            veth(inet, port, host, host_if)?;
         }
         Some(delay) => {
             let d = Netns::create_named(&format!("{prefix}-d{port}"))?;
-            ip(&[
-                "-n",
-                d.name(),
-                "link",
-                "add",
-                "x",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                host_if,
-                "netns",
-                host.name(),
-            ])?;
-            ip(&[
-                "-n",
-                inet.name(),
-                "link",
-                "add",
-                port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "y",
-                "netns",
-                d.name(),
-            ])?;
+            veth(&d, "x", host, host_if)?;
+            veth(inet, port, &d, "y")?;
             for dev in ["x", "y"] {
                 ip(&["-n", d.name(), "link", "set", dev, "promisc", "on", "up"])?;
             }
@@ -193,20 +162,7 @@ pub(super) fn add_peer(
     let line = attach(inet, prefix, &format!("r{i}"), &router, "wan", &[wan], delay)?;
     let gw = Ipv4Addr::new(10, i as u8 + 1, 0, 1);
     let addr = Ipv4Addr::new(10, i as u8 + 1, 0, 2);
-    ip(&[
-        "-n",
-        router.name(),
-        "link",
-        "add",
-        "lan",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    veth(&router, "lan", &ns, "eth0")?;
     ip(&[
         "-n",
         router.name(),

@@ -15,7 +15,7 @@ use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
 use crate::reach::punch::{plan_birthday, Config, Credentials, Event, PunchAgent};
 use crate::reach::stun_msg;
-use crate::reach::testnet::{Kind, Nat};
+use crate::reach::testnet::{Kind, Nat, Step, Wire};
 
 const LATENCY: Duration = Duration::from_millis(10);
 
@@ -102,8 +102,7 @@ type InFlight = (usize, SocketAddr, SocketAddr, Vec<u8>);
 struct World {
     now: Instant,
     sides: [Side; 2],
-    wire: BTreeMap<(Instant, u64), InFlight>,
-    tie: u64,
+    wire: Wire<InFlight>,
 }
 
 /// Sets both agents up as the link layer would after a connect-to-me exchange.
@@ -116,8 +115,7 @@ fn world(a: Kind, b: Kind, seed: u64) -> World {
     let mut w = World {
         now,
         sides,
-        wire: BTreeMap::new(),
-        tie: 0,
+        wire: Wire::default(),
     };
     let (ca, sa, na) = w.sides[0].gather();
     let (cb, sb, nb) = w.sides[1].gather();
@@ -194,9 +192,7 @@ impl World {
         if to.ip() != self.sides[other].nat.public_ip {
             return; // a host candidate of a private network: goes nowhere
         }
-        self.tie += 1;
-        self.wire
-            .insert((self.now + LATENCY, self.tie), (other, public_src, to, data));
+        self.wire.send(self.now + LATENCY, (other, public_src, to, data));
     }
 
     fn deliver(&mut self, side: usize, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
@@ -227,27 +223,16 @@ impl World {
             if done(self) {
                 return true;
             }
-            let next_wire = self.wire.keys().next().map(|k| k.0);
             let next_timer = self.sides.iter().filter_map(|s| s.agent.poll_timeout()).min();
-            let Some(next) = [next_wire, next_timer]
-                .into_iter()
-                .flatten()
-                .min()
-                .filter(|t| *t <= end)
-            else {
-                self.now = end;
-                return false;
-            };
-            self.now = next.max(self.now);
-            if next_wire == Some(next) {
-                let key = *self.wire.keys().next().unwrap();
-                let (side, from, to, data) = self.wire.remove(&key).unwrap();
-                self.deliver(side, from, to, data);
-            } else {
-                let now = self.now;
-                for s in self.sides.iter_mut() {
-                    s.agent.handle_timeout(now);
+            match self.wire.step(&mut self.now, end, next_timer) {
+                Step::Deliver((side, from, to, data)) => self.deliver(side, from, to, data),
+                Step::Timer => {
+                    let now = self.now;
+                    for s in self.sides.iter_mut() {
+                        s.agent.handle_timeout(now);
+                    }
                 }
+                Step::End => return false,
             }
         }
     }
