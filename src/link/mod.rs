@@ -47,6 +47,8 @@ pub struct Config {
     pub max_direct_payload: usize,
     /// How long the higher NodeId waits for the lower one's offer before offering itself.
     pub responder_patience: Duration,
+    /// Offers of one peer closer together than this are refused.
+    pub offer_interval: Duration,
     /// False when UDP is disabled: no attempts, offers are ignored, every path is the relay.
     pub direct: bool,
 }
@@ -59,6 +61,7 @@ impl Default for Config {
             max_retry: Duration::from_secs(600),
             max_direct_payload: 1400,
             responder_patience: Duration::from_secs(2),
+            offer_interval: Duration::from_secs(1),
             direct: true,
         }
     }
@@ -128,9 +131,9 @@ pub struct Counters {
     pub foreign_path: u64,
     pub unknown_source: u64,
     pub stun_refused: u64,
-    /// Checks sent by attempts that ended in a direct path, and how many those were.
+    /// Checks sent by attempts until they went direct (attempts that did: `direct_up`).
     pub checks_for_success: u64,
-    pub successes: u64,
+    pub offers_refused: u64,
 }
 
 struct Attempt {
@@ -206,6 +209,9 @@ struct Link {
     retry_at: Option<Instant>,
     failures: u32,
     since: Instant,
+    /// When we last answered an offer of this peer (offers are rate-limited: each one makes
+    /// us probe addresses the peer chose).
+    last_offer: Option<Instant>,
 }
 
 pub struct Links {
@@ -265,6 +271,7 @@ impl Links {
             retry_at: None,
             failures: 0,
             since: now,
+            last_offer: None,
         };
         self.links.insert(peer, link);
         if !self.cfg.direct {
@@ -315,7 +322,8 @@ impl Links {
         let path = self.path_id;
         for link in self.links.values_mut() {
             match &mut link.attempt {
-                Some(a) if !added.is_empty() || nat_changed => {
+                // Only a punch in progress needs them.
+                Some(a) if (!added.is_empty() || nat_changed) && a.agent.selected().is_none() => {
                     a.plan_birthday(now, &nat);
                     let body = Body::Candidates {
                         attempt: a.id,
@@ -427,6 +435,11 @@ impl Links {
         if ours_pending && own < peer {
             return; // crossing offers: the lower NodeId's attempt wins
         }
+        if link.last_offer.is_some_and(|t| now < t + self.cfg.offer_interval) {
+            self.counters.offers_refused += 1;
+            return;
+        }
+        link.last_offer = Some(now);
         self.retire_attempt(&peer);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
@@ -515,7 +528,12 @@ impl Links {
         let Some(frame) = self.parse(bytes) else {
             return;
         };
-        let peer = self.links.iter_mut().find(|(_, l)| matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from));
+        // The peer's frames may come over another pair than the one we send on, or arrive
+        // before our side of the punch has finished: any pair its checks proved will do.
+        let peer = self.links.iter_mut().find(|(_, l)| {
+            matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from)
+                || l.attempt.as_ref().is_some_and(|a| a.agent.accepts(socket, from))
+        });
         let Some((id, link)) = peer else {
             self.counters.unknown_source += 1;
             return;
@@ -646,7 +664,6 @@ impl Links {
             punch::Event::Connected(s) => {
                 link.failures = 0;
                 self.counters.direct_up += 1;
-                self.counters.successes += 1;
                 self.counters.checks_for_success += u64::from(checks);
                 Some(Path::Direct {
                     socket: s.socket,

@@ -291,6 +291,29 @@ fn members_go_direct_and_datagrams_switch_paths_without_loss() {
     assert_eq!(w.sent, (10, 2), "(direct, relayed)");
 }
 
+/// The side whose check is answered first is direct before the other: what it sends at once
+/// over UDP is taken by a peer still punching (its checks proved that address).
+#[test]
+fn the_first_side_direct_is_heard_by_a_peer_still_punching() {
+    for kinds in [
+        (Kind::PortRestricted, Kind::PortRestricted),
+        (Kind::Full, Kind::Symmetric),
+        (Kind::Restricted, Kind::PortRestricted),
+    ] {
+        let mut w = world(kinds.0, kinds.1);
+        let start = w.now;
+        let one_direct = |w: &World| (0..2).any(|i| matches!(w.path(i), Some(Path::Direct { .. })));
+        assert!(w.run_until(start + Duration::from_secs(2), one_direct));
+        let first = (0..2)
+            .find(|i| matches!(w.path(*i), Some(Path::Direct { .. })))
+            .unwrap();
+        w.send(first, b"at once");
+        w.run_for(Duration::from_secs(1));
+        assert_eq!(w.nodes[1 - first].got, vec![b"at once".to_vec()], "{kinds:?}");
+        assert_eq!(w.nodes[1 - first].links.counters().unknown_source, 0, "{kinds:?}");
+    }
+}
+
 #[test]
 fn udp_blocked_stays_on_the_relay_and_retries_with_backoff() {
     let mut w = world(Kind::UdpBlocked, Kind::Full);

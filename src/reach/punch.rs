@@ -139,7 +139,8 @@ pub fn plan_birthday(
     ) {
         return None;
     }
-    let srflx = their_srflx?;
+    // The peer names the address to probe: never a local one.
+    let srflx = their_srflx.filter(|a| usable(*a) && !a.ip().is_loopback())?;
     if ours.is_hard() {
         return Some(Birthday::OpenMany { target: srflx });
     }
@@ -154,6 +155,16 @@ pub fn plan_birthday(
         ip: srflx.ip(),
         predicted,
     })
+}
+
+/// Addresses a check may go to: a unicast IP (not unspecified, multicast or broadcast) and a
+/// port. Candidates come from the peer; these could never answer a check.
+fn usable(addr: SocketAddr) -> bool {
+    let unicast = match addr.ip() {
+        IpAddr::V4(ip) => !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast(),
+        IpAddr::V6(ip) => !ip.is_unspecified() && !ip.is_multicast(),
+    };
+    unicast && addr.port() != 0
 }
 
 /// The direct path in use.
@@ -205,7 +216,14 @@ struct Pair {
     max_tries: u32,
     next: Instant,
     rtt: Option<Duration>,
+    /// The peer sent an authenticated check from this pair's remote to its socket.
+    peer_checked: bool,
 }
+
+/// Most pairs one attempt keeps (candidates, birthday guesses and peer-reflexive addresses).
+const MAX_PAIRS: usize = 512;
+/// Most checks one attempt waits for answers to.
+const MAX_TXNS: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Txn {
@@ -229,6 +247,9 @@ pub struct PunchAgent {
     last_heard: Instant,
     keepalive_tries: u32,
     keepalive_sent: Option<Instant>,
+    /// Once connected: another pair that answered; the path moves there if the selected pair
+    /// stops answering (the peer's NAT rebound).
+    alternative: Option<Selected>,
     extra_sockets: BTreeSet<SocketId>,
     pending_birthday: Option<Birthday>,
     /// Birthday probing runs: checks are paced by `birthday_pace`.
@@ -259,6 +280,7 @@ impl PunchAgent {
             last_heard: now,
             keepalive_tries: 0,
             keepalive_sent: None,
+            alternative: None,
             extra_sockets: BTreeSet::new(),
             pending_birthday: None,
             birthday: false,
@@ -366,13 +388,19 @@ impl PunchAgent {
         self.pump(now);
     }
 
-    fn add_pair(&mut self, next: Instant, socket: SocketId, remote: SocketAddr, max_tries: u32) -> usize {
-        if let Some(i) = self
-            .pairs
-            .iter()
-            .position(|p| p.socket == socket && p.remote == remote)
-        {
-            return i;
+    /// The pair of `socket` and `remote`, added if it is new and the attempt has room.
+    fn add_pair(
+        &mut self,
+        next: Instant,
+        socket: SocketId,
+        remote: SocketAddr,
+        max_tries: u32,
+    ) -> Option<usize> {
+        if let Some(i) = self.pair_of(socket, remote) {
+            return Some(i);
+        }
+        if self.pairs.len() >= MAX_PAIRS || !usable(remote) {
+            return None;
         }
         self.pairs.push(Pair {
             socket,
@@ -381,18 +409,41 @@ impl PunchAgent {
             max_tries,
             next,
             rtt: None,
+            peer_checked: false,
         });
-        self.pairs.len() - 1
+        Some(self.pairs.len() - 1)
     }
 
-    /// An authenticated packet other than a check arrived from `from` on `socket`.
+    fn pair_of(&self, socket: SocketId, remote: SocketAddr) -> Option<usize> {
+        self.pairs
+            .iter()
+            .position(|p| p.socket == socket && p.remote == remote)
+    }
+
+    fn is_selected(&self, socket: SocketId, remote: SocketAddr) -> bool {
+        self.selected
+            .is_some_and(|s| s.socket == socket && s.remote == remote)
+    }
+
+    /// True if frames from `from` on `socket` come from this attempt's peer: the selected
+    /// pair, or one the peer proved with an authenticated check or answer. The peer may use
+    /// another pair than we do, and may be connected before we are.
+    pub fn accepts(&self, socket: SocketId, from: SocketAddr) -> bool {
+        self.state != State::Done
+            && (self.is_selected(socket, from)
+                || self
+                    .pair_of(socket, from)
+                    .is_some_and(|i| self.pairs[i].rtt.is_some() || self.pairs[i].peer_checked))
+    }
+
+    /// A packet other than a check arrived from `from` on `socket`: if that is the selected
+    /// pair, the path is alive and needs no keepalive yet.
     pub fn heard(&mut self, now: Instant, socket: SocketId, from: SocketAddr) {
-        if self
-            .selected
-            .is_some_and(|s| s.socket == socket && s.remote == from)
-        {
+        if self.is_selected(socket, from) {
             self.last_heard = now;
             self.keepalive_tries = 0;
+            self.keepalive_sent = None;
+            self.alternative = None;
         }
     }
 
@@ -414,20 +465,21 @@ impl PunchAgent {
             to: from,
             data: response,
         });
-        let selected = self.selected.filter(|_| self.state == State::Connected);
-        if selected.is_some_and(|s| s.socket == socket && s.remote == from) {
-            self.last_heard = now;
-            self.keepalive_tries = 0;
+        if self.state == State::Connected && self.is_selected(socket, from) {
+            self.heard(now, socket, from);
             return;
         }
-        tracing::trace!(%from, "punch: check from a new address");
         // A new address: a peer-reflexive candidate, or the peer's NAT rebound. Check it back.
         // The check goes out at once, ahead of the paced queue (which may hold hundreds of
         // birthday probes): the peer's NAT is open for it right now. Without the peer's
         // credentials yet (its check overtook its answer) it waits, due, for them.
-        let i = self.add_pair(now, socket, from, self.cfg.pair_tries.min(5));
+        let Some(i) = self.add_pair(now, socket, from, self.cfg.pair_tries.min(5)) else {
+            return;
+        };
         let pair = &mut self.pairs[i];
+        pair.peer_checked = true;
         if pair.rtt.is_none() {
+            tracing::trace!(%from, "punch: check from a new address");
             if pair.tries >= pair.max_tries {
                 pair.max_tries = pair.tries + 3;
             }
@@ -486,20 +538,24 @@ impl PunchAgent {
             }
             State::Connected => {
                 let pair = &self.pairs[txn.pair];
-                let moved = Selected {
+                let answered = Selected {
                     socket: pair.socket,
                     remote: pair.remote,
                     rtt,
                 };
-                let is_selected = self
-                    .selected
-                    .is_some_and(|s| s.socket == moved.socket && s.remote == moved.remote);
-                if is_selected || !txn.keepalive {
-                    self.last_heard = now;
-                    self.keepalive_tries = 0;
-                    self.keepalive_sent = None;
-                    self.selected = Some(moved);
-                    self.events.push_back(Event::Moved(moved));
+                if self.is_selected(answered.socket, answered.remote) {
+                    // Alive; the event carries the RTT measured anew.
+                    self.heard(now, answered.socket, answered.remote);
+                    self.selected = Some(answered);
+                    self.events.push_back(Event::Moved(answered));
+                } else if !txn.keepalive {
+                    // Another pair works. Moving at once would make two sides that prefer
+                    // different pairs swap forever; move only if the selected pair stopped
+                    // answering, which a keepalive sent now finds out.
+                    self.alternative = Some(answered);
+                    if let (None, Some(selected)) = (self.keepalive_sent, self.selected) {
+                        self.send_keepalive(now, selected);
+                    }
                 }
             }
             State::Done => {}
@@ -594,10 +650,12 @@ impl PunchAgent {
             },
         );
         self.checks_sent += 1;
-        // Bound the transaction table: forget checks older than the attempt timeout.
-        if self.txns.len() > 4096 {
-            let horizon = self.cfg.attempt_timeout;
-            self.txns.retain(|_, t| now.duration_since(t.sent) < horizon);
+        // Bound the transaction table: forget the oldest checks.
+        while self.txns.len() > MAX_TXNS {
+            let oldest = self.txns.iter().min_by_key(|(_, t)| t.sent).map(|(tid, _)| *tid);
+            if let Some(tid) = oldest {
+                self.txns.remove(&tid);
+            }
         }
     }
 
@@ -618,6 +676,12 @@ impl PunchAgent {
         self.state = State::Connected;
         self.last_heard = now;
         self.txns.clear();
+        // Checks stop: pairs that did not answer are not tried again (pairs the peer checks
+        // from later, after a rebinding, are).
+        self.birthday = false;
+        for p in self.pairs.iter_mut().filter(|p| p.rtt.is_none()) {
+            p.max_tries = p.tries;
+        }
         let unused: Vec<SocketId> = self
             .extra_sockets
             .iter()
@@ -642,7 +706,12 @@ impl PunchAgent {
         match self.keepalive_sent {
             None if now >= self.last_heard + self.cfg.keepalive => self.send_keepalive(now, selected),
             Some(sent) if now >= sent + self.cfg.keepalive_rto => {
-                if self.keepalive_tries >= self.cfg.keepalive_tries {
+                if let Some(alternative) = self.alternative.take() {
+                    // The selected pair went quiet while another answers: move there.
+                    self.selected = Some(alternative);
+                    self.heard(now, alternative.socket, alternative.remote);
+                    self.events.push_back(Event::Moved(alternative));
+                } else if self.keepalive_tries >= self.cfg.keepalive_tries {
                     self.events.push_back(Event::Lost);
                     self.finish();
                 } else {
@@ -676,11 +745,7 @@ impl PunchAgent {
     }
 
     fn send_keepalive(&mut self, now: Instant, selected: Selected) {
-        let Some(i) = self
-            .pairs
-            .iter()
-            .position(|p| p.socket == selected.socket && p.remote == selected.remote)
-        else {
+        let Some(i) = self.pair_of(selected.socket, selected.remote) else {
             return;
         };
         self.keepalive_tries += 1;

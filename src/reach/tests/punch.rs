@@ -340,15 +340,22 @@ fn spoofed_or_unauthenticated_checks_are_refused() {
     w.run_until(w.now + Duration::from_secs(2), |w| w.connected() == [true, true]);
     let before = w.sides[0].agent.selected();
     let target = w.sides[0].agent.local().clone();
-    let forged = stun_msg::check_request([9; 12], &target.ufrag, "mallory", "wrong password");
-    let msg = stun_msg::decode(&forged).unwrap();
-    let now = w.now;
-    w.sides[0]
+    let real_peer = w.sides[1].agent.local().ufrag.clone();
+    for sender in ["mallory", real_peer.as_str()] {
+        // A stranger's name, then the peer's own name without its password.
+        let forged = stun_msg::check_request([9; 12], &target.ufrag, sender, "wrong password");
+        let msg = stun_msg::decode(&forged).unwrap();
+        let now = w.now;
+        w.sides[0]
+            .agent
+            .handle_request(now, MAIN_SOCKET, "192.0.2.66:9".parse().unwrap(), &msg);
+    }
+    assert!(!w.sides[0]
         .agent
-        .handle_request(now, MAIN_SOCKET, "192.0.2.66:9".parse().unwrap(), &msg);
+        .accepts(MAIN_SOCKET, "192.0.2.66:9".parse().unwrap()));
     w.flush();
     assert_eq!(w.sides[0].agent.selected(), before, "the path must not move");
-    assert!(w.sides[0].agent.refused >= 1);
+    assert!(w.sides[0].agent.refused >= 2);
     assert!(
         w.sides[0].agent.poll_transmit().is_none(),
         "no answer to a forged check"
@@ -415,14 +422,16 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
     let mut agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), 3);
     let slow: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     let fast: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+    let silent: SocketAddr = "198.51.100.3:4000".parse().unwrap();
     let candidates = [
         Candidate::new(CandidateKind::ServerReflexive, slow, 2),
         Candidate::new(CandidateKind::ServerReflexive, fast, 1),
+        Candidate::new(CandidateKind::ServerReflexive, silent, 0),
     ];
     agent.set_remote(t0, peer.clone(), &candidates);
     let mut checks = BTreeMap::new();
     let mut now = t0;
-    while checks.len() < 2 && now < t0 + Duration::from_millis(50) {
+    while checks.len() < 3 && now < t0 + Duration::from_millis(50) {
         agent.handle_timeout(now);
         while let Some(t) = agent.poll_transmit() {
             let msg = stun_msg::decode(&t.data).unwrap();
@@ -465,7 +474,79 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
     assert_eq!(agent.selected().map(|s| s.remote), Some(fast));
     while agent.poll_transmit().is_some() {}
     agent.handle_timeout(settled + Duration::from_secs(1));
-    assert!(agent.poll_transmit().is_none(), "checks stop once a pair is kept");
+    assert!(
+        agent.poll_transmit().is_none(),
+        "checks stop once a pair is kept, also to the pair that never answered"
+    );
+}
+
+/// Two peers may prefer different pairs, and the peer's NAT may rebind: a pair that starts to
+/// answer after the path was chosen takes over only if the selected pair stops answering.
+#[test]
+fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() {
+    let t0 = Instant::now();
+    let mut rng = StdRng::seed_from_u64(9);
+    let peer = Credentials::random(&mut rng);
+    let mut agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), 9);
+    let ours = agent.local().clone();
+    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
+    let peer_check =
+        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
+    let selected: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+    agent.set_remote(
+        t0,
+        peer.clone(),
+        &[Candidate::new(CandidateKind::ServerReflexive, selected, 1)],
+    );
+    let (_, tid) = requests(&mut agent).pop().unwrap();
+    agent.handle_response(t0, MAIN_SOCKET, selected, &answer(tid));
+    let t1 = t0 + Config::default().settle;
+    agent.handle_timeout(t1);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(selected));
+    path_events(&mut agent);
+
+    // The peer checks from another address; our check back is answered. We probe the
+    // selected pair, it answers: the path stays, and frames from either address are the peer's.
+    let other: SocketAddr = "198.51.100.1:4001".parse().unwrap();
+    agent.handle_request(t1, MAIN_SOCKET, other, &peer_check([1; 12]));
+    let (to, tid) = requests(&mut agent).pop().unwrap();
+    assert_eq!(to, other, "a check back to the new address");
+    agent.handle_response(t1, MAIN_SOCKET, other, &answer(tid));
+    let (to, keepalive) = requests(&mut agent).pop().expect("a probe of the selected pair");
+    assert_eq!(to, selected);
+    agent.handle_response(t1, MAIN_SOCKET, selected, &answer(keepalive));
+    agent.handle_timeout(t1 + Duration::from_secs(5));
+    assert_eq!(agent.selected().map(|s| s.remote), Some(selected));
+    assert!(path_events(&mut agent)
+        .iter()
+        .all(|e| matches!(e, Event::Moved(s) if s.remote == selected)));
+    assert!(agent.accepts(MAIN_SOCKET, other) && agent.accepts(MAIN_SOCKET, selected));
+
+    // The peer's NAT rebinds to a third address and the selected pair falls silent: the path
+    // moves once the probe goes unanswered.
+    let t2 = t1 + Duration::from_secs(6);
+    let rebound: SocketAddr = "198.51.100.1:4002".parse().unwrap();
+    agent.handle_request(t2, MAIN_SOCKET, rebound, &peer_check([2; 12]));
+    let (_, tid) = requests(&mut agent).pop().unwrap();
+    agent.handle_response(t2, MAIN_SOCKET, rebound, &answer(tid));
+    assert!(
+        requests(&mut agent).iter().any(|(to, _)| *to == selected),
+        "the selected pair is probed"
+    );
+    agent.handle_timeout(t2 + Config::default().keepalive_rto);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(rebound));
+    assert!(matches!(path_events(&mut agent).as_slice(), [Event::Moved(s)] if s.remote == rebound));
+}
+
+/// The binding requests an agent sent since the last call: destination and transaction id.
+fn requests(agent: &mut PunchAgent) -> Vec<(SocketAddr, stun_codec::TransactionId)> {
+    std::iter::from_fn(|| agent.poll_transmit())
+        .filter_map(|t| {
+            let msg = stun_msg::decode(&t.data).ok()?;
+            (msg.class() == MessageClass::Request).then(|| (t.to, msg.transaction_id()))
+        })
+        .collect()
 }
 
 /// The agent's events other than passive reflection.
