@@ -102,6 +102,9 @@ pub struct StunClient {
     servers: Vec<SocketAddr>,
     txns: BTreeMap<[u8; 12], Txn>,
     results: BTreeMap<(u8, SocketAddr), Outcome>,
+    /// Servers in the order the round first asked them: the order in which the NAT allocated
+    /// their mappings, which port prediction depends on.
+    asked: Vec<SocketAddr>,
     /// OTHER-ADDRESS of the first server that named one (it supports RFC 5780).
     other: Option<(SocketAddr, SocketAddr)>,
     nat: NatInfo,
@@ -121,6 +124,7 @@ impl StunClient {
             servers: Vec::new(),
             txns: BTreeMap::new(),
             results: BTreeMap::new(),
+            asked: Vec::new(),
             other: None,
             nat: NatInfo::default(),
             reflexive: Vec::new(),
@@ -137,7 +141,7 @@ impl StunClient {
         self.nat
     }
 
-    /// Our server-reflexive addresses (distinct, in discovery order).
+    /// Our server-reflexive addresses (distinct, in the order the NAT allocated them).
     pub fn reflexive(&self) -> &[SocketAddr] {
         &self.reflexive
     }
@@ -160,6 +164,7 @@ impl StunClient {
     pub fn requery(&mut self, now: Instant) {
         self.txns.clear();
         self.results.clear();
+        self.asked.clear();
         self.other = None;
         for server in self.servers.clone() {
             self.start(now, Probe::Map(server));
@@ -242,6 +247,9 @@ impl StunClient {
     }
 
     fn start(&mut self, now: Instant, probe: Probe) {
+        if let Probe::Map(server) = probe {
+            self.asked.push(server);
+        }
         let tid: [u8; 12] = self.rng.random();
         let rto = self.cfg.initial_rto;
         self.transmits.push(request(tid, probe));
@@ -271,7 +279,7 @@ impl StunClient {
 
     /// Derives the NAT classification from the results so far.
     fn classify(&mut self) {
-        let mapped: Vec<(SocketAddr, SocketAddr)> = self
+        let mut mapped: Vec<(SocketAddr, SocketAddr)> = self
             .results
             .iter()
             .filter_map(|((kind, to), o)| match (kind, o) {
@@ -279,6 +287,7 @@ impl StunClient {
                 _ => None,
             })
             .collect();
+        mapped.sort_by_key(|(to, _)| self.asked.iter().position(|a| a == to));
         let maps_done = self.results.keys().filter(|(k, _)| *k == 0).count();
         let mut nat = self.nat;
         let mut reflexive: Vec<SocketAddr> = Vec::new();

@@ -20,6 +20,11 @@ struct Rig {
 }
 
 fn rig(kind: Kind) -> Rig {
+    rig_asking(kind, false)
+}
+
+/// A rig whose client knows the two servers in address order, or the other way round.
+fn rig_asking(kind: Kind, reversed: bool) -> Rig {
     let host: SocketAddr = if kind == Kind::Open {
         "198.51.100.7:5000"
     } else {
@@ -31,7 +36,10 @@ fn rig(kind: Kind) -> Rig {
     let nat = Nat::new(kind, "198.51.100.7".parse().unwrap(), 9);
     let server = StunServer::new();
     let mut client = StunClient::new(Config::default(), host.port(), 1);
-    let servers = vec![server.primary, SocketAddr::new(server.alt.ip(), 3478)];
+    let mut servers = vec![server.primary, SocketAddr::new(server.alt.ip(), 3478)];
+    if reversed {
+        servers.reverse();
+    }
     client.set_servers(now, servers);
     let probe_host = SocketAddr::new(host.ip(), 5001);
     Rig {
@@ -146,6 +154,26 @@ fn every_nat_type_is_classified() {
                 "{kind:?}"
             );
         }
+    }
+}
+
+/// A sequential allocator's step is measured in the order the NAT allocated the ports, not in
+/// the order the servers' addresses sort.
+#[test]
+fn sequential_ports_are_measured_in_allocation_order() {
+    for reversed in [false, true] {
+        let mut r = rig_asking(Kind::SymmetricSequential, reversed);
+        let nat = r.run();
+        assert_eq!(
+            nat.ports,
+            Some(Ports::Sequential { step: 1 }),
+            "reversed: {reversed}"
+        );
+        let ports: Vec<u16> = r.client.reflexive().iter().map(|a| a.port()).collect();
+        assert!(
+            ports.windows(2).all(|w| w[1] > w[0]),
+            "allocation order: {ports:?}"
+        );
     }
 }
 
