@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::ops::Bound::{Excluded, Unbounded};
+use std::task::{Context, Poll};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
@@ -58,6 +60,7 @@ pub struct UdpMux {
     next_id: SocketId,
     bufs: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    last_drained: SocketId,
     /// Datagrams dropped because a socket buffer was full or the send failed.
     pub send_errors: u64,
     /// Send system calls made, and datagrams they carried (their ratio is the batching gain).
@@ -103,6 +106,7 @@ impl UdpMux {
             next_id: 1,
             bufs: vec![vec![0u8; BUF_SIZE]; BATCH_SIZE],
             scratch: Vec::new(),
+            last_drained: MAIN_SOCKET,
             send_errors: 0,
             send_calls: 0,
             datagrams_sent: 0,
@@ -120,11 +124,6 @@ impl UdpMux {
         let addr = slot.socket.local_addr()?;
         self.slots.insert(MAIN_SOCKET_V6, slot);
         Ok(addr)
-    }
-
-    /// The IPv6 twin's address, if there is one.
-    pub fn local_addr_v6(&self) -> Option<SocketAddr> {
-        self.local_addr(MAIN_SOCKET_V6)
     }
 
     /// Opens up to `count` extra sockets on `ip` (ephemeral ports); returns their ids.
@@ -273,20 +272,28 @@ impl UdpMux {
     /// Waits until some socket has datagrams and returns a batch of them.
     pub async fn recv(&mut self) -> io::Result<Vec<Received>> {
         loop {
-            let ready = {
-                let waits = self.slots.iter().map(|(id, slot)| {
-                    Box::pin(async move {
-                        slot.socket.readable().await?;
-                        Ok::<SocketId, io::Error>(*id)
-                    })
-                });
-                futures_select_all(waits).await?
-            };
+            let ready = std::future::poll_fn(|cx| self.poll_readable(cx)).await?;
+            self.last_drained = ready;
             let batch = self.drain(ready)?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
         }
+    }
+
+    /// The first readable socket, looking from the one after the socket drained last, so
+    /// that a busy socket cannot starve the others.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<SocketId>> {
+        let after = self.slots.range((Excluded(self.last_drained), Unbounded));
+        let before = self.slots.range(..=self.last_drained);
+        for (id, slot) in after.chain(before) {
+            match slot.socket.poll_recv_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(*id)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 
     fn drain(&mut self, id: SocketId) -> io::Result<Vec<Received>> {
@@ -332,25 +339,37 @@ fn normalise(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Resolves to the first of `futures` to finish.
-async fn futures_select_all<T>(
-    futures: impl Iterator<Item = std::pin::Pin<Box<impl std::future::Future<Output = io::Result<T>>>>>,
-) -> io::Result<T> {
-    let mut all: Vec<_> = futures.collect();
-    std::future::poll_fn(move |cx| {
-        for f in all.iter_mut() {
-            if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(r);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// One `recv`, failing the test instead of hanging if nothing comes.
+    async fn recv(mux: &mut UdpMux) -> Vec<Received> {
+        tokio::time::timeout(Duration::from_secs(5), mux.recv())
+            .await
+            .expect("no datagram within 5 s")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_busy_socket_does_not_starve_the_others() {
+        let mut a = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let extra = b.open_extra("127.0.0.1".parse().unwrap(), 1)[0];
+        for i in 0..150u8 {
+            assert!(a.send(MAIN_SOCKET, b.local_addr(MAIN_SOCKET).unwrap(), &[i; 10]));
+        }
+        assert!(a.send(MAIN_SOCKET, b.local_addr(extra).unwrap(), b"extra"));
+        let first = recv(&mut b).await;
+        assert!(first.len() < 150, "one batch does not drain the busy socket");
+        let second = recv(&mut b).await;
+        assert!(
+            first.iter().chain(&second).any(|r| r.socket == extra),
+            "the extra socket's datagram waited behind the main socket's backlog"
+        );
+    }
 
     #[tokio::test]
     async fn sends_and_receives_batches_on_main_and_extra_sockets() {
@@ -362,7 +381,7 @@ mod tests {
         }
         let mut got = Vec::new();
         while got.len() < 40 {
-            got.extend(b.recv().await.unwrap());
+            got.extend(recv(&mut b).await);
         }
         assert_eq!(got.len(), 40);
         assert!(got
@@ -377,7 +396,7 @@ mod tests {
             SocketAddr::new("::1".parse().unwrap(), v6.port()),
             b"over v6"
         ));
-        let r = b.recv().await.unwrap();
+        let r = recv(&mut b).await;
         assert_eq!(
             (r[0].socket, r[0].data.as_slice()),
             (MAIN_SOCKET, &b"over v6"[..])
@@ -387,7 +406,7 @@ mod tests {
         assert_eq!(extra.len(), 3);
         let target = b.local_addr(extra[1]).unwrap();
         assert!(a.send(MAIN_SOCKET, target, b"to extra"));
-        let r = b.recv().await.unwrap();
+        let r = recv(&mut b).await;
         assert_eq!((r[0].socket, r[0].data.as_slice()), (extra[1], &b"to extra"[..]));
         b.close(extra[1]);
         assert_eq!(b.extra_count(), 2);
@@ -419,7 +438,7 @@ mod tests {
         assert_eq!(a.datagrams_sent, 37);
         let mut got = Vec::new();
         while got.len() < 36 {
-            got.extend(b.recv().await.unwrap());
+            got.extend(recv(&mut b).await);
         }
         let want: Vec<&Vec<u8>> = payloads
             .iter()
@@ -428,7 +447,7 @@ mod tests {
             .map(|(_, p)| p)
             .collect();
         assert_eq!(got.iter().map(|r| &r.data).collect::<Vec<_>>(), want);
-        assert_eq!(c.recv().await.unwrap()[0].data, payloads[31]);
+        assert_eq!(recv(&mut c).await[0].data, payloads[31]);
         let gso = a.slots[&MAIN_SOCKET].state.max_gso_segments();
         eprintln!(
             "GSO: {gso} segments per call; {} calls for 37 datagrams",
