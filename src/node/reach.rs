@@ -152,9 +152,9 @@ fn host_ips(bind: IpAddr) -> Vec<IpAddr> {
 
 impl Reach {
     /// Resolves the configured STUN servers (used at once, before XEP-0215 answers).
-    pub fn start(&mut self, now: Instant) -> Vec<Candidate> {
+    pub fn start(&mut self) -> Vec<Candidate> {
         self.resolve(ServerSource::Config, self.config_servers.clone());
-        self.candidates(now)
+        self.candidates()
     }
 
     /// Waits for datagrams; never resolves when UDP is disabled.
@@ -306,22 +306,29 @@ impl Reach {
     }
 
     /// Our candidates: host addresses, then server-reflexive ones (none without UDP).
-    pub fn candidates(&self, _now: Instant) -> Vec<Candidate> {
+    /// Within a kind, earlier addresses rank higher; a new address of one kind leaves the
+    /// others' priorities alone (so they are not announced again as new).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let host: Vec<SocketAddr> = self
+            .host_ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(_) => Some(SocketAddr::new(*ip, self.port)),
+                IpAddr::V6(_) => self.port6.map(|p| SocketAddr::new(*ip, p)),
+            })
+            .collect();
+        let kinds = [
+            (CandidateKind::Host, host.as_slice()),
+            (CandidateKind::ServerReflexive, self.stun.reflexive()),
+            (CandidateKind::PeerReflexive, self.prflx.as_slice()),
+        ];
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        let host = self.host_ips.iter().filter_map(|ip| match ip {
-            IpAddr::V4(_) => Some((CandidateKind::Host, SocketAddr::new(*ip, self.port))),
-            IpAddr::V6(_) => self.port6.map(|p| (CandidateKind::Host, SocketAddr::new(*ip, p))),
-        });
-        let srflx = self
-            .stun
-            .reflexive()
-            .iter()
-            .map(|a| (CandidateKind::ServerReflexive, *a));
-        let prflx = self.prflx.iter().map(|a| (CandidateKind::PeerReflexive, *a));
-        for (i, (kind, addr)) in host.chain(srflx).chain(prflx).enumerate() {
-            if seen.insert(addr) {
-                out.push(Candidate::new(kind, addr, u16::MAX - i as u16));
+        for (kind, addrs) in kinds {
+            for (i, addr) in addrs.iter().enumerate() {
+                if seen.insert(*addr) {
+                    out.push(Candidate::new(kind, *addr, u16::MAX - i as u16));
+                }
             }
         }
         out

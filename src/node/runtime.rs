@@ -109,7 +109,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
     let now = Instant::now();
     tracing::info!("online");
     tracing::debug!(jid = %session.jid(), "bound");
-    let candidates = rt.reach.start(now);
+    let candidates = rt.reach.start();
     rt.reach
         .links
         .set_local(now, candidates.clone(), rt.reach.stun.nat());
@@ -380,7 +380,7 @@ impl Runtime {
             tracing::info!(?nat, "NAT behaviour");
         }
         tracing::debug!(?nat, ?reflexive, "reflexive addresses");
-        let candidates = self.reach.candidates(now);
+        let candidates = self.reach.candidates();
         self.reach.links.set_local(now, candidates.clone(), nat);
         self.core.set_endpoints(Reach::endpoints(&candidates));
     }
@@ -431,7 +431,7 @@ impl Runtime {
             }
             core::Event::MemberDown { jid, node } => {
                 tracing::info!(peer = %NodeId(node), "peer offline");
-                self.member_down(&node, &jid);
+                self.member_down(now, &node, &jid);
                 self.emit(AppEvent::PeerDown {
                     node: NodeId(node),
                     jid: jid.to_string(),
@@ -475,10 +475,17 @@ impl Runtime {
     }
 
     /// A member resource left; its link goes only if no other resource of that node remains.
-    fn member_down(&mut self, node: &NodeIdBytes, jid: &FullJid) {
-        let still_there = self.core.members().any(|m| m.node == *node && m.jid != *jid);
-        if !still_there {
-            self.reach.links.member_down(node);
+    fn member_down(&mut self, now: Instant, node: &NodeIdBytes, jid: &FullJid) {
+        let elsewhere = self
+            .core
+            .members()
+            .find(|m| m.node == *node && m.jid != *jid)
+            .map(|m| m.jid.clone());
+        match elsewhere {
+            // The node is still online under another resource: the link follows it there
+            // (a no-op if it was already there).
+            Some(other) => self.reach.links.member_up(now, *node, other),
+            None => self.reach.links.member_down(node),
         }
     }
 

@@ -182,6 +182,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("udp_unknown_in", u.unknown_in),
         ("udp_stun_malformed", u.stun_malformed + rt.reach.stun.malformed),
         ("udp_stun_unclaimed", u.stun_unclaimed),
+        ("udp_recv_errors", u.recv_errors),
         ("udp_datagrams_out", sockets.datagrams_sent),
         ("udp_send_calls", sockets.send_calls),
         ("udp_send_errors", sockets.send_errors),
@@ -197,7 +198,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_unknown_source", l.unknown_source),
         ("link_stun_refused", l.stun_refused),
         ("link_checks_for_success", l.checks_for_success),
-        ("link_successes", l.successes),
+        ("link_offers_refused", l.offers_refused),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

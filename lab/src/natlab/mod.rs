@@ -176,19 +176,30 @@ impl NatLab {
     }
 
     /// Flushes the connection tracking table of `peer`'s router: every NAT mapping is gone.
-    pub fn flush_conntrack(&self, peer: &str) -> anyhow::Result<()> {
+    /// `conntrack -F` on `peer`'s router: every mapping is gone. Returns how many UDP flows
+    /// the router had tracked just before, so that a test can tell the flush hit something.
+    pub fn flush_conntrack(&self, peer: &str) -> anyhow::Result<usize> {
         let router = self
             .peer(peer)
             .router
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("{peer} has no router"))?;
-        let out = router.command("conntrack").arg("-F").output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "conntrack -F: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        let run = |args: &[&str]| -> anyhow::Result<String> {
+            let out = router.command("conntrack").args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "conntrack {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let udp_flows = run(&["-L", "-p", "udp"])?
+            .lines()
+            .filter(|l| l.starts_with("udp"))
+            .count();
+        run(&["-F"])?;
+        Ok(udp_flows)
     }
 
     /// A command run inside the internet namespace (for diagnostics).
