@@ -120,8 +120,18 @@ async fn friends_subscribe_and_strangers_are_ignored() {
         alice.log(),
         bob.log()
     );
-    // give carol's subscription request time to be (not) answered
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once alice has seen (and ignored) carol's subscription request, carol must see nobody.
+    let ignored = wait(Duration::from_secs(5), || async {
+        let sa = alice.status().await?;
+        (sa.counters["strangers_ignored"] >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        ignored.is_some(),
+        "alice never saw carol's request:
+{}",
+        alice.log()
+    );
     let sc = carol.status().await.unwrap();
     assert!(
         sc.peers.is_empty(),

@@ -32,6 +32,7 @@ use ringlet_xmpp::{FullJid, NodeIdBytes};
 use stun_codec::MessageClass;
 
 use self::frame::{Body, Frame, Offer, PathId};
+use crate::identity::NodeId;
 use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::NatInfo;
 use crate::reach::punch::{self, plan_birthday, Credentials, PunchAgent};
@@ -365,7 +366,7 @@ impl Links {
         signal(&mut self.transmits, self.path_id, &link.jid, Body::Offer(offer));
         link.attempt = Some(Attempt::new(id, agent, true));
         self.counters.attempts += 1;
-        tracing::debug!(peer = %hex(&peer), attempt = id, "punch: offer sent");
+        tracing::debug!(peer = %NodeId(peer), attempt = id, "punch: offer sent");
     }
 
     /// A datagram that came over the XMPP relay from member `peer`.
@@ -392,7 +393,7 @@ impl Links {
                     .and_then(|l| l.attempt.as_mut())
                     .filter(|a| a.id == attempt)
                 {
-                    tracing::debug!(peer = %hex(&peer), ?nat, ?candidates, "punch: candidates trickled");
+                    tracing::debug!(peer = %NodeId(peer), ?nat, ?candidates, "punch: candidates trickled");
                     a.agent.add_candidates(now, &candidates);
                     a.learn(now, &own_nat, nat, &candidates);
                 }
@@ -444,7 +445,7 @@ impl Links {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        tracing::debug!(peer = %hex(&peer), attempt = offer.attempt, candidates = ?offer.candidates, "punch: offer received, answering");
+        tracing::debug!(peer = %NodeId(peer), attempt = offer.attempt, candidates = ?offer.candidates, "punch: offer received, answering");
         link.retry_at = None;
         let seed: u64 = self.rng.random();
         let creds = Credentials::random(&mut self.rng);
@@ -471,7 +472,7 @@ impl Links {
         if a.id != answer.attempt || !a.initiator || a.agent.remote_ufrag().is_some() {
             return;
         }
-        tracing::debug!(peer = %hex(&peer), candidates = ?answer.candidates, "punch: answer received");
+        tracing::debug!(peer = %NodeId(peer), candidates = ?answer.candidates, "punch: answer received");
         a.agent.set_remote(now, answer.creds.clone(), &answer.candidates);
         a.learn(now, &nat, answer.nat, &answer.candidates);
     }
@@ -752,8 +753,4 @@ fn srflx_of(candidates: &[Candidate]) -> Option<SocketAddr> {
         .iter()
         .find(|c| c.kind == CandidateKind::ServerReflexive)
         .map(|c| c.addr)
-}
-
-fn hex(id: &NodeIdBytes) -> String {
-    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }

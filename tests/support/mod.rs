@@ -216,6 +216,19 @@ pub struct Exchange {
     pub send_failures: Vec<String>,
 }
 
+impl std::fmt::Display for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = self.payload_bytes as f64 / 1e6;
+        let s = self.elapsed.as_secs_f64();
+        write!(
+            f,
+            "{} datagrams, {mb:.1} MB in {s:.2} s = {:.2} MB/s",
+            self.datagrams,
+            mb / s
+        )
+    }
+}
+
 /// Sends every datagram from `a` to `b` and checks that each arrives exactly once and intact.
 pub async fn exchange(
     a: &ringlet::node::NodeHandle,
