@@ -13,6 +13,7 @@ pub mod control;
 pub mod identity;
 pub mod link;
 pub mod node;
+pub mod overlay;
 pub mod reach;
 
 pub use identity::NodeId;

@@ -1,0 +1,305 @@
+//! How links are made: ConnectToMe (a CTM routed toward an address; its receiver dials us and
+//! replies with its candidates and nearest neighbours; we dial back, so both open at once),
+//! seeking our near neighbours, drawing Symphony shortcuts, rendezvous bootstrap and merging
+//! rings that formed apart, and the periodic tick that ties it together.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+
+use super::{Asked, Event, Pending, Ring};
+use crate::overlay::addr::{RingAddr, RING_SIZE};
+use crate::overlay::table::LinkKind;
+use crate::overlay::wire::{Mode, Purpose, RoutedBody};
+
+/// Most CTMs in flight, and most links asked of the link layer at once.
+const MAX_PENDING: usize = 64;
+const MAX_ASKED: usize = 64;
+/// Bootstrap links asked for when we have none.
+const BOOTSTRAP_LINKS: usize = 3;
+const MAX_SEEK_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Ring {
+    /// Peers XMPP rendezvous shows online. With no links they bootstrap us; later, any that
+    /// would be a nearer neighbour is linked directly: that is how rings formed apart merge.
+    pub fn handle_rendezvous(&mut self, now: Instant, peers: &[RingAddr]) {
+        if !self.table.has_routing_links() {
+            let bootstrapping = self
+                .asked
+                .values()
+                .filter(|(a, _)| *a == Asked::Bootstrap)
+                .count();
+            let fresh = peers
+                .iter()
+                .copied()
+                .filter(|p| *p != self.me() && self.table.get(p).is_none() && !self.asked.contains_key(p))
+                .take(BOOTSTRAP_LINKS.saturating_sub(bootstrapping))
+                .collect::<Vec<_>>();
+            for peer in fresh {
+                self.ask_link(now, peer, Asked::Bootstrap, Vec::new());
+            }
+            return;
+        }
+        for peer in peers.iter().copied() {
+            if peer != self.me()
+                && self.table.get(&peer).is_none()
+                && !self.asked.contains_key(&peer)
+                && self.table.would_be_near(peer, self.cfg.near)
+            {
+                self.ask_link(now, peer, Asked::Ours(Purpose::Near), Vec::new());
+            }
+        }
+    }
+
+    /// Links to `peer` if it would be one of our near neighbours.
+    pub(super) fn consider_near(&mut self, now: Instant, peer: RingAddr) {
+        if peer != self.me()
+            && self.table.get(&peer).is_none()
+            && !self.asked.contains_key(&peer)
+            && self.table.would_be_near(peer, self.cfg.near)
+        {
+            self.request_link(now, peer, Purpose::Near);
+        }
+    }
+
+    /// Asks for a link to a known address: a CTM, or a tunnel where direct linking failed.
+    pub(super) fn request_link(&mut self, now: Instant, peer: RingAddr, purpose: Purpose) {
+        if self.direct_failed_recently(now, peer) {
+            self.tunnels_wanted.entry(peer).or_insert(now);
+            self.try_tunnel(now, peer);
+            return;
+        }
+        let already = self
+            .pending
+            .values()
+            .any(|p| p.purpose == purpose && p.target == peer);
+        if !already {
+            self.send_ctm(now, peer, Mode::Closest, purpose);
+        }
+    }
+
+    fn send_ctm(&mut self, now: Instant, target: RingAddr, mode: Mode, purpose: Purpose) {
+        if self.pending.len() >= MAX_PENDING {
+            return;
+        }
+        let token = self.token();
+        self.pending.insert(
+            token,
+            Pending {
+                purpose,
+                sent: now,
+                target,
+            },
+        );
+        self.stats.ctm_sent += 1;
+        let candidates = self.candidates.clone();
+        self.originate(
+            now,
+            target,
+            mode,
+            RoutedBody::Ctm {
+                token,
+                purpose,
+                candidates,
+            },
+        );
+    }
+
+    fn ask_link(&mut self, now: Instant, peer: RingAddr, why: Asked, candidates: Vec<u8>) {
+        if self.asked.len() >= MAX_ASKED || self.asked.contains_key(&peer) {
+            return;
+        }
+        self.asked.insert(peer, (why, now));
+        self.emit(Event::Connect { peer, candidates });
+    }
+
+    pub(super) fn on_ctm(
+        &mut self,
+        now: Instant,
+        src: RingAddr,
+        token: u32,
+        purpose: Purpose,
+        candidates: Vec<u8>,
+    ) {
+        if src == self.me() {
+            return;
+        }
+        let linked = self.table.get(&src).is_some();
+        let accept = linked
+            || purpose != Purpose::Shortcut
+            || self.table.len() + self.asked.len() < self.cfg.max_degree;
+        if let Some(link) = self.table.get_mut(&src) {
+            link.peer_needs = true;
+        } else if accept {
+            self.ask_link(
+                now,
+                src,
+                Asked::Theirs {
+                    shortcut: purpose == Purpose::Shortcut,
+                },
+                candidates,
+            );
+        }
+        let reply_candidates = if accept {
+            self.candidates.clone()
+        } else {
+            Vec::new()
+        };
+        let neighbours = self.table.near(self.cfg.near);
+        let body = RoutedBody::CtmReply {
+            token,
+            candidates: reply_candidates,
+            neighbours,
+        };
+        self.originate(now, src, Mode::Exact, body);
+        self.consider_near(now, src);
+    }
+
+    pub(super) fn on_ctm_reply(
+        &mut self,
+        now: Instant,
+        src: RingAddr,
+        token: u32,
+        candidates: Vec<u8>,
+        neighbours: Vec<RingAddr>,
+    ) {
+        let purpose = self.pending.remove(&token).map(|p| p.purpose);
+        self.learn_list(src, neighbours.clone());
+        if let (Some(purpose), false) = (purpose, src == self.me()) {
+            match self.table.get_mut(&src) {
+                Some(link) => link.our_shortcut |= purpose == Purpose::Shortcut,
+                None if !candidates.is_empty() || purpose != Purpose::Shortcut => {
+                    self.ask_link(now, src, Asked::Ours(purpose), candidates);
+                }
+                None => {}
+            }
+        }
+        for n in neighbours {
+            self.consider_near(now, n);
+        }
+    }
+
+    /// Looks for our successor and predecessor with CTMs routed right of and left of us.
+    fn seek(&mut self, now: Instant) {
+        if now < self.seek_after || !self.table.has_routing_links() {
+            return;
+        }
+        let one = RingAddr::from_bytes({
+            let mut b = [0u8; 20];
+            b[19] = 1;
+            b
+        });
+        let me = self.me();
+        let sides = [
+            (me.wrapping_add(one), Mode::Right),
+            (me.wrapping_sub(one), Mode::Left),
+        ];
+        for (target, mode) in sides {
+            let busy = self
+                .pending
+                .values()
+                .any(|p| p.purpose == Purpose::Near && p.target == target);
+            if !busy {
+                self.send_ctm(now, target, mode, Purpose::Near);
+            }
+        }
+        self.seek_after = now + self.seek_backoff;
+        self.seek_backoff = (self.seek_backoff * 2).min(MAX_SEEK_BACKOFF);
+    }
+
+    /// Shortcuts wanted now: the configured count, or ceil(0.5·log2 N̂) once N̂ > 10.
+    pub fn shortcuts_wanted(&self) -> usize {
+        if let Some(k) = self.cfg.shortcuts {
+            return k;
+        }
+        let n = self.table.size_estimate(self.cfg.near);
+        if n > 10.0 {
+            (0.5 * n.log2()).ceil() as usize
+        } else {
+            0
+        }
+    }
+
+    /// Draws a shortcut target at harmonic distance 2^(160 − (1−u)·log2 N̂), either side.
+    fn shortcut_target(&mut self) -> RingAddr {
+        // Bidirectional: distances from one node spacing (2^160/N̂) to half the ring.
+        let n = self.table.size_estimate(self.cfg.near).max(2.0);
+        let u: f64 = self.rng.random_range(0.0..1.0);
+        let distance = RING_SIZE / 2.0 / (n / 2.0).powf(1.0 - u);
+        let d = RingAddr::from_f64(distance);
+        if self.rng.random_bool(0.5) {
+            self.me().wrapping_add(d)
+        } else {
+            self.me().wrapping_sub(d)
+        }
+    }
+
+    fn keep_shortcuts(&mut self, now: Instant) {
+        let want = self.shortcuts_wanted();
+        let have = self.table.iter().filter(|(_, l)| l.our_shortcut).count();
+        let asking = self
+            .pending
+            .values()
+            .filter(|p| p.purpose == Purpose::Shortcut)
+            .count()
+            + self
+                .asked
+                .values()
+                .filter(|(a, _)| *a == Asked::Ours(Purpose::Shortcut))
+                .count();
+        for _ in (have + asking)..want {
+            let target = self.shortcut_target();
+            self.send_ctm(now, target, Mode::Closest, Purpose::Shortcut);
+        }
+        if have > want + 1 {
+            // The ring shrank: give up the longest-standing surplus shortcut.
+            let surplus = self
+                .table
+                .iter()
+                .filter(|(_, l)| l.our_shortcut)
+                .min_by_key(|(_, l)| l.since)
+                .map(|(a, _)| *a);
+            if let Some(link) = surplus.and_then(|a| self.table.get_mut(&a)) {
+                link.our_shortcut = false;
+            }
+        }
+    }
+
+    /// Housekeeping every `tick`.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let timeout = self.cfg.ctm_timeout;
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.sent) < timeout);
+        let stale: Vec<RingAddr> = self
+            .asked
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= timeout * 3)
+            .map(|(a, _)| *a)
+            .collect();
+        for peer in stale {
+            self.asked.remove(&peer);
+        }
+        let incomplete = self.table.right(self.cfg.near).len() < self.cfg.near
+            || self.table.left(self.cfg.near).len() < self.cfg.near;
+        if incomplete || now >= self.seek_after + self.cfg.reseek {
+            if !incomplete {
+                self.seek_after = now;
+            }
+            self.seek(now);
+        }
+        if self.table.has_routing_links() {
+            self.keep_shortcuts(now);
+        }
+        let wanted: Vec<RingAddr> = self.tunnels_wanted.keys().copied().collect();
+        for peer in wanted {
+            self.try_tunnel(now, peer);
+        }
+        self.trim(now);
+        self.dht_tick(now);
+    }
+
+    /// Whether `peer` is linked by a path that routes.
+    pub fn routes_to(&self, peer: RingAddr) -> bool {
+        self.table.get(&peer).is_some_and(|l| l.kind != LinkKind::Relay)
+    }
+}

@@ -1,0 +1,383 @@
+//! Link upkeep: links coming up and going down, keepalive (silence → ping → drop), releasing
+//! links nobody needs, tunnels through a common neighbour, and what a changed set of near
+//! neighbours must tell others (neighbour notices, DHT hand-over).
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use tracing::{debug, trace};
+
+use super::{Asked, Event, Ring, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
+use crate::overlay::addr::RingAddr;
+use crate::overlay::table::{Link, LinkKind, Ping};
+use crate::overlay::wire::{Message, Mode, Purpose, Record, RoutedBody, MAX_RECORDS};
+
+/// A link that relayed tunnel traffic this recently is kept.
+const RELAY_KEEP: Duration = Duration::from_secs(60);
+/// The higher address waits this long for the lower one to open a tunnel both want.
+const TUNNEL_DEFER: Duration = Duration::from_secs(10);
+
+impl Ring {
+    /// The link layer has a link to `peer` (`Direct` or `Relay`).
+    pub fn handle_link_up(&mut self, now: Instant, peer: RingAddr, kind: LinkKind, rtt: Duration) {
+        if peer == self.me() || matches!(kind, LinkKind::Tunnel { .. }) {
+            return;
+        }
+        let asked = self.asked.remove(&peer).map(|(a, _)| a);
+        self.direct_failed.remove(&peer);
+        self.tunnels_wanted.remove(&peer);
+        match self.table.get_mut(&peer) {
+            Some(link) => {
+                if matches!(link.kind, LinkKind::Tunnel { .. }) {
+                    self.events.push_back(Event::TunnelDown { peer });
+                }
+                link.kind = kind;
+                link.rtt = rtt;
+            }
+            None => {
+                let jitter = self.rng.random_range(0.0..0.1);
+                let mut link = Link::new(now, kind, rtt, self.cfg.ping_after.mul_f64(1.0 + jitter));
+                link.our_shortcut = asked == Some(Asked::Ours(Purpose::Shortcut));
+                self.table.insert(peer, link);
+                self.stats.links_up += 1;
+                debug!(%peer, ?kind, "overlay link up");
+            }
+        }
+        self.topology_changed(now);
+    }
+
+    /// The link to `peer` is gone (closed, lost, or never came up).
+    pub fn handle_link_down(&mut self, now: Instant, peer: RingAddr) {
+        self.asked.remove(&peer);
+        self.drop_link(now, peer);
+    }
+
+    /// The link layer could not link to `peer` directly (both behind hard NATs, say).
+    pub fn handle_connect_failed(&mut self, now: Instant, peer: RingAddr) {
+        self.asked.remove(&peer);
+        self.direct_failed.insert(peer, now);
+        if self.direct_failed.len() > MAX_KNOWN_LISTS {
+            let oldest = self
+                .direct_failed
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.direct_failed.remove(&a);
+            }
+        }
+        if self.table.would_be_near(peer, self.cfg.near) && self.table.get(&peer).is_none() {
+            self.tunnels_wanted.insert(peer, now);
+            self.try_tunnel(now, peer);
+        }
+    }
+
+    pub(super) fn direct_failed_recently(&self, now: Instant, peer: RingAddr) -> bool {
+        self.direct_failed
+            .get(&peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < DIRECT_FAILED_FOR)
+    }
+
+    fn drop_link(&mut self, now: Instant, peer: RingAddr) {
+        let Some(link) = self.table.remove(&peer) else {
+            return;
+        };
+        self.stats.links_down += 1;
+        debug!(%peer, "overlay link down");
+        self.lists.remove(&peer);
+        if matches!(link.kind, LinkKind::Tunnel { .. }) {
+            self.emit(Event::TunnelDown { peer });
+        }
+        let riding: Vec<RingAddr> = self
+            .table
+            .iter()
+            .filter(|(_, l)| l.kind == LinkKind::Tunnel { via: peer })
+            .map(|(a, _)| *a)
+            .collect();
+        for t in riding {
+            self.table.remove(&t);
+            self.emit(Event::TunnelDown { peer: t });
+            self.tunnels_wanted.insert(t, now);
+        }
+        self.topology_changed(now);
+    }
+
+    /// Closes a link from our side: tells the link layer (tunnels have none to tell).
+    pub(super) fn close(&mut self, now: Instant, peer: RingAddr) {
+        if let Some(link) = self.table.get(&peer) {
+            if !matches!(link.kind, LinkKind::Tunnel { .. }) {
+                self.emit(Event::Disconnect { peer });
+            }
+        }
+        self.drop_link(now, peer);
+    }
+
+    /// Pings silent links; drops those that stay silent.
+    pub(super) fn keepalive(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        let mut ping = Vec::new();
+        let (timeout, tries) = (self.cfg.ping_timeout, self.cfg.ping_tries);
+        for (peer, link) in self.table.iter_mut() {
+            match link.ping {
+                Some(p) if now >= p.sent + timeout => {
+                    if p.tries >= tries {
+                        dead.push(*peer);
+                    } else {
+                        link.ping = Some(Ping {
+                            sent: now,
+                            tries: p.tries + 1,
+                            ..p
+                        });
+                        ping.push((*peer, p.nonce));
+                    }
+                }
+                None if now >= link.last_rx + link.ping_after => {
+                    let nonce = now.duration_since(link.since).subsec_nanos() | 1;
+                    link.ping = Some(Ping {
+                        nonce,
+                        sent: now,
+                        tries: 1,
+                    });
+                    ping.push((*peer, nonce));
+                }
+                _ => {}
+            }
+        }
+        for (peer, nonce) in ping {
+            self.send_link(peer, &Message::Ping(nonce));
+        }
+        for peer in dead {
+            debug!(%peer, "overlay link silent: dropped");
+            self.close(now, peer);
+        }
+    }
+
+    pub(super) fn on_pong(&mut self, now: Instant, from: RingAddr, nonce: u32) {
+        if let Some(link) = self.table.get_mut(&from) {
+            if let Some(p) = link.ping.filter(|p| p.nonce == nonce) {
+                link.rtt = now.saturating_duration_since(p.sent);
+                link.ping = None;
+            }
+        }
+    }
+
+    pub(super) fn on_bye(&mut self, now: Instant, from: RingAddr) {
+        let needed = self.needs(now, from);
+        if let Some(link) = self.table.get_mut(&from) {
+            link.peer_needs = false;
+            if !needed {
+                self.close(now, from);
+            }
+        }
+    }
+
+    pub(super) fn on_neighbours(&mut self, now: Instant, from: RingAddr, list: Vec<RingAddr>) {
+        if let Some(link) = self.table.get_mut(&from) {
+            link.peer_needs = true;
+        }
+        self.learn_list(from, list.clone());
+        for a in list {
+            self.consider_near(now, a);
+        }
+    }
+
+    /// Remembers a peer's neighbour list (for finding a common neighbour to tunnel through).
+    pub(super) fn learn_list(&mut self, peer: RingAddr, list: Vec<RingAddr>) {
+        if self.lists.len() >= MAX_KNOWN_LISTS && !self.lists.contains_key(&peer) {
+            let evict = self.lists.keys().find(|a| self.table.get(a).is_none()).copied();
+            match evict {
+                Some(a) => {
+                    self.lists.remove(&a);
+                }
+                None => return,
+            }
+        }
+        self.lists.insert(peer, list);
+    }
+
+    /// Whether we need the link to `peer`: a near neighbour, our shortcut, the relay of one of
+    /// our tunnels or of someone else's, or a bootstrap link we still depend on.
+    pub(super) fn needs(&self, now: Instant, peer: RingAddr) -> bool {
+        let Some(link) = self.table.get(&peer) else {
+            return false;
+        };
+        self.near.contains(&peer)
+            || link.our_shortcut
+            || link.kind == LinkKind::Relay
+            || link
+                .relayed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < RELAY_KEEP)
+            || self
+                .table
+                .iter()
+                .any(|(_, l)| l.kind == LinkKind::Tunnel { via: peer })
+            || self.near.len() < 2 * self.cfg.near.min(self.table.len())
+    }
+
+    /// Releases links neither side needs: a bye says we are done; the link closes once the
+    /// peer is done too.
+    pub(super) fn trim(&mut self, now: Instant) {
+        let grace = self.cfg.trim_grace;
+        let candidates: Vec<RingAddr> = self
+            .table
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.since) >= grace)
+            .map(|(a, _)| *a)
+            .collect();
+        for peer in candidates {
+            let needed = self.needs(now, peer);
+            let Some(link) = self.table.get_mut(&peer) else {
+                continue;
+            };
+            if needed {
+                link.released = false;
+                continue;
+            }
+            let peer_needs = link.peer_needs;
+            if !link.released {
+                link.released = true;
+                self.send_link(peer, &Message::Bye);
+            }
+            if !peer_needs {
+                self.close(now, peer);
+            }
+        }
+    }
+
+    /// Our near neighbours may have changed: tell the new set who we link to, hand them the
+    /// DHT records they should now hold, and look for what is missing.
+    pub(super) fn topology_changed(&mut self, now: Instant) {
+        let near = self.table.near(self.cfg.near);
+        if near == self.near {
+            return;
+        }
+        let old = std::mem::replace(&mut self.near, near.clone());
+        for peer in &near {
+            self.send_link(*peer, &Message::Neighbours(near.clone()));
+        }
+        for peer in near.iter().filter(|p| !old.contains(p)) {
+            self.hand_over(now, *peer);
+        }
+        self.seek_backoff = Duration::from_secs(2);
+        self.seek_after = self.seek_after.min(now + Duration::from_millis(200));
+    }
+
+    /// Sends `peer` the records it is now one of the `copies` closest holders of.
+    fn hand_over(&mut self, now: Instant, peer: RingAddr) {
+        let copies = self.cfg.dht.copies;
+        let mut holders: Vec<RingAddr> = self.near.clone();
+        holders.push(self.me());
+        let records: Vec<Record> = self.store.records(now, |point| {
+            let mut h = holders.clone();
+            h.sort_by_key(|a| a.distance(point));
+            h.iter().take(copies).any(|a| *a == peer)
+        });
+        for chunk in records.chunks(MAX_RECORDS) {
+            self.send_link(peer, &Message::Replicate(chunk.to_vec()));
+        }
+    }
+
+    /// Opens (or keeps trying) a tunnel to `peer` through a neighbour we both link to.
+    pub(super) fn try_tunnel(&mut self, now: Instant, peer: RingAddr) {
+        let Some(since) = self.tunnels_wanted.get(&peer).copied() else {
+            return;
+        };
+        if self.table.get(&peer).is_some() || !self.table.would_be_near(peer, self.cfg.near) {
+            self.tunnels_wanted.remove(&peer);
+            return;
+        }
+        if peer < self.me() && now.saturating_duration_since(since) < TUNNEL_DEFER {
+            return;
+        }
+        let theirs = self.lists.get(&peer).cloned().unwrap_or_default();
+        let via = theirs
+            .iter()
+            .filter_map(|a| {
+                self.table
+                    .get(a)
+                    .filter(|l| l.kind == LinkKind::Direct)
+                    .map(|l| (*a, l.rtt))
+            })
+            .min_by_key(|(_, rtt)| *rtt)
+            .map(|(a, _)| a);
+        match via {
+            Some(via) => {
+                trace!(%peer, %via, "opening tunnel");
+                let inner = Message::Ping(0).emit();
+                self.push(via, Message::Relay { to: peer, inner }.emit());
+            }
+            None if theirs.is_empty() => {
+                let req = self.token();
+                self.originate(now, peer, Mode::Exact, RoutedBody::NeighboursRequest { req });
+            }
+            None => {
+                // No overlap: link to one of its neighbours, then try again (Brunet's rule).
+                let pick = theirs
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != self.me() && self.table.get(a).is_none())
+                    .min_by_key(|a| a.distance(self.me()));
+                if let Some(a) = pick {
+                    self.request_link(now, a, Purpose::Near);
+                }
+            }
+        }
+    }
+
+    /// A tunnel end asks us to pass `inner` on to `to`: only between two direct links.
+    pub(super) fn on_relay(&mut self, now: Instant, from: RingAddr, to: RingAddr, inner: Vec<u8>) {
+        let direct = |r: &Ring, a: RingAddr| r.table.get(&a).is_some_and(|l| l.kind == LinkKind::Direct);
+        if to == from || !direct(self, from) || !direct(self, to) {
+            self.stats.dropped += 1;
+            return;
+        }
+        for a in [from, to] {
+            if let Some(l) = self.table.get_mut(&a) {
+                l.relayed_at = Some(now);
+            }
+        }
+        self.push(to, Message::Relayed { from, inner }.emit());
+    }
+
+    /// Tunnel traffic from `peer`, passed on by the common neighbour `via`. The first of it
+    /// opens the tunnel on this end if we want the link.
+    pub(super) fn on_relayed(&mut self, now: Instant, via: RingAddr, peer: RingAddr, inner: &[u8]) {
+        let via_direct = self.table.get(&via).is_some_and(|l| l.kind == LinkKind::Direct);
+        if !via_direct || peer == self.me() {
+            self.stats.dropped += 1;
+            return;
+        }
+        if self.table.get(&peer).is_none() {
+            let accept =
+                self.table.would_be_near(peer, self.cfg.near) || self.table.len() < self.cfg.max_degree;
+            if !accept {
+                self.stats.dropped += 1;
+                return;
+            }
+            let link = Link::new(
+                now,
+                LinkKind::Tunnel { via },
+                via_rtt(self, via),
+                self.cfg.ping_after,
+            );
+            self.table.insert(peer, link);
+            self.tunnels_wanted.remove(&peer);
+            self.stats.links_up += 1;
+            self.emit(Event::TunnelUp { peer, via });
+            debug!(%peer, %via, "tunnel up");
+            self.topology_changed(now);
+        }
+        if let Some(link) = self.table.get_mut(&peer) {
+            link.last_rx = now;
+        }
+        match Message::parse(inner) {
+            Ok(msg) => self.dispatch(now, peer, msg, false),
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+}
+
+/// A tunnel's first RTT guess: twice the hop to its relay.
+fn via_rtt(ring: &Ring, via: RingAddr) -> Duration {
+    ring.table.get(&via).map_or(Duration::from_secs(1), |l| l.rtt * 2)
+}

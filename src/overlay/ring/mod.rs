@@ -1,0 +1,453 @@
+//! The ring core: one node of the Symphony overlay, sans-IO.
+//!
+//! Drive loop:
+//! 1. Feed what the link layer reports: `handle_link_up` / `handle_link_down` /
+//!    `handle_connect_failed`, every overlay message with `handle_message`, the peers XMPP
+//!    rendezvous shows with `handle_rendezvous`, and `handle_timeout` when `poll_timeout`
+//!    passes. App calls: `send`, `broadcast`, `dht_put`, `dht_get`.
+//! 2. Drain `poll_transmit` (a message for one link peer) and `poll_event` (connect and
+//!    disconnect requests for the link layer, deliveries, DHT results) until empty.
+//!
+//! Submodules own one concern each: `links` (link table upkeep, keepalive, trimming,
+//! tunnels), `linking` (ConnectToMe, near-neighbour seeking, shortcuts, rendezvous),
+//! `services` (routing of app messages, DHT and broadcast).
+
+mod linking;
+mod links;
+mod services;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tracing::trace;
+
+use super::addr::RingAddr;
+use super::broadcast::Seen;
+use super::dht::{self, Found, Lookups, Puts, Store};
+use super::table::{Decision, LinkKind, Table};
+use super::wire::{Message, Mode, Purpose, Routed, RoutedBody};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Near neighbours kept on each side.
+    pub near: usize,
+    /// Shortcuts to keep; None: ceil(0.5·log2 N̂) once N̂ > 10 (Symphony, as Brunet).
+    pub shortcuts: Option<usize>,
+    /// Most links; inbound shortcut requests beyond it are refused.
+    pub max_degree: usize,
+    /// Silence on a link before we ping it (each link jitters it by up to +10 %).
+    pub ping_after: Duration,
+    pub ping_timeout: Duration,
+    pub ping_tries: u8,
+    /// Hops a routed message may take.
+    pub ttl: u8,
+    /// How long a CTM waits for its reply, and a requested link for the link layer.
+    pub ctm_timeout: Duration,
+    /// Housekeeping period: shortcuts, tunnels, trimming, DHT leases.
+    pub tick: Duration,
+    /// How long an unneeded link lives before it is released.
+    pub trim_grace: Duration,
+    /// Re-check of our place on the ring even when nothing changed.
+    pub reseek: Duration,
+    pub dht: dht::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            near: 2,
+            shortcuts: None,
+            max_degree: 48,
+            ping_after: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(2),
+            ping_tries: 3,
+            ttl: 64,
+            ctm_timeout: Duration::from_secs(10),
+            tick: Duration::from_secs(5),
+            trim_grace: Duration::from_secs(30),
+            reseek: Duration::from_secs(600),
+            dht: dht::Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Please link to `peer` (the peer is told the same: both dial at once). Empty
+    /// candidates: the link layer must signal through XMPP.
+    Connect {
+        peer: RingAddr,
+        candidates: Vec<u8>,
+    },
+    /// Close the link to `peer`.
+    Disconnect {
+        peer: RingAddr,
+    },
+    Deliver {
+        src: RingAddr,
+        hops: u8,
+        payload: Vec<u8>,
+    },
+    Broadcast {
+        origin: RingAddr,
+        payload: Vec<u8>,
+    },
+    DhtFound(Found),
+    TunnelUp {
+        peer: RingAddr,
+        via: RingAddr,
+    },
+    TunnelDown {
+        peer: RingAddr,
+    },
+}
+
+/// One message for the link to `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub peer: RingAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Counters, for status and the simulator.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub malformed: u64,
+    /// Routed messages dropped: no way on, TTL spent, or unknown tunnel peers.
+    pub dropped: u64,
+    pub ctm_sent: u64,
+    pub links_up: u64,
+    pub links_down: u64,
+    pub broadcasts_forwarded: u64,
+}
+
+/// Why we asked the link layer for a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Bootstrap,
+    Ours(Purpose),
+    /// The peer asked us (a CTM); `shortcut`: as its shortcut.
+    Theirs {
+        shortcut: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    purpose: Purpose,
+    sent: Instant,
+    target: RingAddr,
+}
+
+/// Entries kept about peers we learnt of: their neighbour lists (for tunnels).
+const MAX_KNOWN_LISTS: usize = 256;
+/// How long a failed direct link makes us prefer a tunnel to that peer.
+const DIRECT_FAILED_FOR: Duration = Duration::from_secs(600);
+
+pub struct Ring {
+    cfg: Config,
+    table: Table,
+    rng: SmallRng,
+    candidates: Vec<u8>,
+    asked: BTreeMap<RingAddr, (Asked, Instant)>,
+    pending: BTreeMap<u32, Pending>,
+    next_token: u32,
+    near: Vec<RingAddr>,
+    lists: BTreeMap<RingAddr, Vec<RingAddr>>,
+    direct_failed: BTreeMap<RingAddr, Instant>,
+    tunnels_wanted: BTreeMap<RingAddr, Instant>,
+    next_tick: Instant,
+    seek_after: Instant,
+    seek_backoff: Duration,
+    store: Store,
+    puts: Puts,
+    lookups: Lookups,
+    seen: Seen,
+    broadcast_seq: u32,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+/// Bound on queued transmits and events (a driver that stops draining loses the oldest).
+const QUEUE_LIMIT: usize = 4096;
+
+impl Ring {
+    pub fn new(now: Instant, me: RingAddr, cfg: Config, seed: u64) -> Ring {
+        Ring {
+            table: Table::new(me),
+            rng: SmallRng::seed_from_u64(seed),
+            candidates: Vec::new(),
+            asked: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_token: 1,
+            near: Vec::new(),
+            lists: BTreeMap::new(),
+            direct_failed: BTreeMap::new(),
+            tunnels_wanted: BTreeMap::new(),
+            next_tick: now + cfg.tick,
+            seek_after: now,
+            seek_backoff: Duration::from_secs(2),
+            store: Store::default(),
+            puts: Puts::default(),
+            lookups: Lookups::default(),
+            seen: Seen::default(),
+            broadcast_seq: 0,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            cfg,
+        }
+    }
+
+    pub fn me(&self) -> RingAddr {
+        self.table.me()
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Values held for others.
+    pub fn stored(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Our link-layer candidates (opaque here), sent in CTMs and their replies.
+    pub fn set_candidates(&mut self, candidates: Vec<u8>) {
+        self.candidates = candidates;
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut at = self.next_tick;
+        for (_, link) in self.table.iter() {
+            let due = match link.ping {
+                Some(p) => p.sent + self.cfg.ping_timeout,
+                None => link.last_rx + link.ping_after,
+            };
+            at = at.min(due);
+        }
+        if let Some(d) = self.lookups.next_deadline() {
+            at = at.min(d);
+        }
+        Some(at)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.keepalive(now);
+        let (resend, found) = self
+            .lookups
+            .on_timeout(now, self.cfg.dht.points, self.cfg.dht.retries);
+        for (point, req) in resend {
+            let key = self.lookups.key(req >> 3).unwrap_or(point);
+            self.originate(now, point, Mode::Closest, RoutedBody::DhtGet { req, key });
+        }
+        for f in found {
+            self.emit(Event::DhtFound(f));
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.cfg.tick;
+            self.tick(now);
+        }
+    }
+
+    /// One overlay message from the link to `from`.
+    pub fn handle_message(&mut self, now: Instant, from: RingAddr, bytes: &[u8]) {
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed += 1;
+                trace!(%from, error = %e, "malformed overlay message");
+                return;
+            }
+        };
+        if let Some(link) = self.table.get_mut(&from) {
+            link.last_rx = now;
+        } else {
+            // Only linked peers talk to us; a message racing a link's teardown is dropped.
+            self.stats.dropped += 1;
+            return;
+        }
+        self.dispatch(now, from, msg, true);
+    }
+
+    /// `outer`: the message came straight off a link (tunnelled messages may not nest).
+    fn dispatch(&mut self, now: Instant, from: RingAddr, msg: Message, outer: bool) {
+        match msg {
+            Message::Ping(n) => self.send_link(from, &Message::Pong(n)),
+            Message::Pong(n) => self.on_pong(now, from, n),
+            Message::Routed(r) => self.route(now, Some(from), r),
+            Message::Broadcast {
+                origin,
+                seq,
+                start,
+                end,
+                payload,
+            } => self.cover(now, origin, seq, start, end, payload),
+            Message::Relay { to, inner } if outer => self.on_relay(now, from, to, inner),
+            Message::Relayed { from: peer, inner } if outer => self.on_relayed(now, from, peer, &inner),
+            Message::Relay { .. } | Message::Relayed { .. } => self.stats.malformed += 1,
+            Message::Replicate(records) => {
+                for r in records {
+                    self.store.put(now, r.point, r.key, &r.value, r.lease_s);
+                }
+            }
+            Message::Bye => self.on_bye(now, from),
+            Message::Neighbours(list) => self.on_neighbours(now, from, list),
+        }
+    }
+
+    /// Sends a routed message of our own.
+    fn originate(&mut self, now: Instant, dst: RingAddr, mode: Mode, body: RoutedBody) {
+        let msg = Routed {
+            src: self.me(),
+            dst,
+            mode,
+            ttl: self.cfg.ttl,
+            hops: 0,
+            uphill: false,
+            body,
+        };
+        self.route(now, None, msg);
+    }
+
+    /// Routes a message one step: delivers it here, passes it on, or drops it.
+    fn route(&mut self, now: Instant, from: Option<RingAddr>, mut msg: Routed) {
+        if from.is_none() && !self.table.has_routing_links() && msg.dst != self.me() {
+            // A leaf (or a node still bootstrapping) hands its messages to any link it has.
+            let home = self.table.iter().map(|(a, _)| *a).next();
+            if let Some(home) = home {
+                msg.hops += 1;
+                self.send_link(home, &Message::Routed(msg));
+            } else {
+                self.stats.dropped += 1;
+            }
+            return;
+        }
+        match self.table.decide(msg.dst, msg.mode, from, msg.uphill) {
+            Decision::Deliver => self.deliver(now, msg),
+            Decision::Drop => self.stats.dropped += 1,
+            Decision::Forward { next, uphill } => {
+                if msg.ttl == 0 {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                msg.ttl -= 1;
+                msg.hops = msg.hops.saturating_add(1);
+                msg.uphill |= uphill;
+                self.send_link(next, &Message::Routed(msg));
+            }
+            Decision::DeliverAndForward { next } => {
+                let mut on = msg.clone();
+                self.deliver(now, msg);
+                if on.ttl > 0 {
+                    on.ttl -= 1;
+                    on.hops = on.hops.saturating_add(1);
+                    self.send_link(next, &Message::Routed(on));
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, msg: Routed) {
+        let Routed {
+            src, dst, hops, body, ..
+        } = msg;
+        match body {
+            RoutedBody::Ctm {
+                token,
+                purpose,
+                candidates,
+            } => self.on_ctm(now, src, token, purpose, candidates),
+            RoutedBody::CtmReply {
+                token,
+                candidates,
+                neighbours,
+            } => self.on_ctm_reply(now, src, token, candidates, neighbours),
+            RoutedBody::NeighboursRequest { req } => {
+                let neighbours = self.table.near(self.cfg.near);
+                self.originate(
+                    now,
+                    src,
+                    Mode::Exact,
+                    RoutedBody::NeighboursReply { req, neighbours },
+                );
+            }
+            RoutedBody::NeighboursReply { neighbours, .. } => self.learn_list(src, neighbours),
+            RoutedBody::App(payload) => self.emit(Event::Deliver { src, hops, payload }),
+            RoutedBody::DhtPut { key, lease_s, value } => self.on_dht_put(now, dst, key, lease_s, value),
+            RoutedBody::DhtGet { req, key } => {
+                let values = self.store.values(now, dst, key);
+                self.originate(now, src, Mode::Exact, RoutedBody::DhtValues { req, values });
+            }
+            RoutedBody::DhtValues { req, values } => {
+                if let Some(found) = self.lookups.answer(now, req, values, self.cfg.dht.points) {
+                    self.emit(Event::DhtFound(found));
+                }
+            }
+            RoutedBody::Broadcast { seq, end, payload } => self.cover(now, src, seq, dst, end, payload),
+        }
+    }
+
+    /// Queues a message for the link to `peer` (wrapped for the relay if it is a tunnel).
+    fn send_link(&mut self, peer: RingAddr, msg: &Message) {
+        let (to, bytes) = match self.table.get(&peer).map(|l| l.kind) {
+            Some(LinkKind::Tunnel { via }) => (
+                via,
+                Message::Relay {
+                    to: peer,
+                    inner: msg.emit(),
+                }
+                .emit(),
+            ),
+            Some(_) => (peer, msg.emit()),
+            None => {
+                self.stats.dropped += 1;
+                return;
+            }
+        };
+        self.push(to, bytes);
+    }
+
+    fn push(&mut self, peer: RingAddr, bytes: Vec<u8>) {
+        self.stats.messages_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        if self.outbox.len() >= QUEUE_LIMIT {
+            self.outbox.pop_front();
+        }
+        self.outbox.push_back(Transmit { peer, bytes });
+    }
+
+    fn emit(&mut self, event: Event) {
+        if self.events.len() >= QUEUE_LIMIT {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    fn token(&mut self) -> u32 {
+        let t = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        t
+    }
+}

@@ -1,0 +1,168 @@
+//! What the ring offers above routing: app messages, the DHT (put, get, replication to the
+//! root's neighbours, re-puts at half the lease) and bounded broadcast.
+
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::{Event, Ring};
+use crate::overlay::addr::RingAddr;
+use crate::overlay::broadcast::split;
+use crate::overlay::dht::point;
+use crate::overlay::wire::{Message, Mode, Record, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("value of {0} bytes is over the 1 KiB limit")]
+    ValueTooBig(usize),
+    #[error("payload of {0} bytes is too big")]
+    PayloadTooBig(usize),
+    #[error("too many puts or lookups in flight")]
+    Busy,
+}
+
+impl Ring {
+    /// Sends `payload` to the node at `dst` (exact routing).
+    pub fn send(&mut self, now: Instant, dst: RingAddr, payload: Vec<u8>) -> Result<(), Error> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::PayloadTooBig(payload.len()));
+        }
+        self.originate(now, dst, Mode::Exact, RoutedBody::App(payload));
+        Ok(())
+    }
+
+    /// Broadcasts to every node in [start, end) (`start == end`: the whole ring).
+    pub fn broadcast(
+        &mut self,
+        now: Instant,
+        start: RingAddr,
+        end: RingAddr,
+        payload: Vec<u8>,
+    ) -> Result<(), Error> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(Error::PayloadTooBig(payload.len()));
+        }
+        self.broadcast_seq = self.broadcast_seq.wrapping_add(1);
+        let seq = self.broadcast_seq;
+        if start == end {
+            let me = self.me();
+            self.cover(now, me, seq, me, me, payload);
+        } else {
+            self.originate(
+                now,
+                start,
+                Mode::Right,
+                RoutedBody::Broadcast { seq, end, payload },
+            );
+        }
+        Ok(())
+    }
+
+    /// Covers [start, end): deliver here if inside, hand each link in range its sub-range.
+    pub(super) fn cover(
+        &mut self,
+        now: Instant,
+        origin: RingAddr,
+        seq: u32,
+        start: RingAddr,
+        end: RingAddr,
+        payload: Vec<u8>,
+    ) {
+        if !self.seen.first_time(now, origin, seq) {
+            return;
+        }
+        let me = self.me();
+        let links: Vec<RingAddr> = self.table.routing().map(|(a, _)| *a).collect();
+        for (peer, s, e) in split(me, start, end, links) {
+            self.stats.broadcasts_forwarded += 1;
+            let msg = Message::Broadcast {
+                origin,
+                seq,
+                start: s,
+                end: e,
+                payload: payload.clone(),
+            };
+            self.send_link(peer, &msg);
+        }
+        if start == end || me.in_range(start, end) {
+            self.emit(Event::Broadcast { origin, payload });
+        }
+    }
+
+    /// Stores `value` under `key` for `lease_s` seconds (0 removes it) and keeps it alive.
+    pub fn dht_put(
+        &mut self,
+        now: Instant,
+        key: RingAddr,
+        value: Vec<u8>,
+        lease_s: u32,
+    ) -> Result<(), Error> {
+        if value.len() > MAX_VALUE {
+            return Err(Error::ValueTooBig(value.len()));
+        }
+        if !self.puts.remember(now, key, &value, lease_s) {
+            return Err(Error::Busy);
+        }
+        self.put_points(now, key, &value, lease_s);
+        Ok(())
+    }
+
+    fn put_points(&mut self, now: Instant, key: RingAddr, value: &[u8], lease_s: u32) {
+        let points = self.cfg.dht.points;
+        for i in 0..points {
+            let body = RoutedBody::DhtPut {
+                key,
+                lease_s,
+                value: value.to_vec(),
+            };
+            self.originate(now, point(key, i, points), Mode::Closest, body);
+        }
+    }
+
+    /// Looks `key` up at every replica point; the answer comes as `Event::DhtFound` with
+    /// the returned id.
+    pub fn dht_get(&mut self, now: Instant, key: RingAddr) -> Result<u32, Error> {
+        let points = self.cfg.dht.points;
+        let id = self.lookups.start(now, key, points).ok_or(Error::Busy)?;
+        for i in 0..points {
+            let req = id << 3 | u32::from(i);
+            self.originate(
+                now,
+                point(key, i, points),
+                Mode::Closest,
+                RoutedBody::DhtGet { req, key },
+            );
+        }
+        Ok(id)
+    }
+
+    /// We are the root of replica point `point`: store, and copy to our nearest neighbours.
+    pub(super) fn on_dht_put(
+        &mut self,
+        now: Instant,
+        point: RingAddr,
+        key: RingAddr,
+        lease_s: u32,
+        value: Vec<u8>,
+    ) {
+        self.store.put(now, point, key, &value, lease_s);
+        let mut holders = self.near.clone();
+        holders.sort_by_key(|a| a.distance(point));
+        let record = Record {
+            point,
+            key,
+            lease_s,
+            value,
+        };
+        for peer in holders.into_iter().take(self.cfg.dht.copies.saturating_sub(1)) {
+            self.send_link(peer, &Message::Replicate(vec![record.clone()]));
+        }
+    }
+
+    pub(super) fn dht_tick(&mut self, now: Instant) {
+        self.store.expire(now);
+        for (key, value, lease) in self.puts.due(now) {
+            self.put_points(now, key, &value, lease);
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The routing table: a node's links, which of them are its near neighbours, the ring-size
+//! estimate they give, and the greedy next-hop decision.
+//!
+//! Only links with proven two-way reachability route (direct and tunnel links). Relay links
+//! (XMPP-only peers) are leaves: a message reaches them only when they are its exact
+//! destination.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::addr::{RingAddr, RING_SIZE};
+use super::wire::Mode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A punched (or LAN) UDP path.
+    Direct,
+    /// Two hops through a common neighbour that relays for us.
+    Tunnel { via: RingAddr },
+    /// Only the XMPP relay: a leaf, never a routing hop.
+    Relay,
+}
+
+impl LinkKind {
+    pub fn routes(self) -> bool {
+        !matches!(self, LinkKind::Relay)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub kind: LinkKind,
+    pub rtt: Duration,
+    pub since: Instant,
+    pub last_rx: Instant,
+    /// Silence after which we ping (jittered per link so one side usually pings).
+    pub ping_after: Duration,
+    pub ping: Option<Ping>,
+    /// We keep this link as one of our shortcuts.
+    pub our_shortcut: bool,
+    /// The peer still needs this link (it has not released it with a bye).
+    pub peer_needs: bool,
+    /// We told the peer we no longer need it.
+    pub released: bool,
+    /// Last time we relayed tunnel traffic over this link.
+    pub relayed_at: Option<Instant>,
+}
+
+impl Link {
+    pub fn new(now: Instant, kind: LinkKind, rtt: Duration, ping_after: Duration) -> Link {
+        Link {
+            kind,
+            rtt,
+            since: now,
+            last_rx: now,
+            ping_after,
+            ping: None,
+            our_shortcut: false,
+            peer_needs: true,
+            released: false,
+            relayed_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ping {
+    pub nonce: u32,
+    pub sent: Instant,
+    pub tries: u8,
+}
+
+/// What to do with a routed message at this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Deliver,
+    Forward {
+        next: RingAddr,
+        uphill: bool,
+    },
+    /// Path mode: deliver here and pass it on.
+    DeliverAndForward {
+        next: RingAddr,
+    },
+    Drop,
+}
+
+#[derive(Debug)]
+pub struct Table {
+    me: RingAddr,
+    links: BTreeMap<RingAddr, Link>,
+}
+
+impl Table {
+    pub fn new(me: RingAddr) -> Self {
+        Table {
+            me,
+            links: BTreeMap::new(),
+        }
+    }
+
+    pub fn me(&self) -> RingAddr {
+        self.me
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    pub fn get(&self, peer: &RingAddr) -> Option<&Link> {
+        self.links.get(peer)
+    }
+
+    pub fn get_mut(&mut self, peer: &RingAddr) -> Option<&mut Link> {
+        self.links.get_mut(peer)
+    }
+
+    pub fn insert(&mut self, peer: RingAddr, link: Link) {
+        self.links.insert(peer, link);
+    }
+
+    pub fn remove(&mut self, peer: &RingAddr) -> Option<Link> {
+        self.links.remove(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&RingAddr, &Link)> {
+        self.links.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&RingAddr, &mut Link)> {
+        self.links.iter_mut()
+    }
+
+    pub fn routing(&self) -> impl Iterator<Item = (&RingAddr, &Link)> {
+        self.links.iter().filter(|(_, l)| l.kind.routes())
+    }
+
+    pub fn has_routing_links(&self) -> bool {
+        self.routing().next().is_some()
+    }
+
+    /// Up to `k` routing links clockwise from us, nearest first.
+    pub fn right(&self, k: usize) -> Vec<RingAddr> {
+        let after = self.links.range(self.me..).skip_while(|(a, _)| **a == self.me);
+        let wrapped = self.links.range(..self.me);
+        after
+            .chain(wrapped)
+            .filter(|(_, l)| l.kind.routes())
+            .map(|(a, _)| *a)
+            .take(k)
+            .collect()
+    }
+
+    /// Up to `k` routing links counter-clockwise from us, nearest first.
+    pub fn left(&self, k: usize) -> Vec<RingAddr> {
+        let before = self.links.range(..self.me).rev();
+        let wrapped = self.links.range(self.me..).rev().filter(|(a, _)| **a != self.me);
+        before
+            .chain(wrapped)
+            .filter(|(_, l)| l.kind.routes())
+            .map(|(a, _)| *a)
+            .take(k)
+            .collect()
+    }
+
+    /// Our near neighbours: `k` per side (one list; a peer on both sides appears once).
+    pub fn near(&self, k: usize) -> Vec<RingAddr> {
+        let mut near = self.right(k);
+        for a in self.left(k) {
+            if !near.contains(&a) {
+                near.push(a);
+            }
+        }
+        near
+    }
+
+    /// Whether `peer` would be among our `k` nearest on its side if we linked to it.
+    pub fn would_be_near(&self, peer: RingAddr, k: usize) -> bool {
+        if peer == self.me {
+            return false;
+        }
+        let clockwise = self.me.offset_to(peer);
+        let right = self.right(k);
+        let left = self.left(k);
+        let right_ok = right.len() < k || right.iter().any(|a| clockwise < self.me.offset_to(*a));
+        let back = peer.offset_to(self.me);
+        let left_ok = left.len() < k || left.iter().any(|a| back < a.offset_to(self.me));
+        right_ok || left_ok
+    }
+
+    /// N̂ = (gaps between near neighbours) · 2^160 / (their span); small rings count links.
+    pub fn size_estimate(&self, k: usize) -> f64 {
+        let right = self.right(k);
+        let left = self.left(k);
+        let routing = self.routing().count();
+        if routing < 2 * k || right.is_empty() || left.is_empty() {
+            return (routing + 1) as f64;
+        }
+        let (far_left, far_right) = (left[left.len() - 1], right[right.len() - 1]);
+        let span = far_left.offset_to(far_right).as_f64();
+        if span <= 0.0 {
+            return (routing + 1) as f64;
+        }
+        (left.len() + right.len()) as f64 * RING_SIZE / span
+    }
+
+    /// Greedy next hop for a message to `dst` that arrived over `from` (None: ours).
+    pub fn decide(&self, dst: RingAddr, mode: Mode, from: Option<RingAddr>, uphill: bool) -> Decision {
+        if dst == self.me && matches!(mode, Mode::Exact) {
+            return Decision::Deliver;
+        }
+        if mode == Mode::Exact && self.links.contains_key(&dst) {
+            return Decision::Forward {
+                next: dst,
+                uphill: false,
+            };
+        }
+        let metric = |n: RingAddr| metric(mode, dst, n);
+        let best = self
+            .routing()
+            .filter(|(a, _)| Some(**a) != from)
+            .map(|(a, _)| *a)
+            .min_by_key(|a| metric(*a));
+        let mine = metric(self.me);
+        match (mode, best) {
+            (Mode::Path, Some(next)) if metric(next) < mine => Decision::DeliverAndForward { next },
+            (_, Some(next)) if metric(next) < mine => Decision::Forward { next, uphill: false },
+            (Mode::Exact, _) if !uphill => self.anneal(dst, from),
+            (Mode::Exact, _) => Decision::Drop,
+            _ => Decision::Deliver,
+        }
+    }
+
+    /// The one uphill step: we are closest of all we know, yet not the destination; try the
+    /// nearest link on the far side of `dst`, which may know the way.
+    fn anneal(&self, dst: RingAddr, from: Option<RingAddr>) -> Decision {
+        let dst_clockwise = self.me.offset_to(dst) < RingAddr::HALF;
+        self.routing()
+            .map(|(a, _)| *a)
+            .filter(|a| Some(*a) != from)
+            .filter(|a| {
+                let beyond = if dst_clockwise {
+                    dst.offset_to(*a) < RingAddr::HALF
+                } else {
+                    a.offset_to(dst) < RingAddr::HALF
+                };
+                beyond && *a != dst
+            })
+            .min_by_key(|a| a.distance(dst))
+            .map_or(Decision::Drop, |next| Decision::Forward { next, uphill: true })
+    }
+}
+
+/// How far node `n` is from being where a message to `dst` in `mode` should land.
+pub fn metric(mode: Mode, dst: RingAddr, n: RingAddr) -> RingAddr {
+    match mode {
+        Mode::Exact | Mode::Closest | Mode::Path => dst.distance(n),
+        Mode::Right => dst.offset_to(n),
+        Mode::Left => n.offset_to(dst),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn link(now: Instant, kind: LinkKind) -> Link {
+        Link::new(now, kind, Duration::from_millis(50), Duration::from_secs(20))
+    }
+
+    fn addr(x: u64) -> RingAddr {
+        let mut b = [0u8; 20];
+        b[..8].copy_from_slice(&x.to_be_bytes());
+        RingAddr::from_bytes(b)
+    }
+
+    /// A consistent ring over `ids`: each node links to `near` per side and to `extra`
+    /// pseudo-random others.
+    fn ring(ids: &[RingAddr], near: usize, extra: &[(usize, usize)]) -> Vec<Table> {
+        let now = Instant::now();
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let n = sorted.len();
+        let mut tables: Vec<Table> = sorted.iter().map(|a| Table::new(*a)).collect();
+        for i in 0..n {
+            for d in 1..=near.min(n - 1) {
+                let j = (i + d) % n;
+                let (a, b) = (sorted[i], sorted[j]);
+                tables[i].insert(b, link(now, LinkKind::Direct));
+                tables[j].insert(a, link(now, LinkKind::Direct));
+            }
+        }
+        for &(x, y) in extra {
+            let (i, j) = (x % n, y % n);
+            if i != j {
+                let (a, b) = (sorted[i], sorted[j]);
+                tables[i].insert(b, link(now, LinkKind::Direct));
+                tables[j].insert(a, link(now, LinkKind::Direct));
+            }
+        }
+        tables
+    }
+
+    fn route(tables: &[Table], from: usize, dst: RingAddr, mode: Mode) -> (Option<usize>, usize) {
+        let index = |a: RingAddr| tables.iter().position(|t| t.me() == a).unwrap();
+        let (mut at, mut prev, mut uphill) = (from, None, false);
+        for hops in 0..256 {
+            match tables[at].decide(dst, mode, prev, uphill) {
+                Decision::Deliver => return (Some(at), hops),
+                Decision::Forward { next, uphill: step } => {
+                    uphill |= step;
+                    prev = Some(tables[at].me());
+                    at = index(next);
+                }
+                Decision::DeliverAndForward { next } => {
+                    prev = Some(tables[at].me());
+                    at = index(next);
+                }
+                Decision::Drop => return (None, hops),
+            }
+        }
+        panic!("routing loop");
+    }
+
+    proptest! {
+        #[test]
+        fn greedy_routing_reaches_every_node_on_a_consistent_ring(
+            ids in proptest::collection::btree_set(any::<u64>(), 3..60),
+            extra in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..80),
+            from in any::<usize>(), to in any::<usize>(),
+        ) {
+            let ids: Vec<RingAddr> = ids.into_iter().map(addr).collect();
+            let tables = ring(&ids, 2, &extra);
+            let (from, to) = (from % tables.len(), to % tables.len());
+            let dst = tables[to].me();
+            let (at, hops) = route(&tables, from, dst, Mode::Exact);
+            prop_assert_eq!(at, Some(to));
+            prop_assert!(hops < tables.len());
+        }
+
+        #[test]
+        fn each_greedy_step_makes_progress(
+            ids in proptest::collection::btree_set(any::<u64>(), 3..60),
+            extra in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..80),
+            from in any::<usize>(), target in any::<u64>(),
+        ) {
+            let ids: Vec<RingAddr> = ids.into_iter().map(addr).collect();
+            let tables = ring(&ids, 2, &extra);
+            let dst = addr(target);
+            for mode in [Mode::Closest, Mode::Right, Mode::Left] {
+                let mut at = from % tables.len();
+                loop {
+                    match tables[at].decide(dst, mode, None, false) {
+                        Decision::Forward { next, .. } => {
+                            prop_assert!(metric(mode, dst, next) < metric(mode, dst, tables[at].me()));
+                            at = tables.iter().position(|t| t.me() == next).unwrap();
+                        }
+                        Decision::Deliver => break,
+                        other => prop_assert!(false, "unexpected {:?}", other),
+                    }
+                }
+                // It lands where the mode says: the closest node, the successor, the predecessor.
+                let best = tables.iter().map(|t| t.me()).min_by_key(|a| metric(mode, dst, *a)).unwrap();
+                prop_assert_eq!(tables[at].me(), best);
+            }
+        }
+    }
+
+    #[test]
+    fn near_neighbours_and_size_estimate() {
+        let ids: Vec<RingAddr> = (0..100u64).map(|i| addr(i * (u64::MAX / 100))).collect();
+        let tables = ring(&ids, 2, &[]);
+        let t = &tables[10];
+        assert_eq!(t.right(2), vec![ids[11], ids[12]]);
+        assert_eq!(t.left(2), vec![ids[9], ids[8]]);
+        let n = t.size_estimate(2);
+        assert!((n - 100.0).abs() < 1.0, "estimate {n}");
+        assert!(t.would_be_near(addr(10 * (u64::MAX / 100) + 5), 2));
+        assert!(!t.would_be_near(ids[50], 2));
+    }
+
+    #[test]
+    fn relay_links_are_leaves() {
+        let now = Instant::now();
+        let mut t = Table::new(addr(100));
+        t.insert(addr(200), link(now, LinkKind::Relay));
+        t.insert(addr(50), link(now, LinkKind::Direct));
+        assert_eq!(
+            t.decide(addr(200), Mode::Exact, None, false),
+            Decision::Forward {
+                next: addr(200),
+                uphill: false
+            }
+        );
+        assert_eq!(t.decide(addr(190), Mode::Closest, None, false), Decision::Deliver);
+        assert!(t.right(2).iter().all(|a| *a != addr(200)));
+    }
+}
