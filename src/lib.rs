@@ -15,5 +15,6 @@ pub mod link;
 pub mod node;
 pub mod overlay;
 pub mod reach;
+pub mod sim;
 
 pub use identity::NodeId;

@@ -69,12 +69,14 @@ impl Ring {
             self.try_tunnel(now, peer);
             return;
         }
+        // Exact routing: when we are closer to `peer` than any link of ours, annealing's one
+        // uphill step still finds the neighbour that told us of it.
         let already = self
             .pending
             .values()
             .any(|p| p.purpose == purpose && p.target == peer);
         if !already {
-            self.send_ctm(now, peer, Mode::Closest, purpose);
+            self.send_ctm(now, peer, Mode::Exact, purpose);
         }
     }
 
@@ -179,9 +181,11 @@ impl Ring {
         }
     }
 
-    /// Looks for our successor and predecessor with CTMs routed right of and left of us.
-    fn seek(&mut self, now: Instant) {
-        if now < self.seek_after || !self.table.has_routing_links() {
+    /// Looks for our successor and predecessor with CTMs routed right of and left of us;
+    /// repeats with backoff while a side is short.
+    pub(super) fn seek(&mut self, now: Instant) {
+        self.seek_at = None;
+        if !self.table.has_routing_links() {
             return;
         }
         let one = RingAddr::from_bytes({
@@ -203,8 +207,16 @@ impl Ring {
                 self.send_ctm(now, target, mode, Purpose::Near);
             }
         }
-        self.seek_after = now + self.seek_backoff;
-        self.seek_backoff = (self.seek_backoff * 2).min(MAX_SEEK_BACKOFF);
+        self.last_seek = now;
+        if self.sides_short() {
+            self.seek_at = Some(now + self.seek_backoff);
+            self.seek_backoff = (self.seek_backoff * 2).min(MAX_SEEK_BACKOFF);
+        }
+    }
+
+    fn sides_short(&self) -> bool {
+        self.table.right(self.cfg.near).len() < self.cfg.near
+            || self.table.left(self.cfg.near).len() < self.cfg.near
     }
 
     /// Shortcuts wanted now: the configured count, or ceil(0.5·log2 N̂) once N̂ > 10.
@@ -279,16 +291,22 @@ impl Ring {
         for peer in stale {
             self.asked.remove(&peer);
         }
-        let incomplete = self.table.right(self.cfg.near).len() < self.cfg.near
-            || self.table.left(self.cfg.near).len() < self.cfg.near;
-        if incomplete || now >= self.seek_after + self.cfg.reseek {
-            if !incomplete {
-                self.seek_after = now;
-            }
-            self.seek(now);
+        if self.seek_at.is_none() && now >= self.last_seek + self.cfg.reseek {
+            self.seek_at = Some(now);
         }
         if self.table.has_routing_links() {
             self.keep_shortcuts(now);
+        }
+        // Retry what our near neighbours told us of (a CTM may have been lost to churn).
+        let heard: Vec<RingAddr> = self
+            .near
+            .iter()
+            .filter_map(|n| self.lists.get(n))
+            .flatten()
+            .copied()
+            .collect();
+        for a in heard {
+            self.consider_near(now, a);
         }
         let wanted: Vec<RingAddr> = self.tunnels_wanted.keys().copied().collect();
         for peer in wanted {

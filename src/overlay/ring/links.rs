@@ -259,7 +259,8 @@ impl Ring {
             self.hand_over(now, *peer);
         }
         self.seek_backoff = Duration::from_secs(2);
-        self.seek_after = self.seek_after.min(now + Duration::from_millis(200));
+        let soon = now + Duration::from_millis(200);
+        self.seek_at = Some(self.seek_at.map_or(soon, |at| at.min(soon)));
     }
 
     /// Sends `peer` the records it is now one of the `copies` closest holders of.

@@ -161,7 +161,9 @@ pub struct Ring {
     direct_failed: BTreeMap<RingAddr, Instant>,
     tunnels_wanted: BTreeMap<RingAddr, Instant>,
     next_tick: Instant,
-    seek_after: Instant,
+    /// A pending look for our true neighbours (after a change, or while sides are short).
+    seek_at: Option<Instant>,
+    last_seek: Instant,
     seek_backoff: Duration,
     store: Store,
     puts: Puts,
@@ -190,7 +192,8 @@ impl Ring {
             direct_failed: BTreeMap::new(),
             tunnels_wanted: BTreeMap::new(),
             next_tick: now + cfg.tick,
-            seek_after: now,
+            seek_at: None,
+            last_seek: now,
             seek_backoff: Duration::from_secs(2),
             store: Store::default(),
             puts: Puts::default(),
@@ -247,7 +250,7 @@ impl Ring {
             };
             at = at.min(due);
         }
-        if let Some(d) = self.lookups.next_deadline() {
+        for d in [self.lookups.next_deadline(), self.seek_at].into_iter().flatten() {
             at = at.min(d);
         }
         Some(at)
@@ -255,6 +258,9 @@ impl Ring {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.keepalive(now);
+        if self.seek_at.is_some_and(|at| at <= now) {
+            self.seek(now);
+        }
         let (resend, found) = self
             .lookups
             .on_timeout(now, self.cfg.dht.points, self.cfg.dht.retries);

@@ -1,0 +1,298 @@
+//! Named scenarios (`steady`, `churn`, `crash20`, `partition-merge`, `broadcast`) and the
+//! numbers they report.
+
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use serde::Serialize;
+
+use super::world::{Class, World};
+use crate::overlay::{Config, RingAddr};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub nodes: usize,
+    pub seed: u64,
+    pub scenario: String,
+    /// Fraction of nodes behind symmetric NATs.
+    pub symmetric: f64,
+    pub loss: f64,
+    /// App messages and DHT gets measured.
+    pub samples: usize,
+    /// Longest virtual time allowed for the ring to become consistent.
+    pub settle_limit: Duration,
+}
+
+impl Options {
+    pub fn new(nodes: usize, seed: u64, scenario: &str) -> Options {
+        Options {
+            nodes,
+            seed,
+            scenario: scenario.to_owned(),
+            symmetric: 0.1,
+            loss: 0.0,
+            samples: 2000,
+            settle_limit: Duration::from_secs(900),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub nodes: usize,
+    pub seed: u64,
+    pub scenario: String,
+    /// Virtual seconds from the first join until every node's neighbours are the true ones
+    /// (null: never within the limit).
+    pub consistent_after_s: Option<f64>,
+    /// After the scenario's disruption (crash, merge, churn), again.
+    pub reconsistent_after_s: Option<f64>,
+    pub hops_mean: f64,
+    pub hops_p99: u8,
+    pub route_success: f64,
+    pub dht_get_success: f64,
+    pub dht_lookup_ms_p50: f64,
+    pub dht_lookup_ms_p99: f64,
+    pub idle_bytes_per_node_s: f64,
+    pub idle_messages_per_node_min: f64,
+    pub links_per_node: f64,
+    pub tunnels: u64,
+    pub broadcast_reached: Option<usize>,
+    pub broadcast_messages: Option<u64>,
+    pub wall_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Waits (in 1 s virtual steps) until the ring is consistent; returns the seconds it took.
+fn settle(world: &mut World, limit: Duration) -> Option<f64> {
+    let start = world.elapsed();
+    while world.elapsed() < start + limit {
+        let next = world.elapsed() + Duration::from_secs(1);
+        world.run_until(next);
+        if std::env::var("SIM_DEBUG").is_ok() && world.elapsed().as_secs() % 10 == 0 {
+            eprintln!("t={:?} inconsistent={}", world.elapsed(), world.inconsistent());
+            if world.inconsistent() < 6 {
+                for l in world.explain(5) {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+        if world.inconsistent() == 0 {
+            return Some((world.elapsed() - start).as_secs_f64());
+        }
+    }
+    None
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Sends `n` app messages between random pairs; returns (mean hops, p99 hops, success).
+fn measure_routing(world: &mut World, n: usize) -> (f64, u8, f64) {
+    world.record.delivered_hops.clear();
+    for _ in 0..n {
+        let (a, b) = (world.random_alive(), world.random_alive());
+        let dst = world.addr(b);
+        world
+            .with_node(a, |ring, now| ring.send(now, dst, b"probe".to_vec()))
+            .ok();
+    }
+    world.run_until(world.elapsed() + Duration::from_secs(10));
+    let mut hops = world.record.delivered_hops.clone();
+    hops.sort();
+    let mean = hops.iter().map(|h| f64::from(*h)).sum::<f64>() / hops.len().max(1) as f64;
+    let p99 = hops
+        .get(((hops.len().max(1) - 1) as f64 * 0.99) as usize)
+        .copied()
+        .unwrap_or(0);
+    (mean, p99, hops.len() as f64 / n as f64)
+}
+
+fn key_of(i: usize) -> RingAddr {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(&(i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    b[8..16].copy_from_slice(&(i as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F).to_be_bytes());
+    RingAddr::from_bytes(b)
+}
+
+/// Puts `n` keys from random nodes (value = the key's index).
+fn put_keys(world: &mut World, n: usize) {
+    for i in 0..n {
+        let a = world.random_alive();
+        world
+            .with_node(a, |ring, now| {
+                ring.dht_put(now, key_of(i), (i as u64).to_be_bytes().to_vec(), 3600)
+            })
+            .ok();
+    }
+    world.run_until(world.elapsed() + Duration::from_secs(10));
+}
+
+/// Gets `n` of the `keys` put from random nodes; returns (success, p50 ms, p99 ms).
+fn get_keys(world: &mut World, keys: usize, n: usize) -> (f64, f64, f64) {
+    world.record.found.clear();
+    let mut asked = Vec::new();
+    for j in 0..n {
+        let i = (j * 7919) % keys.max(1);
+        let a = world.random_alive();
+        if let Ok(id) = world.with_node(a, |ring, now| ring.dht_get(now, key_of(i))) {
+            asked.push((a, id, i));
+        }
+        // Spread the gets over a few seconds, as real lookups would be.
+        let step = world.elapsed() + Duration::from_millis(5);
+        world.run_until(step);
+    }
+    world.run_until(world.elapsed() + Duration::from_secs(15));
+    let mut ok = 0;
+    let mut ms = Vec::new();
+    for (node, id, i) in &asked {
+        let found = world
+            .record
+            .found
+            .iter()
+            .find(|(n, f, _)| n == node && f.id == *id);
+        if let Some((_, f, took)) = found {
+            let want = (*i as u64).to_be_bytes().to_vec();
+            if f.values.iter().any(|(v, _)| *v == want) {
+                ok += 1;
+                ms.push(took.as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    (
+        ok as f64 / asked.len().max(1) as f64,
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+    )
+}
+
+/// Bytes and messages per alive node over `window` with no app traffic.
+fn measure_idle(world: &mut World, window: Duration) -> (f64, f64) {
+    let (b0, m0) = (world.bytes, world.messages);
+    world.run_until(world.elapsed() + window);
+    let alive = world.nodes.iter().filter(|n| n.alive).count().max(1) as f64;
+    let secs = window.as_secs_f64();
+    (
+        (world.bytes - b0) as f64 / alive / secs,
+        (world.messages - m0) as f64 / alive / (secs / 60.0),
+    )
+}
+
+fn build(opts: &Options, groups: u8) -> World {
+    let cfg = Config::default();
+    let mut world = World::new(opts.seed, cfg, Instant::now());
+    world.loss = opts.loss;
+    world.merged = groups == 1;
+    for i in 0..opts.nodes {
+        let symmetric = world.rng().random_bool(opts.symmetric);
+        let class = if symmetric { Class::Symmetric } else { Class::Open };
+        let join = Duration::from_millis(world.rng().random_range(0..30_000));
+        world.add_node(class, (i % groups as usize) as u8, join);
+    }
+    world
+}
+
+pub fn run(opts: &Options) -> Report {
+    let started = Instant::now();
+    let groups = if opts.scenario == "partition-merge" { 2 } else { 1 };
+    let mut world = build(opts, groups);
+    let mut report = Report {
+        nodes: opts.nodes,
+        seed: opts.seed,
+        scenario: opts.scenario.clone(),
+        ..Report::default()
+    };
+    if groups == 2 {
+        // Two rings form apart (each group sees only itself); then rendezvous shows everyone.
+        world.run_until(Duration::from_secs(120));
+        world.merged = true;
+        report.consistent_after_s = None;
+        report.reconsistent_after_s = settle(&mut world, opts.settle_limit);
+    } else {
+        report.consistent_after_s = settle(&mut world, opts.settle_limit);
+    }
+    // Let shortcuts fill in before measuring.
+    world.run_until(world.elapsed() + Duration::from_secs(60));
+    let keys = (opts.samples / 4).max(10);
+    put_keys(&mut world, keys);
+    match opts.scenario.as_str() {
+        "crash20" => {
+            let n = world.nodes.len();
+            let mut crashed = 0;
+            while crashed < n / 5 {
+                let ix = world.random_alive();
+                world.crash(ix);
+                crashed += 1;
+            }
+            report.reconsistent_after_s = settle(&mut world, opts.settle_limit);
+            // Lookups right after the ring is whole again: leases and hand-over did the rest.
+            world.run_until(world.elapsed() + Duration::from_secs(10));
+        }
+        "churn" => {
+            // For five minutes, every second a node leaves (crash) and a new one joins.
+            for _ in 0..300 {
+                let ix = world.random_alive();
+                world.crash(ix);
+                let symmetric = world.rng().random_bool(opts.symmetric);
+                let class = if symmetric { Class::Symmetric } else { Class::Open };
+                world.add_node(class, 0, Duration::ZERO);
+                world.run_until(world.elapsed() + Duration::from_secs(1));
+            }
+            report.reconsistent_after_s = settle(&mut world, opts.settle_limit);
+        }
+        "broadcast" => {
+            let origin = world.random_alive();
+            let (b0, f0) = (world.record.broadcasts, forwarded(&world));
+            world
+                .with_node(origin, |ring, now| {
+                    let me = ring.me();
+                    ring.broadcast(now, me, me, b"hello everyone".to_vec())
+                })
+                .ok();
+            world.run_until(world.elapsed() + Duration::from_secs(10));
+            report.broadcast_reached = Some((world.record.broadcasts - b0) as usize);
+            report.broadcast_messages = Some(forwarded(&world) - f0);
+        }
+        _ => {}
+    }
+    let (mean, p99, success) = measure_routing(&mut world, opts.samples);
+    report.hops_mean = mean;
+    report.hops_p99 = p99;
+    report.route_success = success;
+    let (ok, p50, p99) = get_keys(&mut world, keys, opts.samples);
+    report.dht_get_success = ok;
+    report.dht_lookup_ms_p50 = p50;
+    report.dht_lookup_ms_p99 = p99;
+    let (bytes, msgs) = measure_idle(&mut world, Duration::from_secs(300));
+    report.idle_bytes_per_node_s = bytes;
+    report.idle_messages_per_node_min = msgs;
+    let alive = world.nodes.iter().filter(|n| n.alive).count().max(1);
+    report.links_per_node = 2.0 * world.links() as f64 / alive as f64;
+    report.tunnels = world.record.tunnels_up;
+    report.wall_s = started.elapsed().as_secs_f64();
+    report.peak_rss_mib = peak_rss_mib();
+    report
+}
+
+fn forwarded(world: &World) -> u64 {
+    world
+        .nodes
+        .iter()
+        .map(|n| n.ring.stats().broadcasts_forwarded)
+        .sum()
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,471 @@
+//! The simulated world: a virtual clock and event queue, a latency model, NAT reachability
+//! classes, and the link layer, around the real [`Ring`] cores of every node.
+//!
+//! Drive loop (per event popped in time order):
+//! 1. hand the event to its node's core (`handle_message`, `handle_link_up`, …);
+//! 2. drain the core's `poll_transmit` (scheduled as deliveries after the pair's latency,
+//!    minus losses) and `poll_event` (connect/disconnect become link events; deliveries,
+//!    DHT results and broadcasts are recorded);
+//! 3. schedule the core's `poll_timeout`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::overlay::dht::Found;
+use crate::overlay::{Config, Event, LinkKind, Ring, RingAddr};
+
+/// Bytes a link adds to each overlay message (ringlet's link frame header).
+pub const LINK_OVERHEAD: u64 = 10;
+/// How long a link attempt between peers that cannot reach each other takes to fail.
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a node's NAT allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Cone NAT or public: links directly with anyone.
+    Open,
+    /// Symmetric NAT: links directly with open peers only; others need tunnels.
+    Symmetric,
+}
+
+pub type NodeIx = u32;
+
+#[derive(Debug)]
+enum Ev {
+    Message {
+        to: NodeIx,
+        from: NodeIx,
+        bytes: Box<[u8]>,
+    },
+    Timer {
+        node: NodeIx,
+    },
+    LinkUp {
+        a: NodeIx,
+        b: NodeIx,
+    },
+    LinkFailed {
+        node: NodeIx,
+        peer: NodeIx,
+    },
+    LinkDown {
+        node: NodeIx,
+        peer: NodeIx,
+    },
+    Rendezvous {
+        node: NodeIx,
+    },
+}
+
+pub struct SimNode {
+    pub ring: Ring,
+    pub class: Class,
+    pub alive: bool,
+    pos: (f32, f32),
+    timer: Option<u64>,
+    /// Rendezvous group: nodes only see their own group through XMPP (partition scenario).
+    pub group: u8,
+}
+
+/// What the world recorded from node events.
+#[derive(Debug, Default)]
+pub struct Record {
+    pub delivered_hops: Vec<u8>,
+    pub found: Vec<(NodeIx, Found, Duration)>,
+    pub broadcasts: u64,
+    pub tunnels_up: u64,
+}
+
+pub struct World {
+    base: Instant,
+    now_us: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    slots: Vec<Option<Ev>>,
+    free: Vec<usize>,
+    pub nodes: Vec<SimNode>,
+    index: HashMap<RingAddr, NodeIx>,
+    links: HashSet<(NodeIx, NodeIx)>,
+    attempts: HashSet<(NodeIx, NodeIx)>,
+    rng: SmallRng,
+    pub cfg: Config,
+    pub loss: f64,
+    /// Groups that see each other through rendezvous: (a, b) both allowed when `merged`.
+    pub merged: bool,
+    pub record: Record,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+fn pair(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
+    (a.min(b), a.max(b))
+}
+
+impl World {
+    pub fn new(seed: u64, cfg: Config, base: Instant) -> World {
+        World {
+            base,
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            links: HashSet::new(),
+            attempts: HashSet::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            cfg,
+            loss: 0.0,
+            merged: true,
+            record: Record::default(),
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.base + Duration::from_micros(self.now_us)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_micros(self.now_us)
+    }
+
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Adds a node that starts (asks rendezvous) after `delay`.
+    pub fn add_node(&mut self, class: Class, group: u8, delay: Duration) -> NodeIx {
+        let mut id = [0u8; 20];
+        for b in id.iter_mut() {
+            *b = self.rng.random();
+        }
+        let addr = RingAddr::from_bytes(id);
+        let ix = self.nodes.len() as NodeIx;
+        let seed = self.rng.random();
+        let ring = Ring::new(self.now(), addr, self.cfg.clone(), seed);
+        let pos = (self.rng.random::<f32>(), self.rng.random::<f32>());
+        self.nodes.push(SimNode {
+            ring,
+            class,
+            alive: true,
+            pos,
+            timer: None,
+            group,
+        });
+        self.index.insert(addr, ix);
+        self.schedule(delay, Ev::Rendezvous { node: ix });
+        ix
+    }
+
+    pub fn addr(&self, ix: NodeIx) -> RingAddr {
+        self.nodes[ix as usize].ring.me()
+    }
+
+    /// One-way latency: 5 ms plus 88 ms per unit of distance in a unit square, so the median
+    /// pair is ~50 ms apart.
+    pub fn latency(&self, a: NodeIx, b: NodeIx) -> Duration {
+        let (pa, pb) = (self.nodes[a as usize].pos, self.nodes[b as usize].pos);
+        let d = ((pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2)).sqrt() as f64;
+        Duration::from_micros(5_000 + (d * 88_000.0) as u64)
+    }
+
+    fn schedule(&mut self, after: Duration, ev: Ev) {
+        let at = self.now_us + after.as_micros() as u64;
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(ev);
+                s
+            }
+            None => {
+                self.slots.push(Some(ev));
+                self.slots.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, slot)));
+    }
+
+    /// Runs every event up to `until` (virtual time since start).
+    pub fn run_until(&mut self, until: Duration) {
+        let until_us = until.as_micros() as u64;
+        while let Some(Reverse((at, _, slot))) = self.queue.peek().copied() {
+            if at > until_us {
+                break;
+            }
+            self.queue.pop();
+            self.now_us = at;
+            let ev = self.slots[slot].take();
+            self.free.push(slot);
+            if let Some(ev) = ev {
+                self.handle(ev);
+            }
+        }
+        self.now_us = self.now_us.max(until_us);
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        let now = self.now();
+        match ev {
+            Ev::Message { to, from, bytes } => {
+                if self.alive(to) && self.links.contains(&pair(to, from)) {
+                    let from_addr = self.addr(from);
+                    self.nodes[to as usize]
+                        .ring
+                        .handle_message(now, from_addr, &bytes);
+                    self.drain(to);
+                }
+            }
+            Ev::Timer { node } => {
+                let n = &mut self.nodes[node as usize];
+                if n.alive && n.timer == Some(self.now_us) {
+                    n.timer = None;
+                    n.ring.handle_timeout(now);
+                    self.drain(node);
+                }
+            }
+            Ev::LinkUp { a, b } => {
+                self.attempts.remove(&pair(a, b));
+                if self.alive(a) && self.alive(b) && self.links.insert(pair(a, b)) {
+                    let rtt = self.latency(a, b) * 2;
+                    for (x, y) in [(a, b), (b, a)] {
+                        let peer = self.addr(y);
+                        self.nodes[x as usize]
+                            .ring
+                            .handle_link_up(now, peer, LinkKind::Direct, rtt);
+                        self.drain(x);
+                    }
+                }
+            }
+            Ev::LinkFailed { node, peer } => {
+                self.attempts.remove(&pair(node, peer));
+                if self.alive(node) {
+                    let peer = self.addr(peer);
+                    self.nodes[node as usize].ring.handle_connect_failed(now, peer);
+                    self.drain(node);
+                }
+            }
+            Ev::LinkDown { node, peer } => {
+                if self.alive(node) {
+                    let peer = self.addr(peer);
+                    self.nodes[node as usize].ring.handle_link_down(now, peer);
+                    self.drain(node);
+                }
+            }
+            Ev::Rendezvous { node } => {
+                if !self.alive(node) {
+                    return;
+                }
+                let sample = self.rendezvous_sample(node);
+                self.nodes[node as usize].ring.handle_rendezvous(now, &sample);
+                self.drain(node);
+                // XMPP address requests: every 10 s ± 5 while seeking, every minute after.
+                let seeking = !self.nodes[node as usize].ring.table().has_routing_links();
+                let next = if seeking {
+                    self.rng.random_range(5_000..15_000)
+                } else {
+                    self.rng.random_range(30_000..90_000)
+                };
+                self.schedule(Duration::from_millis(next), Ev::Rendezvous { node });
+            }
+        }
+    }
+
+    fn alive(&self, ix: NodeIx) -> bool {
+        self.nodes[ix as usize].alive
+    }
+
+    /// Up to ten random online peers the node's XMPP rendezvous would show.
+    fn rendezvous_sample(&mut self, node: NodeIx) -> Vec<RingAddr> {
+        let group = self.nodes[node as usize].group;
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            if out.len() >= 10 {
+                break;
+            }
+            let peer = self.rng.random_range(0..self.nodes.len()) as NodeIx;
+            let p = &self.nodes[peer as usize];
+            if peer != node && p.alive && (self.merged || p.group == group) {
+                out.push(p.ring.me());
+            }
+        }
+        out
+    }
+
+    fn drain(&mut self, ix: NodeIx) {
+        let now = self.now();
+        loop {
+            let Some(t) = self.nodes[ix as usize].ring.poll_transmit() else {
+                break;
+            };
+            self.messages += 1;
+            self.bytes += t.bytes.len() as u64 + LINK_OVERHEAD;
+            let Some(&to) = self.index.get(&t.peer) else {
+                continue;
+            };
+            if !self.links.contains(&pair(ix, to)) || (self.loss > 0.0 && self.rng.random_bool(self.loss)) {
+                continue;
+            }
+            let lat = self.latency(ix, to);
+            self.schedule(
+                lat,
+                Ev::Message {
+                    to,
+                    from: ix,
+                    bytes: t.bytes.into_boxed_slice(),
+                },
+            );
+        }
+        while let Some(ev) = self.nodes[ix as usize].ring.poll_event() {
+            match ev {
+                Event::Connect { peer, .. } => self.connect(ix, peer),
+                Event::Disconnect { peer } => {
+                    if let Some(&p) = self.index.get(&peer) {
+                        if self.links.remove(&pair(ix, p)) {
+                            let lat = self.latency(ix, p);
+                            self.schedule(lat, Ev::LinkDown { node: p, peer: ix });
+                        }
+                    }
+                }
+                Event::Deliver { hops, .. } => self.record.delivered_hops.push(hops),
+                Event::DhtFound(found) => {
+                    let took = now.saturating_duration_since(found.started);
+                    self.record.found.push((ix, found, took));
+                }
+                Event::Broadcast { .. } => self.record.broadcasts += 1,
+                Event::TunnelUp { .. } => self.record.tunnels_up += 1,
+                Event::TunnelDown { .. } => {}
+            }
+        }
+        if let Some(at) = self.nodes[ix as usize].ring.poll_timeout() {
+            let at_us = at.saturating_duration_since(self.base).as_micros() as u64;
+            let at_us = at_us.max(self.now_us + 1);
+            let n = &mut self.nodes[ix as usize];
+            if n.timer.is_none_or(|t| at_us < t || t <= self.now_us) {
+                n.timer = Some(at_us);
+                self.schedule(Duration::from_micros(at_us - self.now_us), Ev::Timer { node: ix });
+            }
+        }
+    }
+
+    /// The link layer: a direct link comes up after an offer/answer and a check (two round
+    /// trips) unless both ends are behind symmetric NATs or the peer is gone.
+    fn connect(&mut self, a: NodeIx, peer: RingAddr) {
+        let Some(&b) = self.index.get(&peer) else { return };
+        let key = pair(a, b);
+        if a == b || self.links.contains(&key) || !self.attempts.insert(key) {
+            return;
+        }
+        let reachable = self.alive(b)
+            && !(self.nodes[a as usize].class == Class::Symmetric
+                && self.nodes[b as usize].class == Class::Symmetric);
+        if reachable {
+            let after = self.latency(a, b) * 4;
+            self.schedule(after, Ev::LinkUp { a, b });
+        } else {
+            self.schedule(PUNCH_TIMEOUT, Ev::LinkFailed { node: a, peer: b });
+            if self.alive(b) {
+                self.schedule(PUNCH_TIMEOUT, Ev::LinkFailed { node: b, peer: a });
+            }
+        }
+    }
+
+    /// Kills a node without a word: its peers find out by silence.
+    pub fn crash(&mut self, ix: NodeIx) {
+        self.nodes[ix as usize].alive = false;
+        let gone: Vec<(NodeIx, NodeIx)> = self
+            .links
+            .iter()
+            .filter(|(x, y)| *x == ix || *y == ix)
+            .copied()
+            .collect();
+        for l in gone {
+            self.links.remove(&l);
+        }
+    }
+
+    /// Sorted alive nodes: the true ring.
+    pub fn true_ring(&self) -> Vec<(RingAddr, NodeIx)> {
+        let mut v: Vec<(RingAddr, NodeIx)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.alive)
+            .map(|(i, n)| (n.ring.me(), i as NodeIx))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Alive nodes whose nearest left and right links are not their true neighbours.
+    pub fn inconsistent(&self) -> usize {
+        let ring = self.true_ring();
+        let n = ring.len();
+        if n < 2 {
+            return 0;
+        }
+        (0..n)
+            .filter(|&i| {
+                let t = self.nodes[ring[i].1 as usize].ring.table();
+                let right = ring[(i + 1) % n].0;
+                let left = ring[(i + n - 1) % n].0;
+                t.right(1).first() != Some(&right) || t.left(1).first() != Some(&left)
+            })
+            .count()
+    }
+
+    /// Describes up to `max` inconsistent nodes (for debugging the simulator).
+    pub fn explain(&self, max: usize) -> Vec<String> {
+        let ring = self.true_ring();
+        let n = ring.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let t = self.nodes[ring[i].1 as usize].ring.table();
+            let right = ring[(i + 1) % n].0;
+            if t.right(1).first() != Some(&right) {
+                let other = self.nodes[ring[(i + 1) % n].1 as usize].ring.table();
+                out.push(format!(
+                    "{} right={:?} true={} linked={} true.left={:?} true.links={} links={}",
+                    ring[i].0,
+                    t.right(1).first().map(|a| a.to_string()),
+                    right,
+                    t.get(&right).is_some(),
+                    other.left(1).first().map(|a| a.to_string()),
+                    other.len(),
+                    t.len()
+                ));
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    pub fn random_alive(&mut self) -> NodeIx {
+        loop {
+            let ix = self.rng.random_range(0..self.nodes.len()) as NodeIx;
+            if self.alive(ix) {
+                return ix;
+            }
+        }
+    }
+
+    pub fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+
+    /// Lets a node act (send, put, get …) and then drains it.
+    pub fn with_node<T>(&mut self, ix: NodeIx, f: impl FnOnce(&mut Ring, Instant) -> T) -> T {
+        let now = self.now();
+        let out = f(&mut self.nodes[ix as usize].ring, now);
+        self.drain(ix);
+        out
+    }
+}
