@@ -71,7 +71,7 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
         world.run_until(next);
         if std::env::var("SIM_DEBUG").is_ok() && world.elapsed().as_secs() % 10 == 0 {
             eprintln!("t={:?} inconsistent={}", world.elapsed(), world.inconsistent());
-            if world.inconsistent() < 6 {
+            if world.inconsistent() <= 16 {
                 for l in world.explain(5) {
                     eprintln!("  {l}");
                 }

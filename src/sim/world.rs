@@ -428,6 +428,18 @@ impl World {
         for i in 0..n {
             let t = self.nodes[ring[i].1 as usize].ring.table();
             let right = ring[(i + 1) % n].0;
+            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
+                let one = RingAddr::from_bytes({
+                    let mut b = [0u8; 20];
+                    b[19] = 1;
+                    b
+                });
+                let me = ring[i].0;
+                for l in self.trace_route(ring[i].1, me.wrapping_add(one), crate::overlay::wire::Mode::Right)
+                {
+                    out.push(format!("    {l}"));
+                }
+            }
             if t.right(1).first() != Some(&right) {
                 let other = self.nodes[ring[(i + 1) % n].1 as usize].ring.table();
                 out.push(format!(
@@ -443,6 +455,27 @@ impl World {
             }
             if out.len() >= max {
                 break;
+            }
+        }
+        out
+    }
+
+    /// The path greedy routing would take now (for debugging the simulator).
+    pub fn trace_route(&self, from: NodeIx, dst: RingAddr, mode: crate::overlay::wire::Mode) -> Vec<String> {
+        use crate::overlay::table::Decision;
+        let (mut at, mut prev, mut uphill) = (from, None, false);
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            let t = self.nodes[at as usize].ring.table();
+            let d = t.decide(dst, mode, prev, uphill);
+            out.push(format!("{} {:?}", t.me(), d));
+            match d {
+                Decision::Forward { next, uphill: u } => {
+                    uphill |= u;
+                    prev = Some(t.me());
+                    at = self.index[&next];
+                }
+                _ => break,
             }
         }
         out

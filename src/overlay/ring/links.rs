@@ -175,6 +175,11 @@ impl Ring {
         if let Some(link) = self.table.get_mut(&from) {
             link.peer_needs = true;
         }
+        // It counts us as near but we know nodes between us: tell it who they are.
+        if list.contains(&self.me()) && !self.near.contains(&from) {
+            let near = self.near.clone();
+            self.send_link(from, &Message::Neighbours(near));
+        }
         self.learn_list(from, list.clone());
         for a in list {
             self.consider_near(now, a);
@@ -252,8 +257,11 @@ impl Ring {
             return;
         }
         let old = std::mem::replace(&mut self.near, near.clone());
-        for peer in &near {
-            self.send_link(*peer, &Message::Neighbours(near.clone()));
+        // Those who dropped out of our set hear of it too: they learn who is nearer.
+        for peer in near.iter().chain(old.iter().filter(|p| !near.contains(p))) {
+            if self.table.get(peer).is_some() {
+                self.send_link(*peer, &Message::Neighbours(near.clone()));
+            }
         }
         for peer in near.iter().filter(|p| !old.contains(p)) {
             self.hand_over(now, *peer);
