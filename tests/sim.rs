@@ -1,0 +1,61 @@
+//! Simulation tier: the real ring cores, 1,000 nodes, on the simulator's virtual clock.
+//! Bounds (virtual time): joins are spread over 30 s and the ring must be consistent within
+//! 120 s of the first join; after 20 % of nodes crash at once, consistent again within 120 s
+//! (link failure detection alone takes 20–26 s); two rings formed apart merge within 180 s of
+//! rendezvous showing them each other.
+
+use ringlet::sim::{run, Options};
+
+const NODES: usize = 1000;
+/// REFERENCE.md: Symphony mean hops at n = 1,000 (bidirectional greedy, Brunet-like config).
+const SYMPHONY_HOPS_1000: f64 = 4.9;
+
+fn options(scenario: &str, seed: u64) -> Options {
+    let mut o = Options::new(NODES, seed, scenario);
+    o.samples = 1000;
+    o
+}
+
+#[test]
+fn a_steady_ring_is_consistent_routes_near_the_symphony_baseline_and_broadcasts_with_n_minus_1() {
+    let r = run(&options("broadcast", 11));
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    let consistent = r.consistent_after_s.expect("ring never became consistent");
+    assert!(consistent <= 120.0, "consistent after {consistent} s");
+    let ratio = r.hops_mean / SYMPHONY_HOPS_1000;
+    assert!((0.85..=1.15).contains(&ratio), "mean hops {} vs baseline {SYMPHONY_HOPS_1000}", r.hops_mean);
+    assert!(r.route_success >= 0.999, "routing success {}", r.route_success);
+    assert_eq!(r.broadcast_reached, Some(NODES), "whole-ring broadcast must reach every node");
+    assert_eq!(r.broadcast_messages, Some(NODES as u64 - 1), "a stable ring broadcasts with N-1 messages");
+    assert!(r.tunnels > 0, "symmetric-NAT neighbours must have linked through tunnels");
+    assert!(r.dht_get_success >= 0.999, "DHT gets {}", r.dht_get_success);
+}
+
+#[test]
+fn twenty_percent_crashing_at_once_heals_and_keeps_the_dht() {
+    let r = run(&options("crash20", 12));
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    let healed = r.reconsistent_after_s.expect("ring never healed after the crash");
+    assert!(healed <= 120.0, "consistent again after {healed} s");
+    assert!(r.dht_get_success >= 0.999, "DHT gets after the crash {}", r.dht_get_success);
+}
+
+#[test]
+fn two_rings_formed_apart_merge() {
+    let r = run(&options("partition-merge", 13));
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    let merged = r.reconsistent_after_s.expect("the two rings never merged");
+    assert!(merged <= 180.0, "merged after {merged} s");
+    assert!(r.route_success >= 0.999, "routing across the merged ring {}", r.route_success);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let mut o = Options::new(200, 5, "steady");
+    o.samples = 200;
+    let (a, b) = (run(&o), run(&o));
+    assert_eq!(a.consistent_after_s, b.consistent_after_s);
+    assert_eq!(a.hops_mean, b.hops_mean);
+    assert_eq!(a.dht_lookup_ms_p50, b.dht_lookup_ms_p50);
+    assert_eq!(a.idle_bytes_per_node_s, b.idle_bytes_per_node_s);
+}
