@@ -23,11 +23,26 @@ fn a_steady_ring_is_consistent_routes_near_the_symphony_baseline_and_broadcasts_
     let consistent = r.consistent_after_s.expect("ring never became consistent");
     assert!(consistent <= 120.0, "consistent after {consistent} s");
     let ratio = r.hops_mean / SYMPHONY_HOPS_1000;
-    assert!((0.85..=1.15).contains(&ratio), "mean hops {} vs baseline {SYMPHONY_HOPS_1000}", r.hops_mean);
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "mean hops {} vs baseline {SYMPHONY_HOPS_1000}",
+        r.hops_mean
+    );
     assert!(r.route_success >= 0.999, "routing success {}", r.route_success);
-    assert_eq!(r.broadcast_reached, Some(NODES), "whole-ring broadcast must reach every node");
-    assert_eq!(r.broadcast_messages, Some(NODES as u64 - 1), "a stable ring broadcasts with N-1 messages");
-    assert!(r.tunnels > 0, "symmetric-NAT neighbours must have linked through tunnels");
+    assert_eq!(
+        r.broadcast_reached,
+        Some(NODES),
+        "whole-ring broadcast must reach every node"
+    );
+    assert_eq!(
+        r.broadcast_messages,
+        Some(NODES as u64 - 1),
+        "a stable ring broadcasts with N-1 messages"
+    );
+    assert!(
+        r.tunnels > 0,
+        "symmetric-NAT neighbours must have linked through tunnels"
+    );
     assert!(r.dht_get_success >= 0.999, "DHT gets {}", r.dht_get_success);
 }
 
@@ -37,7 +52,11 @@ fn twenty_percent_crashing_at_once_heals_and_keeps_the_dht() {
     eprintln!("{}", serde_json::to_string(&r).unwrap());
     let healed = r.reconsistent_after_s.expect("ring never healed after the crash");
     assert!(healed <= 120.0, "consistent again after {healed} s");
-    assert!(r.dht_get_success >= 0.999, "DHT gets after the crash {}", r.dht_get_success);
+    assert!(
+        r.dht_get_success >= 0.999,
+        "DHT gets after the crash {}",
+        r.dht_get_success
+    );
 }
 
 #[test]
@@ -46,7 +65,11 @@ fn two_rings_formed_apart_merge() {
     eprintln!("{}", serde_json::to_string(&r).unwrap());
     let merged = r.reconsistent_after_s.expect("the two rings never merged");
     assert!(merged <= 180.0, "merged after {merged} s");
-    assert!(r.route_success >= 0.999, "routing across the merged ring {}", r.route_success);
+    assert!(
+        r.route_success >= 0.999,
+        "routing across the merged ring {}",
+        r.route_success
+    );
 }
 
 #[test]

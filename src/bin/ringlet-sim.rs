@@ -26,6 +26,9 @@ struct Args {
     /// App messages and DHT gets to measure.
     #[arg(long, default_value_t = 2000)]
     samples: usize,
+    /// DHT read quorum: answers that end a read once values are found (a majority always does).
+    #[arg(long, default_value_t = 3)]
+    dht_quorum: u8,
     #[arg(long)]
     json: bool,
 }
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
     opts.symmetric = args.symmetric;
     opts.loss = args.loss;
     opts.samples = args.samples;
+    opts.dht_quorum = args.dht_quorum;
     let report = run(&opts);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

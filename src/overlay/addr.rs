@@ -8,8 +8,11 @@ use crate::identity::NodeId;
 /// A position on the ring. Ordered as an unsigned 160-bit integer.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RingAddr {
+    // Three limbs rather than u32 + u128: 24 bytes with 8-byte alignment instead of 32 (a
+    // 100,000-node simulation holds millions of addresses). Field order keeps `Ord` right.
     hi: u32,
-    lo: u128,
+    mid: u64,
+    lo: u64,
 }
 
 /// 2^128 as a float, to view addresses as reals.
@@ -18,41 +21,44 @@ const TWO_128: f64 = 340_282_366_920_938_463_463_374_607_431_768_211_456.0;
 pub const RING_SIZE: f64 = TWO_128 * 4_294_967_296.0;
 
 impl RingAddr {
-    pub const ZERO: RingAddr = RingAddr { hi: 0, lo: 0 };
+    pub const ZERO: RingAddr = RingAddr::new(0, 0);
     /// Half the ring: the largest possible distance.
-    pub const HALF: RingAddr = RingAddr { hi: 1 << 31, lo: 0 };
+    pub const HALF: RingAddr = RingAddr::new(1 << 31, 0);
+
+    const fn new(hi: u32, low: u128) -> RingAddr {
+        RingAddr {
+            hi,
+            mid: (low >> 64) as u64,
+            lo: low as u64,
+        }
+    }
+
+    const fn low(self) -> u128 {
+        ((self.mid as u128) << 64) | self.lo as u128
+    }
 
     pub fn from_bytes(bytes: [u8; 20]) -> Self {
         let hi = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let mut lo = [0u8; 16];
-        lo.copy_from_slice(&bytes[4..]);
-        RingAddr {
-            hi,
-            lo: u128::from_be_bytes(lo),
-        }
+        let mut low = [0u8; 16];
+        low.copy_from_slice(&bytes[4..]);
+        RingAddr::new(hi, u128::from_be_bytes(low))
     }
 
     pub fn to_bytes(self) -> [u8; 20] {
         let mut out = [0u8; 20];
         out[..4].copy_from_slice(&self.hi.to_be_bytes());
-        out[4..].copy_from_slice(&self.lo.to_be_bytes());
+        out[4..].copy_from_slice(&self.low().to_be_bytes());
         out
     }
 
     pub fn wrapping_add(self, other: RingAddr) -> RingAddr {
-        let (lo, carry) = self.lo.overflowing_add(other.lo);
-        RingAddr {
-            hi: self.hi.wrapping_add(other.hi).wrapping_add(carry as u32),
-            lo,
-        }
+        let (low, carry) = self.low().overflowing_add(other.low());
+        RingAddr::new(self.hi.wrapping_add(other.hi).wrapping_add(carry as u32), low)
     }
 
     pub fn wrapping_sub(self, other: RingAddr) -> RingAddr {
-        let (lo, borrow) = self.lo.overflowing_sub(other.lo);
-        RingAddr {
-            hi: self.hi.wrapping_sub(other.hi).wrapping_sub(borrow as u32),
-            lo,
-        }
+        let (low, borrow) = self.low().overflowing_sub(other.low());
+        RingAddr::new(self.hi.wrapping_sub(other.hi).wrapping_sub(borrow as u32), low)
     }
 
     /// How far `to` lies clockwise from `self`.
@@ -62,9 +68,7 @@ impl RingAddr {
 
     /// Ring distance: min(|x−y|, 2^160−|x−y|).
     pub fn distance(self, other: RingAddr) -> RingAddr {
-        let d = other.wrapping_sub(self);
-        let back = self.wrapping_sub(other);
-        d.min(back)
+        other.wrapping_sub(self).min(self.wrapping_sub(other))
     }
 
     /// Whether `self` lies in the clockwise half-open range [start, end). `start == end` is the
@@ -74,29 +78,26 @@ impl RingAddr {
     }
 
     pub fn as_f64(self) -> f64 {
-        self.hi as f64 * TWO_128 + self.lo as f64
+        self.hi as f64 * TWO_128 + self.low() as f64
     }
 
     /// The address at `x` (0 ≤ x < 2^160, rounded); out-of-range values saturate.
     pub fn from_f64(x: f64) -> RingAddr {
         let x = x.clamp(0.0, RING_SIZE - 1.0);
         let hi = (x / TWO_128).floor();
-        let lo = x - hi * TWO_128;
-        RingAddr {
-            hi: hi as u32,
-            lo: lo.max(0.0) as u128,
-        }
+        let low = x - hi * TWO_128;
+        RingAddr::new(hi as u32, low.max(0.0) as u128)
     }
 
     /// `i`·2^160/`n`: the offset of the `i`-th of `n` evenly spaced points.
     pub fn fraction(i: u32, n: u32) -> RingAddr {
         assert!(n > 0, "fraction of zero parts");
-        // 2^160·i/n computed as (2^32·i/n)·2^128 plus the remainder spread over the low part.
+        // 2^160·i/n as (2^32·i/n)·2^128 plus the remainder spread over the low 128 bits.
         let whole = (u64::from(i) << 32) / u64::from(n);
         let rem = (u64::from(i) << 32) % u64::from(n);
         let (n, scaled) = (u128::from(n), u128::from(rem) << 96);
-        let lo = (scaled / n) << 32 | ((scaled % n) << 32) / n;
-        RingAddr { hi: whole as u32, lo }
+        let low = ((scaled / n) << 32) | (((scaled % n) << 32) / n);
+        RingAddr::new(whole as u32, low)
     }
 }
 
@@ -121,7 +122,7 @@ impl fmt::Display for RingAddr {
 
 impl fmt::Debug for RingAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08x}{:032x}", self.hi, self.lo)
+        write!(f, "{:08x}{:032x}", self.hi, self.low())
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Config {
     pub copies: usize,
     /// Re-asks of points that did not answer before a lookup gives up.
     pub retries: u8,
+    /// Answers that end a read once one of them holds values (freshest-wins); a read also
+    /// ends when a majority of points answered. Default: a majority read.
+    pub quorum: u8,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             points: 4,
             copies: 3,
             retries: 2,
+            quorum: 3,
         }
     }
 }
@@ -271,14 +275,16 @@ impl Lookups {
         }
     }
 
-    /// Takes one answer; returns the finished lookup once a majority of points answered.
+    /// Takes one answer; returns the finished lookup once a majority of points answered (or
+    /// `quorum` did and values were found).
     pub fn answer(
         &mut self,
         now: Instant,
         req: u32,
         values: Vec<(u32, Vec<u8>)>,
-        points: u8,
+        cfg: &Config,
     ) -> Option<Found> {
+        let points = cfg.points;
         let (id, point) = (req >> 3, (req & 7) as usize);
         let lookup = self.pending.get_mut(&id)?;
         if point >= points as usize || lookup.answered & (1 << point) != 0 {
@@ -297,7 +303,8 @@ impl Lookups {
             *best = (*best).max(lease);
         }
         let lookup = self.pending.get(&id)?;
-        if lookup.answered.count_ones() as u8 > points / 2 {
+        let answered = lookup.answered.count_ones() as u8;
+        if answered > points / 2 || (!lookup.values.is_empty() && answered >= cfg.quorum) {
             return self.finish(id);
         }
         None
@@ -388,20 +395,40 @@ mod tests {
         let mut lookups = Lookups::default();
         let id = lookups.start(now, addr(3), 4).unwrap();
         let at = now + Duration::from_millis(100);
+        let cfg = Config::default();
         assert!(lookups
-            .answer(at, id << 3, vec![(10, b"v".to_vec())], 4)
+            .answer(at, id << 3, vec![(10, b"v".to_vec())], &cfg)
             .is_none());
         assert!(
-            lookups.answer(at, id << 3, vec![], 4).is_none(),
+            lookups.answer(at, id << 3, vec![], &cfg).is_none(),
             "a repeated answer counts once"
         );
         assert!(lookups
-            .answer(at, id << 3 | 1, vec![(30, b"v".to_vec())], 4)
+            .answer(at, id << 3 | 1, vec![(30, b"v".to_vec())], &cfg)
             .is_none());
-        let found = lookups.answer(at, id << 3 | 2, vec![], 4).unwrap();
+        let found = lookups.answer(at, id << 3 | 2, vec![], &cfg).unwrap();
         assert_eq!(found.values, vec![(b"v".to_vec(), 30)]);
         assert_eq!(found.answered, 3);
         assert!(lookups.timeout() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_quorum_of_one_ends_at_the_first_answer_with_values() {
+        let now = Instant::now();
+        let mut lookups = Lookups::default();
+        let cfg = Config {
+            quorum: 1,
+            ..Config::default()
+        };
+        let id = lookups.start(now, addr(3), 4).unwrap();
+        assert!(
+            lookups.answer(now, id << 3, vec![], &cfg).is_none(),
+            "an empty answer is not enough"
+        );
+        let found = lookups
+            .answer(now, id << 3 | 3, vec![(9, b"w".to_vec())], &cfg)
+            .unwrap();
+        assert_eq!(found.answered, 2);
     }
 
     #[test]
@@ -409,7 +436,7 @@ mod tests {
         let now = Instant::now();
         let mut lookups = Lookups::default();
         let id = lookups.start(now, addr(3), 4).unwrap();
-        lookups.answer(now, id << 3, vec![], 4);
+        lookups.answer(now, id << 3, vec![], &Config::default());
         let (resend, done) = lookups.on_timeout(now + Duration::from_secs(1), 4, 1);
         assert_eq!(resend.len(), 3);
         assert!(done.is_empty());

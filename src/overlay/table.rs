@@ -5,7 +5,6 @@
 //! (XMPP-only peers) are leaves: a message reaches them only when they are its exact
 //! destination.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::addr::{RingAddr, RING_SIZE};
@@ -38,6 +37,8 @@ pub struct Link {
     pub ping: Option<Ping>,
     /// We keep this link as one of our shortcuts.
     pub our_shortcut: bool,
+    /// The ring-size estimate the shortcut was drawn for.
+    pub drawn_for: f32,
     /// The peer still needs this link (it has not released it with a bye).
     pub peer_needs: bool,
     /// We told the peer we no longer need it.
@@ -56,6 +57,7 @@ impl Link {
             ping_after,
             ping: None,
             our_shortcut: false,
+            drawn_for: 0.0,
             peer_needs: true,
             released: false,
             relayed_at: None,
@@ -85,17 +87,19 @@ pub enum Decision {
     Drop,
 }
 
+/// Links sorted by address in a vector: a node has tens of links, and a 100,000-node
+/// simulation holds them all, so the compact layout beats a tree map.
 #[derive(Debug)]
 pub struct Table {
     me: RingAddr,
-    links: BTreeMap<RingAddr, Link>,
+    links: Vec<(RingAddr, Link)>,
 }
 
 impl Table {
     pub fn new(me: RingAddr) -> Self {
         Table {
             me,
-            links: BTreeMap::new(),
+            links: Vec::new(),
         }
     }
 
@@ -111,32 +115,44 @@ impl Table {
         self.links.is_empty()
     }
 
+    fn find(&self, peer: &RingAddr) -> Result<usize, usize> {
+        self.links.binary_search_by_key(peer, |(a, _)| *a)
+    }
+
     pub fn get(&self, peer: &RingAddr) -> Option<&Link> {
-        self.links.get(peer)
+        self.find(peer).ok().map(|i| &self.links[i].1)
     }
 
     pub fn get_mut(&mut self, peer: &RingAddr) -> Option<&mut Link> {
-        self.links.get_mut(peer)
+        self.find(peer).ok().map(|i| &mut self.links[i].1)
     }
 
     pub fn insert(&mut self, peer: RingAddr, link: Link) {
-        self.links.insert(peer, link);
+        match self.find(&peer) {
+            Ok(i) => self.links[i].1 = link,
+            Err(i) => self.links.insert(i, (peer, link)),
+        }
     }
 
     pub fn remove(&mut self, peer: &RingAddr) -> Option<Link> {
-        self.links.remove(peer)
+        let i = self.find(peer).ok()?;
+        let (_, link) = self.links.remove(i);
+        if self.links.capacity() > 2 * self.links.len() + 8 {
+            self.links.shrink_to_fit();
+        }
+        Some(link)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&RingAddr, &Link)> {
-        self.links.iter()
+        self.links.iter().map(|(a, l)| (a, l))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&RingAddr, &mut Link)> {
-        self.links.iter_mut()
+        self.links.iter_mut().map(|(a, l)| (&*a, l))
     }
 
     pub fn routing(&self) -> impl Iterator<Item = (&RingAddr, &Link)> {
-        self.links.iter().filter(|(_, l)| l.kind.routes())
+        self.iter().filter(|(_, l)| l.kind.routes())
     }
 
     pub fn has_routing_links(&self) -> bool {
@@ -145,10 +161,11 @@ impl Table {
 
     /// Up to `k` routing links clockwise from us, nearest first.
     pub fn right(&self, k: usize) -> Vec<RingAddr> {
-        let after = self.links.range(self.me..).skip_while(|(a, _)| **a == self.me);
-        let wrapped = self.links.range(..self.me);
+        let split = self.links.partition_point(|(a, _)| *a <= self.me);
+        let (before, after) = self.links.split_at(split);
         after
-            .chain(wrapped)
+            .iter()
+            .chain(before)
             .filter(|(_, l)| l.kind.routes())
             .map(|(a, _)| *a)
             .take(k)
@@ -157,10 +174,13 @@ impl Table {
 
     /// Up to `k` routing links counter-clockwise from us, nearest first.
     pub fn left(&self, k: usize) -> Vec<RingAddr> {
-        let before = self.links.range(..self.me).rev();
-        let wrapped = self.links.range(self.me..).rev().filter(|(a, _)| **a != self.me);
+        let split = self.links.partition_point(|(a, _)| *a < self.me);
+        let (before, after) = self.links.split_at(split);
+        let after = after.iter().rev().filter(|(a, _)| *a != self.me);
         before
-            .chain(wrapped)
+            .iter()
+            .rev()
+            .chain(after)
             .filter(|(_, l)| l.kind.routes())
             .map(|(a, _)| *a)
             .take(k)
@@ -213,7 +233,7 @@ impl Table {
         if dst == self.me && matches!(mode, Mode::Exact) {
             return Decision::Deliver;
         }
-        if mode == Mode::Exact && self.links.contains_key(&dst) {
+        if mode == Mode::Exact && self.get(&dst).is_some() {
             return Decision::Forward {
                 next: dst,
                 uphill: false,

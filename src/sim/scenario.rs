@@ -21,6 +21,8 @@ pub struct Options {
     pub samples: usize,
     /// Longest virtual time allowed for the ring to become consistent.
     pub settle_limit: Duration,
+    /// DHT read quorum (see `dht::Config::quorum`).
+    pub dht_quorum: u8,
 }
 
 impl Options {
@@ -33,6 +35,7 @@ impl Options {
             loss: 0.0,
             samples: 2000,
             settle_limit: Duration::from_secs(900),
+            dht_quorum: crate::overlay::dht::Config::default().quorum,
         }
     }
 }
@@ -70,7 +73,14 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
         let next = world.elapsed() + Duration::from_secs(1);
         world.run_until(next);
         if std::env::var("SIM_DEBUG").is_ok() && world.elapsed().as_secs() % 10 == 0 {
-            eprintln!("t={:?} inconsistent={}", world.elapsed(), world.inconsistent());
+            eprintln!(
+                "t={:?} inconsistent={} wakes={} messages={}",
+                world.elapsed(),
+                world.inconsistent(),
+                world.wakes,
+                world.messages
+            );
+            eprintln!("  rss={:.0} MiB queue={}", peak_rss_mib(), world.queue_len());
             if world.inconsistent() <= 16 {
                 for l in world.explain(5) {
                     eprintln!("  {l}");
@@ -184,7 +194,8 @@ fn measure_idle(world: &mut World, window: Duration) -> (f64, f64) {
 }
 
 fn build(opts: &Options, groups: u8) -> World {
-    let cfg = Config::default();
+    let mut cfg = Config::default();
+    cfg.dht.quorum = opts.dht_quorum;
     let mut world = World::new(opts.seed, cfg, Instant::now());
     world.loss = opts.loss;
     world.merged = groups == 1;

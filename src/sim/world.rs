@@ -99,6 +99,8 @@ pub struct World {
     pub record: Record,
     pub messages: u64,
     pub bytes: u64,
+    /// Timer events that reached a core.
+    pub wakes: u64,
 }
 
 fn pair(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
@@ -125,6 +127,7 @@ impl World {
             record: Record::default(),
             messages: 0,
             bytes: 0,
+            wakes: 0,
         }
     }
 
@@ -134,6 +137,10 @@ impl World {
 
     pub fn elapsed(&self) -> Duration {
         Duration::from_micros(self.now_us)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn links(&self) -> usize {
@@ -226,6 +233,7 @@ impl World {
                 let n = &mut self.nodes[node as usize];
                 if n.alive && n.timer == Some(self.now_us) {
                     n.timer = None;
+                    self.wakes += 1;
                     n.ring.handle_timeout(now);
                     self.drain(node);
                 }

@@ -165,11 +165,22 @@ impl Ring {
         candidates: Vec<u8>,
         neighbours: Vec<RingAddr>,
     ) {
-        let purpose = self.pending.remove(&token).map(|p| p.purpose);
+        let pending = self.pending.remove(&token);
+        let purpose = pending.map(|p| p.purpose);
         self.learn_list(src, neighbours.clone());
+        if let (Some(p), false) = (pending, src == self.me()) {
+            if p.purpose == Purpose::Shortcut {
+                self.try_alternatives(now, p.target, &neighbours);
+            }
+        }
         if let (Some(purpose), false) = (purpose, src == self.me()) {
+            let n = self.table.size_estimate(self.cfg.near) as f32;
             match self.table.get_mut(&src) {
-                Some(link) => link.our_shortcut |= purpose == Purpose::Shortcut,
+                Some(link) if purpose == Purpose::Shortcut && !link.our_shortcut => {
+                    link.our_shortcut = true;
+                    link.drawn_for = n;
+                }
+                Some(_) => {}
                 None if !candidates.is_empty() || purpose != Purpose::Shortcut => {
                     self.ask_link(now, src, Asked::Ours(purpose), candidates);
                 }
@@ -178,6 +189,23 @@ impl Ring {
         }
         for n in neighbours {
             self.consider_near(now, n);
+        }
+    }
+
+    /// Proximity neighbour selection: also link to the nodes nearest the drawn point among
+    /// the responder's neighbours; `keep_shortcuts` keeps the lowest-RTT ones.
+    fn try_alternatives(&mut self, now: Instant, target: RingAddr, neighbours: &[RingAddr]) {
+        let mut near_point: Vec<RingAddr> = neighbours
+            .iter()
+            .copied()
+            .filter(|a| *a != self.me() && self.table.get(a).is_none())
+            .collect();
+        near_point.sort_by_key(|a| a.distance(target));
+        let extra = self.cfg.pns_candidates.saturating_sub(1);
+        for a in near_point.into_iter().take(extra) {
+            if !self.direct_failed_recently(now, a) {
+                self.ask_link(now, a, Asked::Ours(Purpose::Shortcut), Vec::new());
+            }
         }
     }
 
@@ -263,17 +291,25 @@ impl Ring {
             let target = self.shortcut_target();
             self.send_ctm(now, target, Mode::Closest, Purpose::Shortcut);
         }
-        if have > want + 1 {
-            // The ring shrank: give up the longest-standing surplus shortcut.
-            let surplus = self
-                .table
+        let n = self.table.size_estimate(self.cfg.near) as f32;
+        let drifted = self
+            .table
+            .iter()
+            .find(|(_, l)| l.our_shortcut && (l.drawn_for > 2.0 * n || 2.0 * l.drawn_for < n))
+            .map(|(a, _)| *a);
+        // Too many (trial links of proximity selection, or a shrunk ring): give up the
+        // slowest. A shortcut drawn for a ring size far from today's is redrawn.
+        let release = if have > want {
+            self.table
                 .iter()
                 .filter(|(_, l)| l.our_shortcut)
-                .min_by_key(|(_, l)| l.since)
-                .map(|(a, _)| *a);
-            if let Some(link) = surplus.and_then(|a| self.table.get_mut(&a)) {
-                link.our_shortcut = false;
-            }
+                .max_by_key(|(_, l)| l.rtt)
+                .map(|(a, _)| *a)
+        } else {
+            drifted
+        };
+        if let Some(link) = release.and_then(|a| self.table.get_mut(&a)) {
+            link.our_shortcut = false;
         }
     }
 
@@ -297,6 +333,10 @@ impl Ring {
         if self.table.has_routing_links() {
             self.keep_shortcuts(now);
         }
+        // Lists matter while we link to the peer or want a tunnel to it.
+        let (table, wanted) = (&self.table, &self.tunnels_wanted);
+        self.lists
+            .retain(|a, _| table.get(a).is_some() || wanted.contains_key(a));
         // Retry what our near neighbours told us of (a CTM may have been lost to churn).
         let heard: Vec<RingAddr> = self
             .near

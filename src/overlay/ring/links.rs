@@ -38,6 +38,8 @@ impl Ring {
                 let jitter = self.rng.random_range(0.0..0.1);
                 let mut link = Link::new(now, kind, rtt, self.cfg.ping_after.mul_f64(1.0 + jitter));
                 link.our_shortcut = asked == Some(Asked::Ours(Purpose::Shortcut));
+                link.drawn_for = self.table.size_estimate(self.cfg.near) as f32;
+                self.links_due = Some(self.links_due.map_or(now, |d| d.min(now + link.ping_after)));
                 self.table.insert(peer, link);
                 self.stats.links_up += 1;
                 debug!(%peer, ?kind, "overlay link up");
@@ -146,6 +148,14 @@ impl Ring {
         for (peer, nonce) in ping {
             self.send_link(peer, &Message::Ping(nonce));
         }
+        self.links_due = self
+            .table
+            .iter()
+            .map(|(_, l)| match l.ping {
+                Some(p) => p.sent + timeout,
+                None => l.last_rx + l.ping_after,
+            })
+            .min();
         for peer in dead {
             debug!(%peer, "overlay link silent: dropped");
             self.close(now, peer);
@@ -369,6 +379,7 @@ impl Ring {
                 via_rtt(self, via),
                 self.cfg.ping_after,
             );
+            self.links_due = Some(self.links_due.map_or(now, |d| d.min(now + link.ping_after)));
             self.table.insert(peer, link);
             self.tunnels_wanted.remove(&peer);
             self.stats.links_up += 1;

@@ -35,6 +35,8 @@ pub struct Config {
     pub near: usize,
     /// Shortcuts to keep; None: ceil(0.5·log2 N̂) once N̂ > 10 (Symphony, as Brunet).
     pub shortcuts: Option<usize>,
+    /// Nodes near a drawn shortcut point linked to; the lowest-RTT one is kept (1: off).
+    pub pns_candidates: usize,
     /// Most links; inbound shortcut requests beyond it are refused.
     pub max_degree: usize,
     /// Silence on a link before we ping it (each link jitters it by up to +10 %).
@@ -59,6 +61,7 @@ impl Default for Config {
         Config {
             near: 2,
             shortcuts: None,
+            pns_candidates: 3,
             max_degree: 48,
             ping_after: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(2),
@@ -163,6 +166,9 @@ pub struct Ring {
     next_tick: Instant,
     /// A pending look for our true neighbours (after a change, or while sides are short).
     seek_at: Option<Instant>,
+    /// The earliest keepalive deadline of any link as of the last keepalive pass (traffic
+    /// only moves deadlines later, so waking here is never late).
+    links_due: Option<Instant>,
     last_seek: Instant,
     seek_backoff: Duration,
     store: Store,
@@ -193,6 +199,7 @@ impl Ring {
             tunnels_wanted: BTreeMap::new(),
             next_tick: now + cfg.tick,
             seek_at: None,
+            links_due: None,
             last_seek: now,
             seek_backoff: Duration::from_secs(2),
             store: Store::default(),
@@ -243,14 +250,8 @@ impl Ring {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut at = self.next_tick;
-        for (_, link) in self.table.iter() {
-            let due = match link.ping {
-                Some(p) => p.sent + self.cfg.ping_timeout,
-                None => link.last_rx + link.ping_after,
-            };
-            at = at.min(due);
-        }
-        for d in [self.lookups.next_deadline(), self.seek_at].into_iter().flatten() {
+        let due = [self.links_due, self.lookups.next_deadline(), self.seek_at];
+        for d in due.into_iter().flatten() {
             at = at.min(d);
         }
         Some(at)
@@ -339,6 +340,16 @@ impl Ring {
 
     /// Routes a message one step: delivers it here, passes it on, or drops it.
     fn route(&mut self, now: Instant, from: Option<RingAddr>, mut msg: Routed) {
+        if let (Some(_), RoutedBody::DhtGet { req, key }) = (from, &msg.body) {
+            // A replica holder on the way answers at once: the root's nearest neighbours hold
+            // copies, and greedy routing usually reaches the root through one of them.
+            let values = self.store.values(now, msg.dst, *key);
+            if !values.is_empty() {
+                let body = RoutedBody::DhtValues { req: *req, values };
+                self.originate(now, msg.src, Mode::Exact, body);
+                return;
+            }
+        }
         if from.is_none() && !self.table.has_routing_links() && msg.dst != self.me() {
             // A leaf (or a node still bootstrapping) hands its messages to any link it has.
             let home = self.table.iter().map(|(a, _)| *a).next();
@@ -407,7 +418,7 @@ impl Ring {
                 self.originate(now, src, Mode::Exact, RoutedBody::DhtValues { req, values });
             }
             RoutedBody::DhtValues { req, values } => {
-                if let Some(found) = self.lookups.answer(now, req, values, self.cfg.dht.points) {
+                if let Some(found) = self.lookups.answer(now, req, values, &self.cfg.dht) {
                     self.emit(Event::DhtFound(found));
                 }
             }
