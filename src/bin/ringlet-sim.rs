@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let value = serde_json::to_value(&report)?;
-    println!("{:<28} {}", "metric", "value");
+    println!("{:<28} value", "metric");
     if let Some(map) = value.as_object() {
         for (k, v) in map {
             println!("{k:<28} {v}");

@@ -80,6 +80,7 @@ impl Seen {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 mod tests {
     use super::*;
     use proptest::prelude::*;

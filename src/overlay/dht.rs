@@ -362,6 +362,7 @@ impl Lookups {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 mod tests {
     use super::*;
 

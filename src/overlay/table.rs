@@ -285,6 +285,7 @@ pub fn metric(mode: Mode, dst: RingAddr, n: RingAddr) -> RingAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -23,6 +23,9 @@ pub struct Options {
     pub settle_limit: Duration,
     /// DHT read quorum (see `dht::Config::quorum`).
     pub dht_quorum: u8,
+    /// Joins are spread uniformly over this window (default: 30 s, or 200 joins/s for big
+    /// rings: a 100,000-node flash crowd in 30 s is a bootstrap storm no group will see).
+    pub join_window: Duration,
 }
 
 impl Options {
@@ -36,6 +39,7 @@ impl Options {
             samples: 2000,
             settle_limit: Duration::from_secs(900),
             dht_quorum: crate::overlay::dht::Config::default().quorum,
+            join_window: Duration::from_secs((nodes as u64 / 200).max(30)),
         }
     }
 }
@@ -202,7 +206,8 @@ fn build(opts: &Options, groups: u8) -> World {
     for i in 0..opts.nodes {
         let symmetric = world.rng().random_bool(opts.symmetric);
         let class = if symmetric { Class::Symmetric } else { Class::Open };
-        let join = Duration::from_millis(world.rng().random_range(0..30_000));
+        let window = opts.join_window.as_millis() as u64;
+        let join = Duration::from_millis(world.rng().random_range(0..window));
         world.add_node(class, (i % groups as usize) as u8, join);
     }
     world

@@ -308,10 +308,7 @@ impl World {
 
     fn drain(&mut self, ix: NodeIx) {
         let now = self.now();
-        loop {
-            let Some(t) = self.nodes[ix as usize].ring.poll_transmit() else {
-                break;
-            };
+        while let Some(t) = self.nodes[ix as usize].ring.poll_transmit() {
             self.messages += 1;
             self.bytes += t.bytes.len() as u64 + LINK_OVERHEAD;
             let Some(&to) = self.index.get(&t.peer) else {
@@ -447,6 +444,27 @@ impl World {
                 {
                     out.push(format!("    {l}"));
                 }
+            }
+            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
+                let node = &self.nodes[ring[i].1 as usize];
+                let other = &self.nodes[ring[(i + 1) % n].1 as usize];
+                let kinds: Vec<String> = t
+                    .iter()
+                    .take(12)
+                    .map(|(a, l)| {
+                        format!(
+                            "{a}:{:?}/s{}/n{}/r{}",
+                            l.kind, l.our_shortcut as u8, l.peer_needs as u8, l.released as u8
+                        )
+                    })
+                    .collect();
+                out.push(format!(
+                    "    class={:?} other_class={:?} near={:?} links: {}",
+                    node.class,
+                    other.class,
+                    t.near(2).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    kinds.join(" ")
+                ));
             }
             if t.right(1).first() != Some(&right) {
                 let other = self.nodes[ring[(i + 1) % n].1 as usize].ring.table();

@@ -127,9 +127,11 @@ impl Ring {
             return;
         }
         let linked = self.table.get(&src).is_some();
-        let accept = linked
-            || purpose != Purpose::Shortcut
-            || self.table.len() + self.asked.len() < self.cfg.max_degree;
+        // Room for anyone below the degree limit; beyond it only for nodes that would be
+        // our near neighbours (the ring's consistency comes first).
+        let room = self.table.len() + self.asked.len() < self.cfg.max_degree;
+        let accept =
+            linked || room || (purpose != Purpose::Shortcut && self.table.would_be_near(src, self.cfg.near));
         if let Some(link) = self.table.get_mut(&src) {
             link.peer_needs = true;
         } else if accept {

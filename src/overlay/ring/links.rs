@@ -253,7 +253,8 @@ impl Ring {
                 link.released = true;
                 self.send_link(peer, &Message::Bye);
             }
-            if !peer_needs {
+            // Over the degree limit, links only the peer needs close too.
+            if !peer_needs || self.table.len() > self.cfg.max_degree {
                 self.close(now, peer);
             }
         }
