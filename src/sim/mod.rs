@@ -6,6 +6,7 @@
 //! - [`scenario`]: the named scenarios and the report they produce.
 #![allow(clippy::disallowed_methods)] // the virtual clock's epoch is one real Instant
 
+pub mod baseline;
 pub mod scenario;
 pub mod world;
 

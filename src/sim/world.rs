@@ -458,6 +458,7 @@ impl World {
                         )
                     })
                     .collect();
+                out.push(format!("    {}", node.ring.describe()));
                 out.push(format!(
                     "    class={:?} other_class={:?} near={:?} links: {}",
                     node.class,

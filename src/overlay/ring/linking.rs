@@ -80,7 +80,7 @@ impl Ring {
         }
     }
 
-    fn send_ctm(&mut self, now: Instant, target: RingAddr, mode: Mode, purpose: Purpose) {
+    pub(super) fn send_ctm(&mut self, now: Instant, target: RingAddr, mode: Mode, purpose: Purpose) {
         if self.pending.len() >= MAX_PENDING {
             return;
         }

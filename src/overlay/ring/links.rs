@@ -336,9 +336,14 @@ impl Ring {
                     .iter()
                     .copied()
                     .filter(|a| *a != self.me() && self.table.get(a).is_none())
+                    .filter(|a| !self.direct_failed_recently(now, *a))
                     .min_by_key(|a| a.distance(self.me()));
+                // Not through `request_link`: this link is for relaying, near or not.
                 if let Some(a) = pick {
-                    self.request_link(now, a, Purpose::Near);
+                    let busy = self.pending.values().any(|p| p.target == a);
+                    if !busy {
+                        self.send_ctm(now, a, Mode::Exact, Purpose::Near);
+                    }
                 }
             }
         }

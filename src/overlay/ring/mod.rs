@@ -230,6 +230,28 @@ impl Ring {
         &self.cfg
     }
 
+    /// A one-line account of the linking state (for debugging).
+    pub fn describe(&self) -> String {
+        let wanted: Vec<String> = self.tunnels_wanted.keys().map(|a| a.to_string()).collect();
+        let failed: Vec<String> = self.direct_failed.keys().map(|a| a.to_string()).collect();
+        let lists: Vec<String> = self
+            .lists
+            .iter()
+            .map(|(a, l)| {
+                format!(
+                    "{a}:[{}]",
+                    l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+                )
+            })
+            .collect();
+        format!(
+            "tunnels_wanted={wanted:?} direct_failed={failed:?} pending={} asked={} lists={}",
+            self.pending.len(),
+            self.asked.len(),
+            lists.join(" ")
+        )
+    }
+
     /// Values held for others.
     pub fn stored(&self) -> usize {
         self.store.len()
