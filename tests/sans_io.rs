@@ -8,6 +8,7 @@ use std::path::Path;
 /// Directories holding protocol cores.
 const CORE_DIRS: &[&str] = &[
     "src/link",
+    "src/overlay",
     "src/reach",
     "transports/xmpp/src/core",
     "transports/xmpp/src/relay",
