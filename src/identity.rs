@@ -146,7 +146,8 @@ impl NodeKey {
         Some(Self::from_secret(bytes))
     }
 
-    fn write_new(&self, path: &Path) -> Result<(), IdentityError> {
+    /// Writes the key to a new file `path` (mode 0600; refuses to overwrite).
+    pub fn write_new(&self, path: &Path) -> Result<(), IdentityError> {
         let create = |source| IdentityError::Create {
             path: path.into(),
             source,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! byte 0      0b11 + 6-bit version (0xc0 for version 0); tells frames from STUN
-//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong
+//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong, 7 overlay
 //! bytes 2..10 path id: the overlay's namespace id, so one socket serves every overlay
 //! bytes 10..  body
 //! ```
@@ -52,6 +52,8 @@ pub enum Body {
     },
     Ping(u64),
     Pong(u64),
+    /// A ring message (`overlay::wire`), carried on direct paths only.
+    Overlay(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,7 @@ impl Frame {
             }
             Body::Ping(n) => (5, n.to_be_bytes().to_vec()),
             Body::Pong(n) => (6, n.to_be_bytes().to_vec()),
+            Body::Overlay(m) => (7, m.clone()),
         };
         out.push(kind);
         out.extend_from_slice(&self.path);
@@ -142,9 +145,10 @@ impl Frame {
             }
             5 => Body::Ping(r.u64()?),
             6 => Body::Pong(r.u64()?),
+            7 => Body::Overlay(bytes[HEADER_LEN..].to_vec()),
             k => return Err(FrameError::Kind(k)),
         };
-        if !matches!(body, Body::Data(_)) && !r.0.is_empty() {
+        if !matches!(body, Body::Data(_) | Body::Overlay(_)) && !r.0.is_empty() {
             return Err(FrameError::Body);
         }
         Ok(Self { path, body })
@@ -368,6 +372,7 @@ mod tests {
             },
             Body::Ping(u64::MAX),
             Body::Pong(1),
+            Body::Overlay(vec![0, 1, 2]),
         ];
         for body in bodies {
             let f = Frame { path, body };

@@ -114,6 +114,15 @@ pub enum Event {
         peer: NodeIdBytes,
         nonce: u64,
     },
+    /// A ring message that came over a direct path.
+    Overlay {
+        from: NodeIdBytes,
+        data: Vec<u8>,
+    },
+    /// An attempt to open a direct path to `peer` failed (it is retried later).
+    AttemptFailed {
+        peer: NodeIdBytes,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,6 +388,8 @@ impl Links {
         }
         match frame.body {
             Body::Data(data) => self.events.push_back(Event::Datagram { from: peer, data }),
+            // Ring messages travel on direct paths only; the relay is not a ring link.
+            Body::Overlay(_) => self.counters.malformed_frames += 1,
             Body::Offer(offer) => self.on_offer(now, peer, offer),
             Body::Answer(answer) => self.on_answer(now, peer, answer),
             Body::Candidates {
@@ -547,6 +558,7 @@ impl Links {
             Body::Data(data) => self.events.push_back(Event::Datagram { from: id, data }),
             Body::Ping(nonce) => self.pong(id, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
+            Body::Overlay(data) => self.events.push_back(Event::Overlay { from: id, data }),
             // Signalling travels over the relay only.
             Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } => {}
         }
@@ -585,6 +597,23 @@ impl Links {
         } else {
             link.relay(bytes)
         })
+    }
+
+    /// Frames a ring message for `peer`'s direct path; None when it has none (ring links are
+    /// direct paths: the ring itself tunnels through neighbours where punching failed).
+    pub fn send_overlay(&self, peer: &NodeIdBytes, data: Vec<u8>) -> Option<Transmit> {
+        match self.links.get(peer)?.path {
+            Path::Direct { socket, remote, .. } => Some(Transmit::Udp {
+                socket,
+                to: remote,
+                data: Frame {
+                    path: self.path_id,
+                    body: Body::Overlay(data),
+                }
+                .emit(),
+            }),
+            Path::Xmpp => None,
+        }
     }
 
     /// The extra sockets an attempt asked for are open.
@@ -689,6 +718,7 @@ impl Links {
                 Some(Path::Xmpp)
             }
             punch::Event::Failed => {
+                self.events.push_back(Event::AttemptFailed { peer });
                 link.failures += 1;
                 let backoff =
                     self.cfg.first_retry * 2u32.saturating_pow(link.failures.saturating_sub(1).min(16));

@@ -176,7 +176,8 @@ impl World {
                                 self.nodes[i].extra.remove(&id);
                             }
                         }
-                        Event::Reflexive(_) => {}
+                        Event::Reflexive(_) | Event::AttemptFailed { .. } => {}
+                        Event::Overlay { data, .. } => self.nodes[i].got.push(data),
                         Event::Pong { nonce, .. } => {
                             self.nodes[i].got.push(format!("pong {nonce}").into_bytes())
                         }

@@ -7,6 +7,7 @@
 //! socket uses one).
 
 mod reach;
+mod ring;
 mod runtime;
 pub mod status;
 

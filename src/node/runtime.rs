@@ -61,6 +61,11 @@ pub(super) struct Runtime {
     next_ping: u64,
     /// The NAT behaviour last logged at INFO (it is logged again only when it changes).
     logged_nat: Option<NatInfo>,
+    pub ring: crate::overlay::Ring,
+    /// Ring messages for a peer whose direct path had just gone.
+    pub ring_no_path: u64,
+    /// Application datagrams sent through ring tunnels.
+    pub app_tunnelled: u64,
 }
 
 /// An overlay ping waiting for its pong.
@@ -104,6 +109,9 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         logged_nat: None,
         pings: BTreeMap::new(),
         next_ping: 1,
+        ring: super::ring::new_ring(Instant::now(), node_id),
+        ring_no_path: 0,
+        app_tunnelled: 0,
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -119,10 +127,15 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
     let result = loop {
         rt.core.set_app_can_deliver(rt.app.capacity() > 0);
         let ping_deadline = rt.pings.values().map(|p| p.sent + PING_TIMEOUT).min();
-        let deadline = [rt.core.poll_timeout(), rt.reach.poll_timeout(), ping_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            rt.core.poll_timeout(),
+            rt.reach.poll_timeout(),
+            rt.ring.poll_timeout(),
+            ping_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let deadline = deadline.map(tokio::time::Instant::from_std);
         tokio::select! {
             ev = session.next_event() => match ev {
@@ -156,6 +169,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 let now = Instant::now();
                 rt.core.handle_timeout(now);
                 rt.reach.handle_timeout(now);
+                rt.ring.handle_timeout(now);
                 rt.expire_pings(now);
             },
         }
@@ -223,6 +237,13 @@ impl Runtime {
                 limit: max,
             };
             return Err(SendError::Relay(err.into()));
+        }
+        if self.tunnel_to(&to.0, data.len()) {
+            self.ring
+                .send(Instant::now(), to.into(), data.to_vec())
+                .map_err(|_| SendError::UnknownPeer(to))?;
+            self.app_tunnelled += 1;
+            return Ok(());
         }
         match self
             .reach
@@ -343,6 +364,7 @@ impl Runtime {
                 moved = true;
                 self.on_link_event(now, ev);
             }
+            moved |= self.drain_ring(now);
             if !moved {
                 break;
             }
@@ -391,14 +413,12 @@ impl Runtime {
                 from: NodeId(from),
                 data,
             }),
-            link::Event::PathChanged { peer, path } => match path {
-                Path::Direct { remote, rtt, .. } => {
-                    let rtt_ms = rtt.as_secs_f64() * 1e3;
-                    tracing::info!(peer = %NodeId(peer), rtt_ms, "direct path up");
-                    tracing::debug!(peer = %NodeId(peer), %remote, "direct path address");
-                }
-                Path::Xmpp => tracing::info!(peer = %NodeId(peer), "path: XMPP relay"),
-            },
+            link::Event::Overlay { from, data } => self.ring_message(now, from, &data),
+            link::Event::AttemptFailed { peer } => self.ring_attempt_failed(now, peer),
+            link::Event::PathChanged { peer, path } => {
+                self.ring_path_changed(now, peer, path);
+                log_path(peer, path);
+            }
             link::Event::Reflexive(addr) => {
                 if self.reach.on_peer_reflexive(now, addr) {
                     self.on_nat_changed(now);
@@ -424,6 +444,7 @@ impl Runtime {
                 tracing::info!(peer = %NodeId(node), "peer online");
                 tracing::debug!(peer = %NodeId(node), %jid, "peer resource");
                 self.reach.links.member_up(now, node, jid.clone());
+                self.ring_members(now, None);
                 self.emit(AppEvent::PeerUp {
                     node: NodeId(node),
                     jid: jid.to_string(),
@@ -485,13 +506,27 @@ impl Runtime {
             // The node is still online under another resource: the link follows it there
             // (a no-op if it was already there).
             Some(other) => self.reach.links.member_up(now, *node, other),
-            None => self.reach.links.member_down(node),
+            None => {
+                self.reach.links.member_down(node);
+                self.ring_members(now, Some(*node));
+            }
         }
     }
 
-    fn emit(&mut self, ev: AppEvent) {
+    pub(super) fn emit(&mut self, ev: AppEvent) {
         if self.app.try_send(ev).is_err() {
             self.app_dropped += 1;
         }
+    }
+}
+
+fn log_path(peer: NodeIdBytes, path: Path) {
+    match path {
+        Path::Direct { remote, rtt, .. } => {
+            let rtt_ms = rtt.as_secs_f64() * 1e3;
+            tracing::info!(peer = %NodeId(peer), rtt_ms, "direct path up");
+            tracing::debug!(peer = %NodeId(peer), %remote, "direct path address");
+        }
+        Path::Xmpp => tracing::info!(peer = %NodeId(peer), "path: XMPP relay"),
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::runtime::Runtime;
 use crate::identity::NodeId;
 use crate::link::Path;
+use crate::overlay::{LinkKind, RingAddr};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -36,6 +37,8 @@ pub struct Peer {
     pub jid: String,
     /// `direct`, `tunnel` or `xmpp`.
     pub path: String,
+    /// The NodeId relaying a `tunnel` path (a neighbour both ends link to directly).
+    pub via: Option<String>,
     /// Where the path leads: `xmpp://<full JID>` for the relay.
     pub remote: Option<String>,
     pub rtt_ms: Option<f64>,
@@ -46,10 +49,16 @@ pub struct Peer {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ring {
+    /// Our nearest ring neighbours counter-clockwise and clockwise (NodeIds).
     pub left: Option<String>,
     pub right: Option<String>,
     pub size_estimate: Option<u64>,
+    /// Whether both neighbours count us among their near neighbours, as their last notices
+    /// said (null until the ring has neighbours on both sides).
     pub consistent: Option<bool>,
+    /// Ring links (direct and tunnel) and shortcuts among them.
+    pub links: usize,
+    pub shortcuts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,14 +79,23 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
         .map(|m| {
             let relay_rtt = core.relay_stats(&m.jid).and_then(|s| s.srtt).or(m.rtt);
             let since = links.path_since(&m.node).unwrap_or(m.since).max(m.since);
-            let (path, remote, rtt) = match links.path(&m.node) {
-                Some(Path::Direct { remote, rtt, .. }) => ("direct", format!("udp://{remote}"), Some(rtt)),
+            let ring_link = rt.ring.table().get(&RingAddr::from(NodeId(m.node)));
+            let via = match ring_link.map(|l| l.kind) {
+                Some(LinkKind::Tunnel { via }) => Some(NodeId::from(via).to_string()),
+                _ => None,
+            };
+            let (path, remote, rtt) = match (links.path(&m.node), &via) {
+                (Some(Path::Direct { remote, rtt, .. }), _) => {
+                    ("direct", format!("udp://{remote}"), Some(rtt))
+                }
+                (_, Some(via)) => ("tunnel", format!("ring://{via}"), ring_link.map(|l| l.rtt)),
                 _ => ("xmpp", format!("xmpp://{}", m.jid), relay_rtt),
             };
             Peer {
                 node_id: NodeId(m.node).to_string(),
                 jid: m.jid.to_string(),
                 path: path.into(),
+                via,
                 remote: Some(remote),
                 rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
                 since_s: now.duration_since(since).as_secs_f64(),
@@ -127,15 +145,25 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
         reflexive: rt.reach.stun.reflexive().iter().map(|a| a.to_string()).collect(),
         nat: serde_json::to_value(rt.reach.stun.nat()).ok(),
         peers,
-        ring: Ring {
-            left: None,
-            right: None,
-            size_estimate: None,
-            consistent: None,
-        },
+        ring: ring(rt),
         counters: counters(rt),
         services,
         uptime_s: now.duration_since(rt.started).as_secs_f64(),
+    }
+}
+
+fn ring(rt: &Runtime) -> Ring {
+    let table = rt.ring.table();
+    let (left, right) = (table.left(1).first().copied(), table.right(1).first().copied());
+    Ring {
+        left: left.map(|a| NodeId::from(a).to_string()),
+        right: right.map(|a| NodeId::from(a).to_string()),
+        size_estimate: table
+            .has_routing_links()
+            .then(|| table.size_estimate(rt.ring.config().near).round() as u64),
+        consistent: rt.ring.neighbours_agree(),
+        links: table.routing().count(),
+        shortcuts: table.iter().filter(|(_, l)| l.our_shortcut).count(),
     }
 }
 
@@ -199,6 +227,14 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_stun_refused", l.stun_refused),
         ("link_checks_for_success", l.checks_for_success),
         ("link_offers_refused", l.offers_refused),
+        ("link_tunnelled_out", rt.app_tunnelled),
+        ("ring_messages_out", rt.ring.stats().messages_out),
+        ("ring_bytes_out", rt.ring.stats().bytes_out),
+        ("ring_malformed", rt.ring.stats().malformed),
+        ("ring_dropped", rt.ring.stats().dropped),
+        ("ring_no_path", rt.ring_no_path),
+        ("ring_links_up", rt.ring.stats().links_up),
+        ("ring_links_down", rt.ring.stats().links_down),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

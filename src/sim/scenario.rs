@@ -26,6 +26,8 @@ pub struct Options {
     /// Joins are spread uniformly over this window (default: 30 s, or 200 joins/s for big
     /// rings: a 100,000-node flash crowd in 30 s is a bootstrap storm no group will see).
     pub join_window: Duration,
+    /// Fixed shortcut count (None: the ring's own estimate-based count).
+    pub shortcuts: Option<usize>,
 }
 
 impl Options {
@@ -40,6 +42,7 @@ impl Options {
             settle_limit: Duration::from_secs(900),
             dht_quorum: crate::overlay::dht::Config::default().quorum,
             join_window: Duration::from_secs((nodes as u64 / 200).max(30)),
+            shortcuts: None,
         }
     }
 }
@@ -200,6 +203,7 @@ fn measure_idle(world: &mut World, window: Duration) -> (f64, f64) {
 fn build(opts: &Options, groups: u8) -> World {
     let mut cfg = Config::default();
     cfg.dht.quorum = opts.dht_quorum;
+    cfg.shortcuts = opts.shortcuts;
     let mut world = World::new(opts.seed, cfg, Instant::now());
     world.loss = opts.loss;
     world.merged = groups == 1;

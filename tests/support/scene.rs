@@ -36,6 +36,17 @@ impl Scene {
     /// Like [`Scene::start`], but returns as soon as every node answers on its control socket,
     /// so that callers can time the way to `online` and beyond from [`Scene::started`].
     pub async fn start_timed(tag: &str, peers: &[(&str, NatType)], options: LabOptions) -> Scene {
+        Scene::start_with_keys(tag, peers, options, &[]).await
+    }
+
+    /// Like [`Scene::start_timed`], with the node keys (and so the NodeIds, and the ring
+    /// positions) given: `keys[i]` for `peers[i]`; peers without one generate their own.
+    pub async fn start_with_keys(
+        tag: &str,
+        peers: &[(&str, NatType)],
+        options: LabOptions,
+        keys: &[ringlet::identity::NodeKey],
+    ) -> Scene {
         let mut lab =
             NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
         let dir = tempdir("ringlet-lab-");
@@ -56,7 +67,10 @@ impl Scene {
         let mut nodes = Vec::new();
         #[allow(clippy::disallowed_methods)] // test support measures real time
         let started = std::time::Instant::now();
-        for (name, _) in peers {
+        for (i, (name, _)) in peers.iter().enumerate() {
+            if let Some(key) = keys.get(i) {
+                key.write_new(&dir.path().join(name).join("node.key")).unwrap();
+            }
             let spec = NodeSpec::new(
                 &format!("{name}@{DOMAIN}"),
                 &format!("{PUBLIC_IP}:5222"),

@@ -230,6 +230,15 @@ impl Ring {
         &self.cfg
     }
 
+    /// Whether our nearest neighbours on both sides count us among their near neighbours (as
+    /// their last notices said); None until we have both.
+    pub fn neighbours_agree(&self) -> Option<bool> {
+        let left = *self.table.left(1).first()?;
+        let right = *self.table.right(1).first()?;
+        let lists_us = |peer: RingAddr| self.lists.get(&peer).is_some_and(|l| l.contains(&self.me()));
+        Some(lists_us(left) && lists_us(right))
+    }
+
     /// A one-line account of the linking state (for debugging).
     pub fn describe(&self) -> String {
         let wanted: Vec<String> = self.tunnels_wanted.keys().map(|a| a.to_string()).collect();

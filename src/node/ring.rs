@@ -1,0 +1,108 @@
+//! The ring in the daemon: the runtime feeds the ring core (`overlay::Ring`) what links and
+//! rendezvous see, carries its messages on direct paths, and turns its deliveries into
+//! application datagrams. For now the links stay a full mesh (every member is punched); the
+//! ring adds tunnels through a common neighbour where punching fails, so the path order is
+//! direct > tunnel > XMPP relay.
+//!
+//! Drive loop (inside the runtime's):
+//! 1. path changes, attempt failures and overlay frames from `Links`, and membership changes
+//!    from rendezvous, go to the ring with the current time;
+//! 2. `drain_ring` sends its transmits over the peer's direct path and acts on its events;
+//! 3. the ring's `poll_timeout` joins the runtime's deadline.
+#![allow(clippy::disallowed_methods)] // part of the runtime: reads the clock
+
+use std::time::Instant;
+
+use ringlet_xmpp::NodeIdBytes;
+
+use super::runtime::Runtime;
+use super::AppEvent;
+use crate::identity::NodeId;
+use crate::link::{self, Path};
+use crate::overlay::{self, Event, LinkKind, RingAddr};
+
+/// App datagrams bigger than this take the XMPP relay rather than a tunnel (a tunnelled
+/// datagram carries ring headers and must stay under the direct-path MTU).
+pub(super) const MAX_TUNNEL_PAYLOAD: usize = 1200;
+
+pub(super) fn new_ring(now: Instant, node: NodeId) -> overlay::Ring {
+    let seed = u64::from_be_bytes(node.0[..8].try_into().unwrap_or_default());
+    overlay::Ring::new(now, RingAddr::from(node), overlay::Config::default(), seed)
+}
+
+fn addr(peer: NodeIdBytes) -> RingAddr {
+    RingAddr::from(NodeId(peer))
+}
+
+impl Runtime {
+    pub(super) fn ring_path_changed(&mut self, now: Instant, peer: NodeIdBytes, path: Path) {
+        match path {
+            Path::Direct { rtt, .. } => self.ring.handle_link_up(now, addr(peer), LinkKind::Direct, rtt),
+            Path::Xmpp => self.ring.handle_link_down(now, addr(peer)),
+        }
+    }
+
+    pub(super) fn ring_attempt_failed(&mut self, now: Instant, peer: NodeIdBytes) {
+        self.ring.handle_connect_failed(now, addr(peer));
+    }
+
+    pub(super) fn ring_message(&mut self, now: Instant, from: NodeIdBytes, data: &[u8]) {
+        self.ring.handle_message(now, addr(from), data);
+    }
+
+    /// Rendezvous changed: the ring learns who is online (a member gone is a link gone).
+    pub(super) fn ring_members(&mut self, now: Instant, gone: Option<NodeIdBytes>) {
+        if let Some(peer) = gone {
+            self.ring.handle_link_down(now, addr(peer));
+        }
+        let online: Vec<RingAddr> = self.core.members().map(|m| addr(m.node)).collect();
+        self.ring.handle_rendezvous(now, &online);
+    }
+
+    /// Whether an app datagram to `to` should ride a ring tunnel (no direct path, a tunnel).
+    pub(super) fn tunnel_to(&self, to: &NodeIdBytes, len: usize) -> bool {
+        let direct = matches!(self.reach.links.path(to), Some(Path::Direct { .. }));
+        let tunnel = matches!(
+            self.ring.table().get(&addr(*to)).map(|l| l.kind),
+            Some(LinkKind::Tunnel { .. })
+        );
+        !direct && tunnel && len <= MAX_TUNNEL_PAYLOAD
+    }
+
+    /// Moves the ring's output; returns whether anything moved.
+    pub(super) fn drain_ring(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(t) = self.ring.poll_transmit() {
+            moved = true;
+            match self.reach.links.send_overlay(&t.peer.to_bytes(), t.bytes) {
+                Some(link::Transmit::Udp { socket, to, data }) => self.reach.send(socket, to, data),
+                _ => self.ring_no_path += 1,
+            }
+        }
+        while let Some(ev) = self.ring.poll_event() {
+            moved = true;
+            match ev {
+                Event::Connect { peer, .. } => {
+                    // The mesh is punching every member already; a direct path it has is a
+                    // ring link at once.
+                    if let Some(Path::Direct { rtt, .. }) = self.reach.links.path(&peer.to_bytes()) {
+                        self.ring.handle_link_up(now, peer, LinkKind::Direct, rtt);
+                    }
+                }
+                Event::Disconnect { peer } => {
+                    tracing::debug!(peer = %NodeId::from(peer), "ring released a link")
+                }
+                Event::Deliver { src, payload, .. } => self.emit(AppEvent::Datagram {
+                    from: NodeId::from(src),
+                    data: payload,
+                }),
+                Event::TunnelUp { peer, via } => {
+                    tracing::info!(peer = %NodeId::from(peer), via = %NodeId::from(via), "tunnel up")
+                }
+                Event::TunnelDown { peer } => tracing::info!(peer = %NodeId::from(peer), "tunnel down"),
+                Event::Broadcast { .. } | Event::DhtFound(_) => {}
+            }
+        }
+        moved
+    }
+}

@@ -1,0 +1,147 @@
+//! The ring in the NAT lab: eight real `ringlet up` processes, two of them behind symmetric
+//! NATs with keys chosen so that they are ring neighbours (they need each other but cannot
+//! punch). They must form one consistent ring, link the symmetric pair by a `tunnel` through
+//! a common neighbour, and heal when two peers are killed.
+#![allow(clippy::disallowed_methods)] // integration tests wait on real time
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ringlet::identity::NodeKey;
+use ringlet::node::status::Status;
+use ringlet_lab::natlab::LabOptions;
+use ringlet_lab::NatType;
+use support::scene::Scene;
+use support::wait;
+
+/// Peers in ring order (their keys are sorted by NodeId before they are handed out).
+const PEERS: [(&str, NatType); 8] = [
+    ("p0", NatType::Full),
+    ("p1", NatType::Restricted),
+    ("p2", NatType::Open),
+    ("p3", NatType::Symmetric),
+    ("p4", NatType::Symmetric),
+    ("p5", NatType::Full),
+    ("p6", NatType::Restricted),
+    ("p7", NatType::Open),
+];
+const SYM_A: usize = 3;
+const SYM_B: usize = 4;
+
+/// Each alive node's left and right neighbours are the true ones among `alive`.
+fn ring_is_consistent(ids: &[String], alive: &[usize], statuses: &[Option<Status>]) -> Result<(), String> {
+    let n = alive.len();
+    for (k, &i) in alive.iter().enumerate() {
+        let s = statuses[i].as_ref().ok_or(format!("p{i} has no status"))?;
+        let want_left = &ids[alive[(k + n - 1) % n]];
+        let want_right = &ids[alive[(k + 1) % n]];
+        if s.ring.left.as_ref() != Some(want_left) || s.ring.right.as_ref() != Some(want_right) {
+            return Err(format!(
+                "p{i}: left {:?} right {:?}, want {want_left} / {want_right}",
+                s.ring.left, s.ring.right
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
+    let mut out = Vec::new();
+    for i in 0..scene.nodes.len() {
+        out.push(scene.status(i).await);
+    }
+    out
+}
+
+/// The symmetric pair's path as both ends report it: ("tunnel", via) on each side.
+fn tunnel_between(
+    scene: &Scene,
+    statuses: &[Option<Status>],
+    a: usize,
+    b: usize,
+) -> Option<(String, String)> {
+    let side = |x: usize, y: usize| {
+        let peer = statuses[x]
+            .as_ref()?
+            .peers
+            .iter()
+            .find(|p| p.node_id == scene.ids[y])?;
+        (peer.path == "tunnel").then(|| peer.via.clone()).flatten()
+    };
+    Some((side(a, b)?, side(b, a)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
+    let mut keys: Vec<NodeKey> = (0..PEERS.len()).map(|_| NodeKey::generate().unwrap()).collect();
+    keys.sort_by_key(|k| k.node_id().0);
+    let scene = Scene::start_with_keys("ring8", &PEERS, LabOptions::default(), &keys).await;
+    let ids = scene.ids.clone();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "keys were handed out in ring order");
+    let everyone: Vec<usize> = (0..PEERS.len()).collect();
+    let start = Instant::now();
+
+    // One consistent ring, with the symmetric neighbours tunnelled through a third peer.
+    let formed = wait(Duration::from_secs(90), || async {
+        let st = statuses(&scene).await;
+        let consistent = ring_is_consistent(&ids, &everyone, &st).is_ok();
+        let tunnel = tunnel_between(&scene, &st, SYM_A, SYM_B);
+        (consistent && tunnel.is_some()).then_some(tunnel)
+    })
+    .await;
+    let st = statuses(&scene).await;
+    let Some(Some((via_a, via_b))) = formed else {
+        panic!(
+            "no consistent ring with a tunnel: {:?} / tunnel {:?}\n{}\n----\n{}",
+            ring_is_consistent(&ids, &everyone, &st),
+            tunnel_between(&scene, &st, SYM_A, SYM_B),
+            scene.nodes[SYM_A].log(),
+            scene.nodes[SYM_B].log()
+        );
+    };
+    for via in [&via_a, &via_b] {
+        assert!(
+            ids.contains(via) && *via != ids[SYM_A] && *via != ids[SYM_B],
+            "the tunnel must go through a third peer, not {via}"
+        );
+    }
+    eprintln!(
+        "ring formed {:?} after the nodes were online; p{SYM_A} ↔ p{SYM_B} tunnelled via {via_a} / {via_b}",
+        start.elapsed()
+    );
+
+    // Kill two peers, the tunnel's relay among them: the ring heals around them and the
+    // symmetric pair finds another relay.
+    let relay = ids.iter().position(|id| *id == via_a).unwrap();
+    let other = if relay == 7 { 0 } else { 7 };
+    let dead = [relay, other];
+    let mut scene = scene;
+    for i in dead {
+        scene.nodes[i].kill();
+    }
+    let killed = Instant::now();
+    let alive: Vec<usize> = everyone.iter().copied().filter(|i| !dead.contains(i)).collect();
+    let healed = wait(Duration::from_secs(90), || async {
+        let mut st = statuses(&scene).await;
+        for i in dead {
+            st[i] = None;
+        }
+        let ok = ring_is_consistent(&ids, &alive, &st).is_ok()
+            && tunnel_between(&scene, &st, SYM_A, SYM_B).is_some();
+        ok.then_some(())
+    })
+    .await;
+    eprintln!("healed {:?} after two peers were killed", killed.elapsed());
+    if healed.is_none() {
+        let st = statuses(&scene).await;
+        panic!(
+            "the ring did not heal: {:?} / tunnel {:?}\n{}",
+            ring_is_consistent(&ids, &alive, &st),
+            tunnel_between(&scene, &st, SYM_A, SYM_B),
+            scene.nodes[SYM_A].log()
+        );
+    }
+}
