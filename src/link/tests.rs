@@ -27,6 +27,8 @@ struct Node {
     next_extra: SocketId,
     got: Vec<Vec<u8>>,
     paths: Vec<Path>,
+    /// Attempts reported failed.
+    failed: u32,
 }
 
 enum Packet {
@@ -94,6 +96,7 @@ fn node(now: Instant, i: usize, kind: Kind) -> Node {
         next_extra: 1,
         got: Vec::new(),
         paths: Vec::new(),
+        failed: 0,
     }
 }
 
@@ -176,7 +179,8 @@ impl World {
                                 self.nodes[i].extra.remove(&id);
                             }
                         }
-                        Event::Reflexive(_) | Event::AttemptFailed { .. } => {}
+                        Event::Reflexive(_) => {}
+                        Event::AttemptFailed { .. } => self.nodes[i].failed += 1,
                         Event::Overlay { data, .. } => self.nodes[i].got.push(data),
                         Event::Pong { nonce, .. } => {
                             self.nodes[i].got.push(format!("pong {nonce}").into_bytes())
@@ -406,4 +410,29 @@ fn pings_are_answered_over_the_current_path() {
     }
     w.run_for(Duration::from_millis(500));
     assert_eq!(w.nodes[0].got, vec![b"pong 1".to_vec(), b"pong 2".to_vec()]);
+}
+
+#[test]
+fn ring_messages_ride_direct_paths_only() {
+    let mut w = world(Kind::Symmetric, Kind::Symmetric);
+    let peer = w.nodes[1].id;
+    assert!(
+        w.nodes[0].links.send_overlay(&peer, vec![1]).is_none(),
+        "no direct path yet"
+    );
+    // Both symmetric: the attempt fails and says so; the relay never carries ring messages.
+    let failed = w.run_until(w.now + Duration::from_secs(30), |w| w.nodes[0].failed > 0);
+    assert!(failed, "no attempt failure reported");
+    assert!(w.nodes[0].links.send_overlay(&peer, vec![1]).is_none());
+
+    let mut w = world(Kind::Full, Kind::PortRestricted);
+    assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
+    let peer = w.nodes[1].id;
+    let Some(Transmit::Udp { socket, to, data }) = w.nodes[0].links.send_overlay(&peer, b"ring".to_vec())
+    else {
+        panic!("a direct path carries ring messages");
+    };
+    w.route(0, socket, to, data);
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.nodes[1].got, vec![b"ring".to_vec()]);
 }

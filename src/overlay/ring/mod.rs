@@ -499,3 +499,65 @@ impl Ring {
         t
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> RingAddr {
+        RingAddr::from_bytes([n; 20])
+    }
+
+    #[test]
+    fn bad_messages_are_counted_and_change_nothing() {
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        ring.handle_link_up(now, addr(2), LinkKind::Direct, Duration::from_millis(10));
+        while ring.poll_transmit().is_some() {}
+        for junk in [&[][..], &[9, 9, 9], &[0, 3, 1, 2]] {
+            ring.handle_message(now, addr(2), junk);
+        }
+        assert_eq!(ring.stats().malformed, 3);
+        // A stranger (no link) is not heard at all, even with a well-formed message.
+        ring.handle_message(now, addr(3), &Message::Ping(1).emit());
+        assert_eq!(ring.stats().dropped, 1);
+        assert!(ring.poll_transmit().is_none(), "no answer to junk or strangers");
+        assert_eq!(ring.table().len(), 1);
+        // The link still works.
+        ring.handle_message(now, addr(2), &Message::Ping(5).emit());
+        let t = ring.poll_transmit().unwrap();
+        assert_eq!(
+            (t.peer, Message::parse(&t.bytes)),
+            (addr(2), Ok(Message::Pong(5)))
+        );
+    }
+
+    #[test]
+    fn a_silent_link_is_pinged_then_dropped() {
+        let now = Instant::now();
+        let cfg = Config::default();
+        let mut ring = Ring::new(now, addr(1), cfg.clone(), 7);
+        ring.handle_link_up(now, addr(2), LinkKind::Direct, Duration::from_millis(10));
+        let mut t = now;
+        let mut pings = 0;
+        for _ in 0..100 {
+            t = ring.poll_timeout().unwrap().max(t + Duration::from_millis(1));
+            ring.handle_timeout(t);
+            while let Some(tx) = ring.poll_transmit() {
+                pings += matches!(Message::parse(&tx.bytes), Ok(Message::Ping(_))) as u32;
+            }
+            if ring.table().is_empty() {
+                break;
+            }
+        }
+        assert!(ring.table().is_empty(), "a link that never answers must go");
+        assert_eq!(pings, u32::from(cfg.ping_tries));
+        let waited = t - now;
+        assert!(
+            waited >= cfg.ping_after && waited <= cfg.ping_after * 2,
+            "dropped after {waited:?}"
+        );
+        assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::Disconnect { peer: addr(2) }));
+    }
+}
