@@ -87,7 +87,12 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
                 world.wakes,
                 world.messages
             );
-            eprintln!("  rss={:.0} MiB queue={}", peak_rss_mib(), world.queue_len());
+            eprintln!(
+                "  rss={:.0} MiB queue={} kinds={:?}",
+                peak_rss_mib(),
+                world.queue_len(),
+                world.kinds
+            );
             if world.inconsistent() <= 16 {
                 for l in world.explain(5) {
                     eprintln!("  {l}");

@@ -101,6 +101,9 @@ pub struct World {
     pub bytes: u64,
     /// Timer events that reached a core.
     pub wakes: u64,
+    /// Messages sent by (message kind, routed body kind), when `count_kinds` is set.
+    pub kinds: std::collections::BTreeMap<(u8, u8), u64>,
+    pub count_kinds: bool,
 }
 
 fn pair(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
@@ -128,6 +131,8 @@ impl World {
             messages: 0,
             bytes: 0,
             wakes: 0,
+            kinds: Default::default(),
+            count_kinds: std::env::var("SIM_DEBUG").is_ok(),
         }
     }
 
@@ -311,6 +316,16 @@ impl World {
         while let Some(t) = self.nodes[ix as usize].ring.poll_transmit() {
             self.messages += 1;
             self.bytes += t.bytes.len() as u64 + LINK_OVERHEAD;
+            if self.count_kinds {
+                // Routed messages by body kind (byte 46, after version, kind, src, dst, mode, ttl, hops and flags).
+                let kind = t.bytes.get(1).copied().unwrap_or(0);
+                let body = if kind == 3 {
+                    t.bytes.get(46).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                *self.kinds.entry((kind, body)).or_default() += 1;
+            }
             let Some(&to) = self.index.get(&t.peer) else {
                 continue;
             };

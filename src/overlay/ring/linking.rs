@@ -297,7 +297,7 @@ impl Ring {
         let drifted = self
             .table
             .iter()
-            .find(|(_, l)| l.our_shortcut && (l.drawn_for > 2.0 * n || 2.0 * l.drawn_for < n))
+            .find(|(_, l)| l.our_shortcut && (l.drawn_for > 4.0 * n || 4.0 * l.drawn_for < n))
             .map(|(a, _)| *a);
         // Too many (trial links of proximity selection, or a shrunk ring): give up the
         // slowest. A shortcut drawn for a ring size far from today's is redrawn.
