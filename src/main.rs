@@ -204,6 +204,23 @@ fn render(s: &Status) -> String {
             svc.kind, svc.host, port, transport, svc.source
         );
     }
+    let short = |id: &Option<String>| {
+        id.as_deref()
+            .map_or("-".to_owned(), |i| i[..12.min(i.len())].to_owned())
+    };
+    let agreed = match s.ring.consistent {
+        Some(true) => ", neighbours agree",
+        Some(false) => ", neighbours do not agree yet",
+        None => "",
+    };
+    let _ = writeln!(
+        out,
+        "ring      left {}  right {}  ({} links, ~{} nodes{agreed})",
+        short(&s.ring.left),
+        short(&s.ring.right),
+        s.ring.links,
+        s.ring.size_estimate.map_or("?".to_owned(), |n| n.to_string()),
+    );
     let _ = writeln!(out, "peers     {}", s.peers.len());
     if !s.peers.is_empty() {
         let w = s.peers.iter().map(|p| p.jid.len()).max().unwrap_or(3).max(3);
@@ -218,9 +235,14 @@ fn render(s: &Status) -> String {
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_else(|| "-".into());
             let node = &p.node_id[..12.min(p.node_id.len())];
+            let via = p
+                .via
+                .as_deref()
+                .map(|v| format!("  via {}", &v[..12.min(v.len())]))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {node:<12}  {:<w$}  {:<6}  {rtt:>9}  {:>5.0} s",
+                "  {node:<12}  {:<w$}  {:<6}  {rtt:>9}  {:>5.0} s{via}",
                 p.jid, p.path, p.since_s
             );
         }
