@@ -187,6 +187,30 @@ impl Table {
             .collect()
     }
 
+    /// The nearest routing link clockwise (`right(1)` without allocating).
+    pub fn nearest_right(&self) -> Option<RingAddr> {
+        let split = self.links.partition_point(|(a, _)| *a <= self.me);
+        let (before, after) = self.links.split_at(split);
+        after
+            .iter()
+            .chain(before)
+            .find(|(_, l)| l.kind.routes())
+            .map(|(a, _)| *a)
+    }
+
+    /// The nearest routing link counter-clockwise.
+    pub fn nearest_left(&self) -> Option<RingAddr> {
+        let split = self.links.partition_point(|(a, _)| *a < self.me);
+        let (before, after) = self.links.split_at(split);
+        let after = after.iter().rev().filter(|(a, _)| *a != self.me);
+        before
+            .iter()
+            .rev()
+            .chain(after)
+            .find(|(_, l)| l.kind.routes())
+            .map(|(a, _)| *a)
+    }
+
     /// Our near neighbours: `k` per side (one list; a peer on both sides appears once).
     pub fn near(&self, k: usize) -> Vec<RingAddr> {
         let mut near = self.right(k);

@@ -8,13 +8,13 @@
 //!    DHT results and broadcasts are recorded);
 //! 3. schedule the core's `poll_timeout`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use super::queue::Queue;
 use crate::overlay::dht::Found;
 use crate::overlay::{Config, Event, LinkKind, Ring, RingAddr};
 
@@ -83,10 +83,9 @@ pub struct Record {
 pub struct World {
     base: Instant,
     now_us: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    slots: Vec<Option<Ev>>,
-    free: Vec<usize>,
+    queue: Queue<Ev>,
+    /// The alive nodes sorted by address, rebuilt after joins and crashes.
+    sorted: std::cell::RefCell<Option<Vec<(RingAddr, NodeIx)>>>,
     pub nodes: Vec<SimNode>,
     index: HashMap<RingAddr, NodeIx>,
     links: HashSet<(NodeIx, NodeIx)>,
@@ -115,10 +114,8 @@ impl World {
         World {
             base,
             now_us: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            queue: Queue::default(),
+            sorted: std::cell::RefCell::new(None),
             nodes: Vec::new(),
             index: HashMap::new(),
             links: HashSet::new(),
@@ -172,6 +169,7 @@ impl World {
             group,
         });
         self.index.insert(addr, ix);
+        self.sorted.replace(None);
         self.schedule(delay, Ev::Rendezvous { node: ix });
         ix
     }
@@ -190,34 +188,15 @@ impl World {
 
     fn schedule(&mut self, after: Duration, ev: Ev) {
         let at = self.now_us + after.as_micros() as u64;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s] = Some(ev);
-                s
-            }
-            None => {
-                self.slots.push(Some(ev));
-                self.slots.len() - 1
-            }
-        };
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.push(at, ev);
     }
 
     /// Runs every event up to `until` (virtual time since start).
     pub fn run_until(&mut self, until: Duration) {
         let until_us = until.as_micros() as u64;
-        while let Some(Reverse((at, _, slot))) = self.queue.peek().copied() {
-            if at > until_us {
-                break;
-            }
-            self.queue.pop();
-            self.now_us = at;
-            let ev = self.slots[slot].take();
-            self.free.push(slot);
-            if let Some(ev) = ev {
-                self.handle(ev);
-            }
+        while let Some((at, ev)) = self.queue.pop_until(until_us) {
+            self.now_us = self.now_us.max(at);
+            self.handle(ev);
         }
         self.now_us = self.now_us.max(until_us);
     }
@@ -399,6 +378,7 @@ impl World {
     /// Kills a node without a word: its peers find out by silence.
     pub fn crash(&mut self, ix: NodeIx) {
         self.nodes[ix as usize].alive = false;
+        self.sorted.replace(None);
         let gone: Vec<(NodeIx, NodeIx)> = self
             .links
             .iter()
@@ -412,32 +392,41 @@ impl World {
 
     /// Sorted alive nodes: the true ring.
     pub fn true_ring(&self) -> Vec<(RingAddr, NodeIx)> {
-        let mut v: Vec<(RingAddr, NodeIx)> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.alive)
-            .map(|(i, n)| (n.ring.me(), i as NodeIx))
-            .collect();
-        v.sort();
-        v
+        self.with_true_ring(|r| r.to_vec())
+    }
+
+    fn with_true_ring<T>(&self, f: impl FnOnce(&[(RingAddr, NodeIx)]) -> T) -> T {
+        let mut cached = self.sorted.borrow_mut();
+        let ring = cached.get_or_insert_with(|| {
+            let mut v: Vec<(RingAddr, NodeIx)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.alive)
+                .map(|(i, n)| (n.ring.me(), i as NodeIx))
+                .collect();
+            v.sort();
+            v
+        });
+        f(ring)
     }
 
     /// Alive nodes whose nearest left and right links are not their true neighbours.
     pub fn inconsistent(&self) -> usize {
-        let ring = self.true_ring();
-        let n = ring.len();
-        if n < 2 {
-            return 0;
-        }
-        (0..n)
-            .filter(|&i| {
-                let t = self.nodes[ring[i].1 as usize].ring.table();
-                let right = ring[(i + 1) % n].0;
-                let left = ring[(i + n - 1) % n].0;
-                t.right(1).first() != Some(&right) || t.left(1).first() != Some(&left)
-            })
-            .count()
+        self.with_true_ring(|ring| {
+            let n = ring.len();
+            if n < 2 {
+                return 0;
+            }
+            (0..n)
+                .filter(|&i| {
+                    let t = self.nodes[ring[i].1 as usize].ring.table();
+                    let right = ring[(i + 1) % n].0;
+                    let left = ring[(i + n - 1) % n].0;
+                    t.nearest_right() != Some(right) || t.nearest_left() != Some(left)
+                })
+                .count()
+        })
     }
 
     /// Describes up to `max` inconsistent nodes (for debugging the simulator).
