@@ -106,7 +106,7 @@ impl<E> Queue<E> {
                 ready.push((at, seq, ev));
             }
         }
-        ready.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        ready.sort_unstable_by_key(|e| Reverse((e.0, e.1)));
         self.ready = ready;
     }
 }
