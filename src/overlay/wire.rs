@@ -7,7 +7,8 @@
 //! ping/pong   nonce u32
 //! routed      src 20, dst 20, mode u8 (0 exact, 1 closest, 2 path, 3 right, 4 left), ttl u8, hops u8, flags u8, then a routed body:
 //!             kind u8 (1 ctm, 2 ctm reply, 3 dht put, 4 dht get, 5 dht values, 6 app,
-//!             7 neighbours request, 8 neighbours reply, 9 broadcast) and its fields
+//!             7 neighbours request, 8 neighbours reply, 9 broadcast, 10 via: to 20 and one
+//!             body that is not a via) and its fields
 //! broadcast   origin 20, seq u32, start 20, end 20, payload (u16 length)
 //! relay       to 20, inner message (a tunnel end asks the common neighbour to pass it on)
 //! relayed     from 20, inner message (the common neighbour passing it on)
@@ -94,9 +95,12 @@ pub struct Record {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutedBody {
+    /// `reply_via`: a link of the requester (its first hop) the reply may be sent through, so
+    /// that it arrives even where greedy routing cannot reach the requester yet.
     Ctm {
         token: u32,
         purpose: Purpose,
+        reply_via: RingAddr,
         candidates: Vec<u8>,
     },
     CtmReply {
@@ -122,6 +126,7 @@ pub enum RoutedBody {
     App(Vec<u8>),
     NeighboursRequest {
         req: u32,
+        reply_via: RingAddr,
     },
     NeighboursReply {
         req: u32,
@@ -132,6 +137,12 @@ pub enum RoutedBody {
         seq: u32,
         end: RingAddr,
         payload: Vec<u8>,
+    },
+    /// Routed to `dst`, which passes `inner` on to its link `to` (replies to a requester that
+    /// greedy routing cannot reach yet).
+    Via {
+        to: RingAddr,
+        inner: Box<RoutedBody>,
     },
 }
 
@@ -289,10 +300,15 @@ fn emit_routed(r: &Routed, out: &mut Vec<u8>) {
     out.push(r.ttl);
     out.push(r.hops);
     out.push(r.uphill as u8);
-    match &r.body {
+    emit_body(&r.body, out);
+}
+
+fn emit_body(body: &RoutedBody, out: &mut Vec<u8>) {
+    match body {
         RoutedBody::Ctm {
             token,
             purpose,
+            reply_via,
             candidates,
         } => {
             out.push(1);
@@ -302,6 +318,7 @@ fn emit_routed(r: &Routed, out: &mut Vec<u8>) {
                 Purpose::Shortcut => 1,
                 Purpose::Leaf => 2,
             });
+            out.extend_from_slice(&reply_via.to_bytes());
             put_blob(out, candidates);
         }
         RoutedBody::CtmReply {
@@ -338,9 +355,10 @@ fn emit_routed(r: &Routed, out: &mut Vec<u8>) {
             out.push(6);
             put_blob(out, payload);
         }
-        RoutedBody::NeighboursRequest { req } => {
+        RoutedBody::NeighboursRequest { req, reply_via } => {
             out.push(7);
             out.extend_from_slice(&req.to_be_bytes());
+            out.extend_from_slice(&reply_via.to_bytes());
         }
         RoutedBody::NeighboursReply { req, neighbours } => {
             out.push(8);
@@ -352,6 +370,11 @@ fn emit_routed(r: &Routed, out: &mut Vec<u8>) {
             out.extend_from_slice(&seq.to_be_bytes());
             out.extend_from_slice(&end.to_bytes());
             put_blob(out, payload);
+        }
+        RoutedBody::Via { to, inner } => {
+            out.push(10);
+            out.extend_from_slice(&to.to_bytes());
+            emit_body(inner, out);
         }
     }
 }
@@ -370,6 +393,20 @@ fn parse_routed(r: &mut Reader) -> Result<Routed, Error> {
     let ttl = r.u8()?;
     let hops = r.u8()?;
     let uphill = r.u8()? & 1 == 1;
+    let body = parse_body(r, true)?;
+    Ok(Routed {
+        src,
+        dst,
+        mode,
+        ttl,
+        hops,
+        uphill,
+        body,
+    })
+}
+
+/// One routed body; `outer`: a `Via` may wrap it (but not another `Via`).
+fn parse_body(r: &mut Reader, outer: bool) -> Result<RoutedBody, Error> {
     let body = match r.u8()? {
         1 => RoutedBody::Ctm {
             token: r.u32()?,
@@ -379,6 +416,7 @@ fn parse_routed(r: &mut Reader) -> Result<Routed, Error> {
                 2 => Purpose::Leaf,
                 p => return Err(Error::Kind(p)),
             },
+            reply_via: r.addr()?,
             candidates: r.blob(MAX_CANDIDATES, "candidates")?,
         },
         2 => RoutedBody::CtmReply {
@@ -408,7 +446,10 @@ fn parse_routed(r: &mut Reader) -> Result<Routed, Error> {
             RoutedBody::DhtValues { req, values }
         }
         6 => RoutedBody::App(r.blob(MAX_PAYLOAD, "app payload")?),
-        7 => RoutedBody::NeighboursRequest { req: r.u32()? },
+        7 => RoutedBody::NeighboursRequest {
+            req: r.u32()?,
+            reply_via: r.addr()?,
+        },
         8 => RoutedBody::NeighboursReply {
             req: r.u32()?,
             neighbours: r.addrs()?,
@@ -418,17 +459,13 @@ fn parse_routed(r: &mut Reader) -> Result<Routed, Error> {
             end: r.addr()?,
             payload: r.blob(MAX_PAYLOAD, "broadcast payload")?,
         },
+        10 if outer => RoutedBody::Via {
+            to: r.addr()?,
+            inner: Box::new(parse_body(r, false)?),
+        },
         kind => return Err(Error::Kind(kind)),
     };
-    Ok(Routed {
-        src,
-        dst,
-        mode,
-        ttl,
-        hops,
-        uphill,
-        body,
-    })
+    Ok(body)
 }
 
 fn put_blob(out: &mut Vec<u8>, blob: &[u8]) {
@@ -527,6 +564,7 @@ mod tests {
             routed(RoutedBody::Ctm {
                 token: 9,
                 purpose: Purpose::Shortcut,
+                reply_via: addr(3),
                 candidates: vec![1, 2, 3],
             }),
             routed(RoutedBody::CtmReply {
@@ -545,7 +583,14 @@ mod tests {
                 values: vec![(30, b"v".to_vec()), (5, vec![])],
             }),
             routed(RoutedBody::App(b"hello".to_vec())),
-            routed(RoutedBody::NeighboursRequest { req: 4 }),
+            routed(RoutedBody::NeighboursRequest {
+                req: 4,
+                reply_via: addr(5),
+            }),
+            routed(RoutedBody::Via {
+                to: addr(6),
+                inner: Box::new(RoutedBody::App(b"x".to_vec())),
+            }),
             routed(RoutedBody::NeighboursReply {
                 req: 4,
                 neighbours: vec![addr(9)],

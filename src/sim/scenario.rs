@@ -94,7 +94,7 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
                 world.kinds
             );
             if world.inconsistent() <= 16 {
-                for l in world.explain(5) {
+                for l in world.explain(24) {
                     eprintln!("  {l}");
                 }
             }

@@ -95,6 +95,7 @@ impl Ring {
         );
         self.stats.ctm_sent += 1;
         let candidates = self.candidates.clone();
+        let reply_via = self.first_hop(target, mode);
         self.originate(
             now,
             target,
@@ -102,6 +103,7 @@ impl Ring {
             RoutedBody::Ctm {
                 token,
                 purpose,
+                reply_via,
                 candidates,
             },
         );
@@ -121,6 +123,7 @@ impl Ring {
         src: RingAddr,
         token: u32,
         purpose: Purpose,
+        reply_via: RingAddr,
         candidates: Vec<u8>,
     ) {
         if src == self.me() {
@@ -155,7 +158,11 @@ impl Ring {
             candidates: reply_candidates,
             neighbours,
         };
-        self.originate(now, src, Mode::Exact, body);
+        if purpose == Purpose::Shortcut {
+            self.originate(now, src, Mode::Exact, body);
+        } else {
+            self.reply(now, src, reply_via, body);
+        }
         self.consider_near(now, src);
     }
 

@@ -328,7 +328,9 @@ impl Ring {
             }
             None if theirs.is_empty() => {
                 let req = self.token();
-                self.originate(now, peer, Mode::Exact, RoutedBody::NeighboursRequest { req });
+                let reply_via = self.first_hop(peer, Mode::Exact);
+                let body = RoutedBody::NeighboursRequest { req, reply_via };
+                self.originate(now, peer, Mode::Exact, body);
             }
             None => {
                 // No overlap: link to one of its neighbours, then try again (Brunet's rule).

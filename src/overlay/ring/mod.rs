@@ -425,21 +425,38 @@ impl Ring {
             RoutedBody::Ctm {
                 token,
                 purpose,
+                reply_via,
                 candidates,
-            } => self.on_ctm(now, src, token, purpose, candidates),
+            } => self.on_ctm(now, src, token, purpose, reply_via, candidates),
             RoutedBody::CtmReply {
                 token,
                 candidates,
                 neighbours,
             } => self.on_ctm_reply(now, src, token, candidates, neighbours),
-            RoutedBody::NeighboursRequest { req } => {
+            RoutedBody::NeighboursRequest { req, reply_via } => {
                 let neighbours = self.table.near(self.cfg.near);
-                self.originate(
+                self.reply(
                     now,
                     src,
-                    Mode::Exact,
+                    reply_via,
                     RoutedBody::NeighboursReply { req, neighbours },
                 );
+            }
+            RoutedBody::Via { to, inner } => {
+                if self.table.get(&to).is_none() {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                let msg = Routed {
+                    src,
+                    dst: to,
+                    mode: Mode::Exact,
+                    ttl: 2,
+                    hops,
+                    uphill: false,
+                    body: *inner,
+                };
+                self.route(now, None, msg);
             }
             RoutedBody::NeighboursReply { neighbours, .. } => self.learn_list(src, neighbours),
             RoutedBody::App(payload) => self.emit(Event::Deliver { src, hops, payload }),
@@ -454,6 +471,27 @@ impl Ring {
                 }
             }
             RoutedBody::Broadcast { seq, end, payload } => self.cover(now, src, seq, dst, end, payload),
+        }
+    }
+
+    /// The link a message of ours to `dst` leaves by (ourselves if it stays here).
+    fn first_hop(&self, dst: RingAddr, mode: Mode) -> RingAddr {
+        match self.table.decide(dst, mode, None, false) {
+            Decision::Forward { next, .. } | Decision::DeliverAndForward { next } => next,
+            Decision::Deliver | Decision::Drop => self.me(),
+        }
+    }
+
+    /// Answers `to` through `via`, a link of theirs, unless we can reach them directly.
+    fn reply(&mut self, now: Instant, to: RingAddr, via: RingAddr, body: RoutedBody) {
+        if via == to || via == self.me() || self.table.get(&to).is_some() {
+            self.originate(now, to, Mode::Exact, body);
+        } else {
+            let body = RoutedBody::Via {
+                to,
+                inner: Box::new(body),
+            };
+            self.originate(now, via, Mode::Exact, body);
         }
     }
 
