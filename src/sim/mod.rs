@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)] // the virtual clock's epoch is one real Instant
 
 pub mod baseline;
+mod debug;
 pub mod queue;
 pub mod scenario;
 pub mod world;

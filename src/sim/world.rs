@@ -87,7 +87,7 @@ pub struct World {
     /// The alive nodes sorted by address, rebuilt after joins and crashes.
     sorted: std::cell::RefCell<Option<Vec<(RingAddr, NodeIx)>>>,
     pub nodes: Vec<SimNode>,
-    index: HashMap<RingAddr, NodeIx>,
+    pub(super) index: HashMap<RingAddr, NodeIx>,
     links: HashSet<(NodeIx, NodeIx)>,
     attempts: HashSet<(NodeIx, NodeIx)>,
     rng: SmallRng,
@@ -395,7 +395,7 @@ impl World {
         self.with_true_ring(|r| r.to_vec())
     }
 
-    fn with_true_ring<T>(&self, f: impl FnOnce(&[(RingAddr, NodeIx)]) -> T) -> T {
+    pub(super) fn with_true_ring<T>(&self, f: impl FnOnce(&[(RingAddr, NodeIx)]) -> T) -> T {
         let mut cached = self.sorted.borrow_mut();
         let ring = cached.get_or_insert_with(|| {
             let mut v: Vec<(RingAddr, NodeIx)> = self
@@ -427,89 +427,6 @@ impl World {
                 })
                 .count()
         })
-    }
-
-    /// Describes up to `max` inconsistent nodes (for debugging the simulator).
-    pub fn explain(&self, max: usize) -> Vec<String> {
-        let ring = self.true_ring();
-        let n = ring.len();
-        let mut out = Vec::new();
-        for i in 0..n {
-            let t = self.nodes[ring[i].1 as usize].ring.table();
-            let right = ring[(i + 1) % n].0;
-            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
-                let one = RingAddr::from_bytes({
-                    let mut b = [0u8; 20];
-                    b[19] = 1;
-                    b
-                });
-                let me = ring[i].0;
-                for l in self.trace_route(ring[i].1, me.wrapping_add(one), crate::overlay::wire::Mode::Right)
-                {
-                    out.push(format!("    {l}"));
-                }
-            }
-            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
-                let node = &self.nodes[ring[i].1 as usize];
-                let other = &self.nodes[ring[(i + 1) % n].1 as usize];
-                let kinds: Vec<String> = t
-                    .iter()
-                    .take(12)
-                    .map(|(a, l)| {
-                        format!(
-                            "{a}:{:?}/s{}/n{}/r{}",
-                            l.kind, l.our_shortcut as u8, l.peer_needs as u8, l.released as u8
-                        )
-                    })
-                    .collect();
-                out.push(format!("    {}", node.ring.describe()));
-                out.push(format!(
-                    "    class={:?} other_class={:?} near={:?} links: {}",
-                    node.class,
-                    other.class,
-                    t.near(2).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                    kinds.join(" ")
-                ));
-            }
-            if t.right(1).first() != Some(&right) {
-                let other = self.nodes[ring[(i + 1) % n].1 as usize].ring.table();
-                out.push(format!(
-                    "{} right={:?} true={} linked={} true.left={:?} true.links={} links={}",
-                    ring[i].0,
-                    t.right(1).first().map(|a| a.to_string()),
-                    right,
-                    t.get(&right).is_some(),
-                    other.left(1).first().map(|a| a.to_string()),
-                    other.len(),
-                    t.len()
-                ));
-            }
-            if out.len() >= max {
-                break;
-            }
-        }
-        out
-    }
-
-    /// The path greedy routing would take now (for debugging the simulator).
-    pub fn trace_route(&self, from: NodeIx, dst: RingAddr, mode: crate::overlay::wire::Mode) -> Vec<String> {
-        use crate::overlay::table::Decision;
-        let (mut at, mut prev, mut uphill) = (from, None, false);
-        let mut out = Vec::new();
-        for _ in 0..40 {
-            let t = self.nodes[at as usize].ring.table();
-            let d = t.decide(dst, mode, prev, uphill);
-            out.push(format!("{} {:?}", t.me(), d));
-            match d {
-                Decision::Forward { next, uphill: u } => {
-                    uphill |= u;
-                    prev = Some(t.me());
-                    at = self.index[&next];
-                }
-                _ => break,
-            }
-        }
-        out
     }
 
     pub fn random_alive(&mut self) -> NodeIx {
