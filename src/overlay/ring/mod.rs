@@ -599,3 +599,135 @@ mod tests {
         assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::Disconnect { peer: addr(2) }));
     }
 }
+
+/// A handful of ring cores wired to each other by hand (every pair linked, instant delivery):
+/// the DHT and broadcast end to end without the simulator.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
+mod small_ring_tests {
+    use super::*;
+
+    struct Net {
+        nodes: Vec<Ring>,
+        events: Vec<(usize, Event)>,
+    }
+
+    impl Net {
+        fn new(now: Instant, n: u8) -> Net {
+            let mut nodes: Vec<Ring> = (0..n)
+                .map(|i| {
+                    Ring::new(
+                        now,
+                        RingAddr::from_bytes([i.wrapping_mul(37); 20]),
+                        Config::default(),
+                        u64::from(i),
+                    )
+                })
+                .collect();
+            let addrs: Vec<RingAddr> = nodes.iter().map(|r| r.me()).collect();
+            for (i, ring) in nodes.iter_mut().enumerate() {
+                for (j, a) in addrs.iter().enumerate() {
+                    if i != j {
+                        ring.handle_link_up(now, *a, LinkKind::Direct, Duration::from_millis(5));
+                    }
+                }
+            }
+            let mut net = Net {
+                nodes,
+                events: Vec::new(),
+            };
+            net.settle(now);
+            net
+        }
+
+        fn settle(&mut self, now: Instant) {
+            for _ in 0..10_000 {
+                let mut moved = false;
+                for i in 0..self.nodes.len() {
+                    while let Some(t) = self.nodes[i].poll_transmit() {
+                        moved = true;
+                        let from = self.nodes[i].me();
+                        if let Some(j) = self.nodes.iter().position(|r| r.me() == t.peer) {
+                            self.nodes[j].handle_message(now, from, &t.bytes);
+                        }
+                    }
+                    while let Some(e) = self.nodes[i].poll_event() {
+                        moved = true;
+                        self.events.push((i, e));
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+            panic!("the small ring never went quiet");
+        }
+
+        fn found(&mut self) -> Vec<Found> {
+            let found = self
+                .events
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    Event::DhtFound(f) => Some(f.clone()),
+                    _ => None,
+                })
+                .collect();
+            self.events.clear();
+            found
+        }
+    }
+
+    #[test]
+    fn dht_values_are_put_found_from_anywhere_and_removed() {
+        let now = Instant::now();
+        let mut net = Net::new(now, 6);
+        let key = RingAddr::from_bytes([200; 20]);
+        net.nodes[0].dht_put(now, key, b"one".to_vec(), 60).unwrap();
+        net.nodes[1].dht_put(now, key, b"two".to_vec(), 60).unwrap();
+        net.settle(now);
+        assert!(
+            net.nodes.iter().filter(|r| r.stored() > 0).count() >= 3,
+            "at least 3 copies"
+        );
+        net.nodes[4].dht_get(now, key).unwrap();
+        net.settle(now);
+        let found = net.found();
+        let values: Vec<&[u8]> = found[0].values.iter().map(|(v, _)| v.as_slice()).collect();
+        assert_eq!(values, vec![&b"one"[..], &b"two"[..]]);
+        net.nodes[0].dht_remove(now, key, b"one".to_vec()).unwrap();
+        net.settle(now);
+        net.nodes[5].dht_get(now, key).unwrap();
+        net.settle(now);
+        let found = net.found();
+        assert_eq!(
+            found[0].values.len(),
+            1,
+            "removed everywhere: {:?}",
+            found[0].values
+        );
+        assert!(matches!(
+            net.nodes[0].dht_put(now, key, vec![0; 1025], 60),
+            Err(services::Error::ValueTooBig(1025))
+        ));
+    }
+
+    #[test]
+    fn a_whole_ring_broadcast_reaches_everyone_once() {
+        let now = Instant::now();
+        let mut net = Net::new(now, 7);
+        net.events.clear();
+        let me = net.nodes[3].me();
+        net.nodes[3].broadcast(now, me, me, b"hi".to_vec()).unwrap();
+        net.settle(now);
+        let mut got: Vec<usize> = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Broadcast { payload, .. } if payload == b"hi"))
+            .map(|(i, _)| *i)
+            .collect();
+        got.sort();
+        assert_eq!(got, (0..7).collect::<Vec<_>>());
+        let forwarded: u64 = net.nodes.iter().map(|r| r.stats().broadcasts_forwarded).sum();
+        assert_eq!(forwarded, 6);
+    }
+}

@@ -107,6 +107,11 @@ impl Ring {
         Ok(())
     }
 
+    /// Removes one value of `key` everywhere it is stored and stops re-putting it.
+    pub fn dht_remove(&mut self, now: Instant, key: RingAddr, value: Vec<u8>) -> Result<(), Error> {
+        self.dht_put(now, key, value, 0)
+    }
+
     fn put_points(&mut self, now: Instant, key: RingAddr, value: &[u8], lease_s: u32) {
         let points = self.cfg.dht.points;
         for i in 0..points {
