@@ -160,7 +160,7 @@ fn ring(rt: &Runtime) -> Ring {
         right: right.map(|a| NodeId::from(a).to_string()),
         size_estimate: table
             .has_routing_links()
-            .then(|| table.size_estimate(rt.ring.config().near).round() as u64),
+            .then(|| rt.ring.size_estimate().round() as u64),
         consistent: rt.ring.neighbours_agree(),
         links: table.routing().count(),
         shortcuts: table.iter().filter(|(_, l)| l.our_shortcut).count(),

@@ -183,7 +183,7 @@ impl Ring {
             }
         }
         if let (Some(purpose), false) = (purpose, src == self.me()) {
-            let n = self.table.size_estimate(self.cfg.near) as f32;
+            let n = self.size_estimate() as f32;
             match self.table.get_mut(&src) {
                 Some(link) if purpose == Purpose::Shortcut && !link.our_shortcut => {
                     link.our_shortcut = true;
@@ -256,12 +256,49 @@ impl Ring {
             || self.table.left(self.cfg.near).len() < self.cfg.near
     }
 
+    /// N̂: nodes on the ring, from the spacing of up to 4 neighbours per side (ours and, past
+    /// them, those our nearest neighbours told us of); more gaps, less noise than 2 per side.
+    pub fn size_estimate(&self) -> f64 {
+        const PER_SIDE: usize = 4;
+        let me = self.me();
+        let mut known: Vec<RingAddr> = self.near.clone();
+        for n in &self.near {
+            known.extend(self.lists.get(n).into_iter().flatten().copied());
+        }
+        known.sort();
+        known.dedup();
+        known.retain(|a| *a != me);
+        let mut right: Vec<RingAddr> = known
+            .iter()
+            .copied()
+            .filter(|a| me.offset_to(*a) < RingAddr::HALF)
+            .collect();
+        let mut left: Vec<RingAddr> = known
+            .iter()
+            .copied()
+            .filter(|a| me.offset_to(*a) >= RingAddr::HALF)
+            .collect();
+        right.sort_by_key(|a| me.offset_to(*a));
+        left.sort_by_key(|a| a.offset_to(me));
+        right.truncate(PER_SIDE);
+        left.truncate(PER_SIDE);
+        let (Some(far_left), Some(far_right)) = (left.last(), right.last()) else {
+            return self.table.size_estimate(self.cfg.near);
+        };
+        let gaps = left.len() + right.len();
+        let span = far_left.offset_to(*far_right).as_f64();
+        if gaps <= 2 * self.cfg.near || span <= 0.0 {
+            return self.table.size_estimate(self.cfg.near);
+        }
+        gaps as f64 * RING_SIZE / span
+    }
+
     /// Shortcuts wanted now: the configured count, or ceil(0.5·log2 N̂) once N̂ > 10.
     pub fn shortcuts_wanted(&self) -> usize {
         if let Some(k) = self.cfg.shortcuts {
             return k;
         }
-        let n = self.table.size_estimate(self.cfg.near);
+        let n = self.size_estimate();
         if n > 10.0 {
             (0.5 * n.log2()).ceil() as usize
         } else {
@@ -272,7 +309,7 @@ impl Ring {
     /// Draws a shortcut target at harmonic distance 2^(160 − (1−u)·log2 N̂), either side.
     fn shortcut_target(&mut self) -> RingAddr {
         // Bidirectional: distances from one node spacing (2^160/N̂) to half the ring.
-        let n = self.table.size_estimate(self.cfg.near).max(2.0);
+        let n = self.size_estimate().max(2.0);
         let u: f64 = self.rng.random_range(0.0..1.0);
         let distance = RING_SIZE / 2.0 / (n / 2.0).powf(1.0 - u);
         let d = RingAddr::from_f64(distance);
@@ -300,7 +337,7 @@ impl Ring {
             let target = self.shortcut_target();
             self.send_ctm(now, target, Mode::Closest, Purpose::Shortcut);
         }
-        let n = self.table.size_estimate(self.cfg.near) as f32;
+        let n = self.size_estimate() as f32;
         let drifted = self
             .table
             .iter()

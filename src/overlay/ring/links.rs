@@ -38,7 +38,7 @@ impl Ring {
                 let jitter = self.rng.random_range(0.0..0.1);
                 let mut link = Link::new(now, kind, rtt, self.cfg.ping_after.mul_f64(1.0 + jitter));
                 link.our_shortcut = asked == Some(Asked::Ours(Purpose::Shortcut));
-                link.drawn_for = self.table.size_estimate(self.cfg.near) as f32;
+                link.drawn_for = self.size_estimate() as f32;
                 self.links_due = Some(self.links_due.map_or(now, |d| d.min(now + link.ping_after)));
                 self.table.insert(peer, link);
                 self.stats.links_up += 1;
