@@ -159,8 +159,8 @@ impl Table {
         self.routing().next().is_some()
     }
 
-    /// Up to `k` routing links clockwise from us, nearest first.
-    pub fn right(&self, k: usize) -> Vec<RingAddr> {
+    /// Routing links clockwise from us, nearest first (each once, wrapping around).
+    fn clockwise(&self) -> impl Iterator<Item = RingAddr> + '_ {
         let split = self.links.partition_point(|(a, _)| *a <= self.me);
         let (before, after) = self.links.split_at(split);
         after
@@ -168,47 +168,39 @@ impl Table {
             .chain(before)
             .filter(|(_, l)| l.kind.routes())
             .map(|(a, _)| *a)
-            .take(k)
-            .collect()
+    }
+
+    /// Routing links counter-clockwise from us, nearest first.
+    fn counter_clockwise(&self) -> impl Iterator<Item = RingAddr> + '_ {
+        let split = self.links.partition_point(|(a, _)| *a < self.me);
+        let (before, after) = self.links.split_at(split);
+        let after = after.iter().rev().filter(|(a, _)| *a != self.me);
+        before
+            .iter()
+            .rev()
+            .chain(after)
+            .filter(|(_, l)| l.kind.routes())
+            .map(|(a, _)| *a)
+    }
+
+    /// Up to `k` routing links clockwise from us, nearest first.
+    pub fn right(&self, k: usize) -> Vec<RingAddr> {
+        self.clockwise().take(k).collect()
     }
 
     /// Up to `k` routing links counter-clockwise from us, nearest first.
     pub fn left(&self, k: usize) -> Vec<RingAddr> {
-        let split = self.links.partition_point(|(a, _)| *a < self.me);
-        let (before, after) = self.links.split_at(split);
-        let after = after.iter().rev().filter(|(a, _)| *a != self.me);
-        before
-            .iter()
-            .rev()
-            .chain(after)
-            .filter(|(_, l)| l.kind.routes())
-            .map(|(a, _)| *a)
-            .take(k)
-            .collect()
+        self.counter_clockwise().take(k).collect()
     }
 
     /// The nearest routing link clockwise (`right(1)` without allocating).
     pub fn nearest_right(&self) -> Option<RingAddr> {
-        let split = self.links.partition_point(|(a, _)| *a <= self.me);
-        let (before, after) = self.links.split_at(split);
-        after
-            .iter()
-            .chain(before)
-            .find(|(_, l)| l.kind.routes())
-            .map(|(a, _)| *a)
+        self.clockwise().next()
     }
 
     /// The nearest routing link counter-clockwise.
     pub fn nearest_left(&self) -> Option<RingAddr> {
-        let split = self.links.partition_point(|(a, _)| *a < self.me);
-        let (before, after) = self.links.split_at(split);
-        let after = after.iter().rev().filter(|(a, _)| *a != self.me);
-        before
-            .iter()
-            .rev()
-            .chain(after)
-            .find(|(_, l)| l.kind.routes())
-            .map(|(a, _)| *a)
+        self.counter_clockwise().next()
     }
 
     /// Our near neighbours: `k` per side (one list; a peer on both sides appears once).
