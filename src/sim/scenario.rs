@@ -66,6 +66,9 @@ pub struct Report {
     pub idle_bytes_per_node_s: f64,
     pub idle_messages_per_node_min: f64,
     pub links_per_node: f64,
+    /// Shortcuts nodes keep, and want (ceil(0.5·log2 N̂)), on average.
+    pub shortcuts_per_node: f64,
+    pub shortcuts_wanted: f64,
     pub tunnels: u64,
     pub broadcast_reached: Option<usize>,
     pub broadcast_messages: Option<u64>,
@@ -298,6 +301,28 @@ pub fn run(opts: &Options) -> Report {
     report.idle_messages_per_node_min = msgs;
     let alive = world.nodes.iter().filter(|n| n.alive).count().max(1);
     report.links_per_node = 2.0 * world.links() as f64 / alive as f64;
+    let live = || world.nodes.iter().filter(|n| n.alive);
+    let kept: usize = live()
+        .map(|n| n.ring.table().iter().filter(|(_, l)| l.our_shortcut).count())
+        .sum();
+    let wanted: usize = live().map(|n| n.ring.shortcuts_wanted()).sum();
+    report.shortcuts_per_node = kept as f64 / alive as f64;
+    if std::env::var("SIM_DEBUG").is_ok() {
+        let near: usize = live()
+            .map(|n| {
+                let t = n.ring.table();
+                let near = t.near(2);
+                t.iter()
+                    .filter(|(a, l)| l.our_shortcut && near.contains(a))
+                    .count()
+            })
+            .sum();
+        eprintln!(
+            "shortcuts that are near neighbours: {:.3} per node",
+            near as f64 / alive as f64
+        );
+    }
+    report.shortcuts_wanted = wanted as f64 / alive as f64;
     report.tunnels = world.record.tunnels_up;
     report.wall_s = started.elapsed().as_secs_f64();
     report.peak_rss_mib = peak_rss_mib();

@@ -184,7 +184,10 @@ impl Ring {
         }
         if let (Some(purpose), false) = (purpose, src == self.me()) {
             let n = self.size_estimate() as f32;
+            // A near neighbour answering a shortcut request is no shortcut: draw another.
+            let near = self.near.contains(&src);
             match self.table.get_mut(&src) {
+                Some(_) if near && purpose == Purpose::Shortcut => {}
                 Some(link) if purpose == Purpose::Shortcut && !link.our_shortcut => {
                     link.our_shortcut = true;
                     link.drawn_for = n;
@@ -307,17 +310,30 @@ impl Ring {
     }
 
     /// Draws a shortcut target at harmonic distance 2^(160 − (1−u)·log2 N̂), either side.
+    /// Draws again (a few times) when the point falls among our near neighbours, where a
+    /// shortcut would only duplicate a near link.
     fn shortcut_target(&mut self) -> RingAddr {
         // Bidirectional: distances from one node spacing (2^160/N̂) to half the ring.
         let n = self.size_estimate().max(2.0);
-        let u: f64 = self.rng.random_range(0.0..1.0);
-        let distance = RING_SIZE / 2.0 / (n / 2.0).powf(1.0 - u);
-        let d = RingAddr::from_f64(distance);
-        if self.rng.random_bool(0.5) {
-            self.me().wrapping_add(d)
-        } else {
-            self.me().wrapping_sub(d)
+        let me = self.me();
+        let near_right = self.table.right(self.cfg.near).last().map(|a| me.offset_to(*a));
+        let near_left = self.table.left(self.cfg.near).last().map(|a| a.offset_to(me));
+        let mut target = me;
+        for _ in 0..8 {
+            let u: f64 = self.rng.random_range(0.0..1.0);
+            let d = RingAddr::from_f64(RING_SIZE / 2.0 / (n / 2.0).powf(1.0 - u));
+            let clockwise = self.rng.random_bool(0.5);
+            target = if clockwise {
+                me.wrapping_add(d)
+            } else {
+                me.wrapping_sub(d)
+            };
+            let within = if clockwise { near_right } else { near_left };
+            if within.is_none_or(|w| d > w) {
+                break;
+            }
         }
+        target
     }
 
     fn keep_shortcuts(&mut self, now: Instant) {
