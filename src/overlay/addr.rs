@@ -126,6 +126,12 @@ impl fmt::Debug for RingAddr {
     }
 }
 
+/// Tests' shorthand: the address whose 20 bytes are all `byte`.
+#[cfg(test)]
+pub(crate) fn filled(byte: u8) -> RingAddr {
+    RingAddr::from_bytes([byte; 20])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

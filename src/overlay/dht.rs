@@ -365,10 +365,7 @@ impl Lookups {
 #[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 mod tests {
     use super::*;
-
-    fn addr(n: u8) -> RingAddr {
-        RingAddr::from_bytes([n; 20])
-    }
+    use crate::overlay::addr::filled as addr;
 
     #[test]
     fn store_keeps_several_values_per_key_until_their_lease_ends() {

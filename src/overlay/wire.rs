@@ -540,11 +540,8 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::overlay::addr::filled as addr;
     use proptest::prelude::*;
-
-    fn addr(n: u8) -> RingAddr {
-        RingAddr::from_bytes([n; 20])
-    }
 
     fn samples() -> Vec<Message> {
         let routed = |body| {

@@ -542,10 +542,7 @@ impl Ring {
 #[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 mod tests {
     use super::*;
-
-    fn addr(n: u8) -> RingAddr {
-        RingAddr::from_bytes([n; 20])
-    }
+    use crate::overlay::addr::filled as addr;
 
     #[test]
     fn bad_messages_are_counted_and_change_nothing() {
