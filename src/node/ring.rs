@@ -9,7 +9,6 @@
 //!    from rendezvous, go to the ring with the current time;
 //! 2. `drain_ring` sends its transmits over the peer's direct path and acts on its events;
 //! 3. the ring's `poll_timeout` joins the runtime's deadline.
-#![allow(clippy::disallowed_methods)] // part of the runtime: reads the clock
 
 use std::time::Instant;
 
