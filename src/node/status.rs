@@ -154,7 +154,7 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
 
 fn ring(rt: &Runtime) -> Ring {
     let table = rt.ring.table();
-    let (left, right) = (table.left(1).first().copied(), table.right(1).first().copied());
+    let (left, right) = (table.nearest_left(), table.nearest_right());
     Ring {
         left: left.map(|a| NodeId::from(a).to_string()),
         right: right.map(|a| NodeId::from(a).to_string()),

@@ -310,13 +310,13 @@ impl Lookups {
         None
     }
 
-    /// Points to re-ask (as request ids) and lookups that gave up.
+    /// Points to re-ask (point, request id, key) and lookups that gave up.
     pub fn on_timeout(
         &mut self,
         now: Instant,
         points: u8,
         retries: u8,
-    ) -> (Vec<(RingAddr, u32)>, Vec<Found>) {
+    ) -> (Vec<(RingAddr, u32, RingAddr)>, Vec<Found>) {
         let timeout = self.timeout();
         let mut resend = Vec::new();
         let mut expired = Vec::new();
@@ -333,7 +333,7 @@ impl Lookups {
             for p in 0..points {
                 if l.answered & (1 << p) == 0 {
                     l.sent[p as usize] = Some(now);
-                    resend.push((point(l.key, p, points), *id << 3 | u32::from(p)));
+                    resend.push((point(l.key, p, points), *id << 3 | u32::from(p), l.key));
                 }
             }
         }
@@ -343,10 +343,6 @@ impl Lookups {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending.values().map(|l| l.deadline).min()
-    }
-
-    pub fn key(&self, id: u32) -> Option<RingAddr> {
-        self.pending.get(&id).map(|l| l.key)
     }
 
     fn finish(&mut self, id: u32) -> Option<Found> {

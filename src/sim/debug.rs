@@ -10,24 +10,25 @@ impl World {
         let ring = self.true_ring();
         let n = ring.len();
         let mut out = Vec::new();
+        let trace = std::env::var("SIM_TRACE").is_ok();
         for i in 0..n {
             let t = self.nodes[ring[i].1 as usize].ring.table();
             let right = ring[(i + 1) % n].0;
-            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
-                let one = RingAddr::from_bytes({
+            if t.nearest_right() == Some(right) {
+                continue;
+            }
+            let other = &self.nodes[ring[(i + 1) % n].1 as usize];
+            if trace {
+                let me = ring[i].0;
+                let seek = me.wrapping_add(RingAddr::from_bytes({
                     let mut b = [0u8; 20];
                     b[19] = 1;
                     b
-                });
-                let me = ring[i].0;
-                for l in self.trace_route(ring[i].1, me.wrapping_add(one), crate::overlay::wire::Mode::Right)
-                {
+                }));
+                for l in self.trace_route(ring[i].1, seek, crate::overlay::wire::Mode::Right) {
                     out.push(format!("    {l}"));
                 }
-            }
-            if t.right(1).first() != Some(&right) && std::env::var("SIM_TRACE").is_ok() {
                 let node = &self.nodes[ring[i].1 as usize];
-                let other = &self.nodes[ring[(i + 1) % n].1 as usize];
                 let kinds: Vec<String> = t
                     .iter()
                     .take(12)
@@ -47,19 +48,17 @@ impl World {
                     kinds.join(" ")
                 ));
             }
-            if t.right(1).first() != Some(&right) {
-                let other = self.nodes[ring[(i + 1) % n].1 as usize].ring.table();
-                out.push(format!(
-                    "{} right={:?} true={} linked={} true.left={:?} true.links={} links={}",
-                    ring[i].0,
-                    t.right(1).first().map(|a| a.to_string()),
-                    right,
-                    t.get(&right).is_some(),
-                    other.left(1).first().map(|a| a.to_string()),
-                    other.len(),
-                    t.len()
-                ));
-            }
+            let ot = other.ring.table();
+            out.push(format!(
+                "{} right={:?} true={} linked={} true.left={:?} true.links={} links={}",
+                ring[i].0,
+                t.nearest_right().map(|a| a.to_string()),
+                right,
+                t.get(&right).is_some(),
+                ot.nearest_left().map(|a| a.to_string()),
+                ot.len(),
+                t.len()
+            ));
             if out.len() >= max {
                 break;
             }

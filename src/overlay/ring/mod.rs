@@ -233,8 +233,8 @@ impl Ring {
     /// Whether our nearest neighbours on both sides count us among their near neighbours (as
     /// their last notices said); None until we have both.
     pub fn neighbours_agree(&self) -> Option<bool> {
-        let left = *self.table.left(1).first()?;
-        let right = *self.table.right(1).first()?;
+        let left = self.table.nearest_left()?;
+        let right = self.table.nearest_right()?;
         let lists_us = |peer: RingAddr| self.lists.get(&peer).is_some_and(|l| l.contains(&self.me()));
         Some(lists_us(left) && lists_us(right))
     }
@@ -296,8 +296,7 @@ impl Ring {
         let (resend, found) = self
             .lookups
             .on_timeout(now, self.cfg.dht.points, self.cfg.dht.retries);
-        for (point, req) in resend {
-            let key = self.lookups.key(req >> 3).unwrap_or(point);
+        for (point, req, key) in resend {
             self.originate(now, point, Mode::Closest, RoutedBody::DhtGet { req, key });
         }
         for f in found {
