@@ -46,6 +46,36 @@ fn ring_is_consistent(ids: &[String], alive: &[usize], statuses: &[Option<Status
     Ok(())
 }
 
+/// Every direct path a node holds is one of its ring links: the ring chose whom to punch (no
+/// application traffic flows here to open others).
+fn paths_follow_the_ring(alive: &[usize], statuses: &[Option<Status>]) -> Result<(), String> {
+    for &i in alive {
+        let s = statuses[i].as_ref().ok_or(format!("p{i} has no status"))?;
+        let paths = s.peers.iter().filter(|p| p.path != "xmpp").count();
+        if paths > s.ring.links {
+            return Err(format!(
+                "p{i}: {paths} direct or tunnel paths but {} ring links",
+                s.ring.links
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pairs with a direct path (counted once, as the lower index sees it).
+fn direct_pairs(scene: &Scene, statuses: &[Option<Status>]) -> usize {
+    let mut pairs = 0;
+    for (i, s) in statuses.iter().enumerate() {
+        let Some(s) = s else { continue };
+        pairs += s
+            .peers
+            .iter()
+            .filter(|p| p.path == "direct" && scene.ids[i] < p.node_id)
+            .count();
+    }
+    pairs
+}
+
 async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
     let mut out = Vec::new();
     for i in 0..scene.nodes.len() {
@@ -88,15 +118,17 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
     let formed = wait(Duration::from_secs(90), || async {
         let st = statuses(&scene).await;
         let consistent = ring_is_consistent(&ids, &everyone, &st).is_ok();
+        let follow = paths_follow_the_ring(&everyone, &st).is_ok();
         let tunnel = tunnel_between(&scene, &st, SYM_A, SYM_B);
-        (consistent && tunnel.is_some()).then_some(tunnel)
+        (consistent && follow && tunnel.is_some()).then_some(tunnel)
     })
     .await;
     let st = statuses(&scene).await;
     let Some(Some((via_a, via_b))) = formed else {
         panic!(
-            "no consistent ring with a tunnel: {:?} / tunnel {:?}\n{}\n----\n{}",
+            "no consistent ring with a tunnel: {:?} / {:?} / tunnel {:?}\n{}\n----\n{}",
             ring_is_consistent(&ids, &everyone, &st),
+            paths_follow_the_ring(&everyone, &st),
             tunnel_between(&scene, &st, SYM_A, SYM_B),
             scene.nodes[SYM_A].log(),
             scene.nodes[SYM_B].log()
@@ -109,8 +141,10 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
         );
     }
     eprintln!(
-        "ring formed {:?} after the nodes were online; p{SYM_A} ↔ p{SYM_B} tunnelled via {via_a} / {via_b}",
-        start.elapsed()
+        "ring formed {:?} after the nodes were online; p{SYM_A} ↔ p{SYM_B} tunnelled via {via_a} / {via_b}; \
+         {} of 28 pairs direct",
+        start.elapsed(),
+        direct_pairs(&scene, &st)
     );
 
     // Kill two peers, the tunnel's relay among them: the ring heals around them and the

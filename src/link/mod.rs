@@ -9,6 +9,9 @@
 //! NodeId. Failed attempts are retried with exponential backoff (`first_retry` … `max_retry`),
 //! so a relayed link keeps trying to upgrade; a lost direct path is re-punched at once.
 //!
+//! Which members get a direct path: all of them in a full mesh, or with `on_demand` only those
+//! the ring links to ([`Links::want`]) and those application traffic flows with.
+//!
 //! Drive loop:
 //! 1. [`Links::member_up`] / [`Links::member_down`] from rendezvous, [`Links::set_local`] when
 //!    our candidates or NAT info change; feed [`Links::handle_relay`] (relay datagrams),
@@ -52,6 +55,11 @@ pub struct Config {
     pub offer_interval: Duration,
     /// False when UDP is disabled: no attempts, offers are ignored, every path is the relay.
     pub direct: bool,
+    /// False: every member is punched (a full mesh). True: only members someone needs — the
+    /// ring ([`Links::want`]) or application traffic in either direction within `app_idle` —
+    /// are punched and kept; offers from peers are answered either way.
+    pub on_demand: bool,
+    pub app_idle: Duration,
 }
 
 impl Default for Config {
@@ -64,6 +72,8 @@ impl Default for Config {
             responder_patience: Duration::from_secs(2),
             offer_interval: Duration::from_secs(1),
             direct: true,
+            on_demand: false,
+            app_idle: Duration::from_secs(300),
         }
     }
 }
@@ -192,6 +202,11 @@ impl Attempt {
 }
 
 impl Link {
+    /// Whether a direct path to this peer is wanted (always, in a full mesh).
+    fn wanted(&self, on_demand: bool, now: Instant) -> bool {
+        !on_demand || self.ring_wants || self.app_until.is_some_and(|t| now < t)
+    }
+
     /// A frame over the link's current path.
     fn transmit(&self, data: Vec<u8>) -> Transmit {
         match self.path {
@@ -222,6 +237,10 @@ struct Link {
     /// When we last answered an offer of this peer (offers are rate-limited: each one makes
     /// us probe addresses the peer chose).
     last_offer: Option<Instant>,
+    /// The ring wants a direct path to this peer.
+    ring_wants: bool,
+    /// Application traffic keeps the direct path wanted until then (with `on_demand`).
+    app_until: Option<Instant>,
 }
 
 pub struct Links {
@@ -282,15 +301,71 @@ impl Links {
             failures: 0,
             since: now,
             last_offer: None,
+            ring_wants: false,
+            app_until: None,
         };
         self.links.insert(peer, link);
+        if !self.cfg.on_demand {
+            self.open(now, peer);
+        }
+    }
+
+    /// Starts opening a direct path to `peer` unless one is open or being opened: the lower
+    /// NodeId offers at once, the higher waits `responder_patience` for its offer.
+    fn open(&mut self, now: Instant, peer: NodeIdBytes) {
         if !self.cfg.direct {
+            return;
+        }
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if link.path != Path::Xmpp || link.attempt.is_some() || link.retry_at.is_some() {
             return;
         }
         if self.own < peer {
             self.start_attempt(now, peer);
-        } else if let Some(link) = self.links.get_mut(&peer) {
+        } else {
             link.retry_at = Some(now + self.cfg.responder_patience);
+        }
+    }
+
+    /// The ring wants (or no longer wants) a direct path to `peer`. Returns false when `peer`
+    /// is not a member. Unwanted paths close at once unless application traffic keeps them.
+    pub fn want(&mut self, now: Instant, peer: &NodeIdBytes, wanted: bool) -> bool {
+        let Some(link) = self.links.get_mut(peer) else {
+            return false;
+        };
+        link.ring_wants = wanted;
+        if wanted {
+            self.open(now, *peer);
+        } else {
+            self.release_if_unwanted(now, *peer);
+        }
+        true
+    }
+
+    /// Application traffic to or from `peer`: keeps (or starts) its direct path.
+    fn app_traffic(&mut self, now: Instant, peer: &NodeIdBytes) {
+        if !self.cfg.on_demand {
+            return;
+        }
+        if let Some(link) = self.links.get_mut(peer) {
+            link.app_until = Some(now + self.cfg.app_idle);
+            self.open(now, *peer);
+        }
+    }
+
+    fn release_if_unwanted(&mut self, now: Instant, peer: NodeIdBytes) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        if link.wanted(self.cfg.on_demand, now) {
+            return;
+        }
+        self.retire_attempt(&peer);
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.retry_at = None;
+            link.app_until = None;
         }
     }
 
@@ -330,7 +405,9 @@ impl Links {
         self.local = candidates;
         self.nat = nat;
         let path = self.path_id;
+        let on_demand = self.cfg.on_demand;
         for link in self.links.values_mut() {
+            let wanted = link.wanted(on_demand, now);
             match &mut link.attempt {
                 // Only a punch in progress needs them.
                 Some(a) if (!added.is_empty() || nat_changed) && a.agent.selected().is_none() => {
@@ -344,7 +421,8 @@ impl Links {
                 }
                 None if link.path == Path::Xmpp
                     && (nat_changed || !added.is_empty())
-                    && link.failures > 0 =>
+                    && link.failures > 0
+                    && wanted =>
                 {
                     link.retry_at = Some(now + Duration::from_millis(200));
                 }
@@ -387,7 +465,10 @@ impl Links {
             return;
         }
         match frame.body {
-            Body::Data(data) => self.events.push_back(Event::Datagram { from: peer, data }),
+            Body::Data(data) => {
+                self.app_traffic(now, &peer);
+                self.events.push_back(Event::Datagram { from: peer, data })
+            }
             // Ring messages travel on direct paths only; the relay is not a ring link.
             Body::Overlay(_) => self.counters.malformed_frames += 1,
             Body::Offer(offer) => self.on_offer(now, peer, offer),
@@ -555,7 +636,10 @@ impl Links {
             a.agent.heard(now, socket, from);
         }
         match frame.body {
-            Body::Data(data) => self.events.push_back(Event::Datagram { from: id, data }),
+            Body::Data(data) => {
+                self.app_traffic(now, &id);
+                self.events.push_back(Event::Datagram { from: id, data })
+            }
             Body::Ping(nonce) => self.pong(id, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
             Body::Overlay(data) => self.events.push_back(Event::Overlay { from: id, data }),
@@ -589,7 +673,12 @@ impl Links {
 
     /// Frames a datagram for `peer`'s best path. The caller sends the returned transmit at once,
     /// so that a full relay queue reaches the application as back-pressure.
-    pub fn send(&mut self, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
+    /// With `on_demand`, the traffic also starts (or keeps) a direct path to `peer`.
+    pub fn send(&mut self, now: Instant, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
+        if !self.links.contains_key(peer) {
+            return Err(SendError::UnknownPeer);
+        }
+        self.app_traffic(now, peer);
         let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
         let bytes = Frame::emit_data(&self.path_id, data);
         Ok(if data.len() <= self.cfg.max_direct_payload {
@@ -633,7 +722,22 @@ impl Links {
             .map(|(id, _)| *id)
             .collect();
         for peer in due {
-            self.start_attempt(now, peer);
+            match self.links.get_mut(&peer) {
+                Some(l) if !l.wanted(self.cfg.on_demand, now) => l.retry_at = None,
+                _ => self.start_attempt(now, peer),
+            }
+        }
+        let idle: Vec<NodeIdBytes> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.app_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in idle {
+            self.release_if_unwanted(now, peer);
+            if let Some(l) = self.links.get_mut(&peer) {
+                l.app_until = None;
+            }
         }
         for link in self.links.values_mut() {
             if let Some(a) = link.attempt.as_mut() {
@@ -687,9 +791,11 @@ impl Links {
     fn on_agent_event(&mut self, now: Instant, peer: NodeIdBytes, ev: punch::Event, checks: u32) {
         let jitter = Duration::from_millis(self.rng.random_range(0..500));
         let own = self.own;
+        let on_demand = self.cfg.on_demand;
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
+        let wanted = link.wanted(on_demand, now);
         let new_path = match ev {
             punch::Event::Connected(s) => {
                 link.failures = 0;
@@ -714,7 +820,7 @@ impl Links {
                 } else {
                     self.cfg.responder_patience
                 };
-                link.retry_at = Some(now + delay);
+                link.retry_at = wanted.then_some(now + delay);
                 Some(Path::Xmpp)
             }
             punch::Event::Failed => {
@@ -722,7 +828,7 @@ impl Links {
                 link.failures += 1;
                 let backoff =
                     self.cfg.first_retry * 2u32.saturating_pow(link.failures.saturating_sub(1).min(16));
-                link.retry_at = Some(now + backoff.min(self.cfg.max_retry) + jitter);
+                link.retry_at = wanted.then_some(now + backoff.min(self.cfg.max_retry) + jitter);
                 None
             }
             _ => None,
@@ -764,6 +870,7 @@ impl Links {
                 [
                     l.retry_at,
                     l.attempt.as_ref().and_then(|a| a.agent.poll_timeout()),
+                    l.app_until,
                 ]
             })
             .flatten()

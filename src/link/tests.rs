@@ -52,7 +52,7 @@ struct World {
     wire: Wire<Packet>,
 }
 
-fn node(now: Instant, i: usize, kind: Kind) -> Node {
+fn node(now: Instant, i: usize, kind: Kind, cfg: &Config) -> Node {
     let public = format!("198.51.100.{}", i + 1);
     let main: SocketAddr = if kind == Kind::Open {
         format!("{public}:5000")
@@ -83,7 +83,7 @@ fn node(now: Instant, i: usize, kind: Kind) -> Node {
         }),
     };
     let id = [i as u8 + 1; 20];
-    let mut links = Links::new(Config::default(), id, [9; 8], i as u64);
+    let mut links = Links::new(cfg.clone(), id, [9; 8], i as u64);
     links.set_local(now, cands, info);
     let jid = FullJid::new(&format!("n{i}@example.test/ringlet")).unwrap();
     Node {
@@ -101,8 +101,12 @@ fn node(now: Instant, i: usize, kind: Kind) -> Node {
 }
 
 fn world(a: Kind, b: Kind) -> World {
+    world_with(a, b, &Config::default())
+}
+
+fn world_with(a: Kind, b: Kind, cfg: &Config) -> World {
     let now = Instant::now();
-    let nodes = vec![node(now, 0, a), node(now, 1, b)];
+    let nodes = vec![node(now, 0, a, cfg), node(now, 1, b, cfg)];
     let mut w = World {
         now,
         nodes,
@@ -127,7 +131,7 @@ impl World {
 
     fn send(&mut self, from: usize, data: &[u8]) {
         let to = self.nodes[1 - from].id;
-        match self.nodes[from].links.send(&to, data).unwrap() {
+        match self.nodes[from].links.send(self.now, &to, data).unwrap() {
             Transmit::Relay { data, .. } => {
                 self.sent.1 += 1;
                 self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - from, data })
@@ -435,4 +439,62 @@ fn ring_messages_ride_direct_paths_only() {
     w.route(0, socket, to, data);
     w.run_for(Duration::from_millis(100));
     assert_eq!(w.nodes[1].got, vec![b"ring".to_vec()]);
+}
+
+fn on_demand() -> Config {
+    Config {
+        on_demand: true,
+        app_idle: Duration::from_secs(30),
+        ..Config::default()
+    }
+}
+
+fn attempts(w: &World) -> u64 {
+    (0..2).map(|i| w.nodes[i].links.counters().attempts).sum()
+}
+
+#[test]
+fn on_demand_links_punch_only_what_the_ring_wants_and_let_it_go() {
+    let mut w = world_with(Kind::PortRestricted, Kind::PortRestricted, &on_demand());
+    w.run_for(Duration::from_secs(20));
+    assert_eq!(attempts(&w), 0, "members alone are not punched");
+    assert_eq!((w.path(0), w.path(1)), (Some(Path::Xmpp), Some(Path::Xmpp)));
+
+    // Only the higher NodeId wants it: it offers after waiting for the lower one's offer.
+    let peer = w.nodes[0].id;
+    let now = w.now;
+    assert!(w.nodes[1].links.want(now, &peer, true));
+    assert!(w.run_until(now + Duration::from_secs(4), |w| w.direct()));
+
+    let now = w.now;
+    assert!(w.nodes[1].links.want(now, &peer, false));
+    assert_eq!(w.path(1), Some(Path::Xmpp), "released at once");
+    // The other end loses the path without re-punching: nobody wants it.
+    w.run_for(Duration::from_secs(120));
+    assert_eq!(w.path(0), Some(Path::Xmpp));
+    assert_eq!(attempts(&w), 2, "one offer, one answer");
+    assert!(
+        !w.nodes[1].links.want(w.now, &[77; 20], true),
+        "strangers are not members"
+    );
+}
+
+#[test]
+fn on_demand_app_traffic_opens_a_path_that_idles_out() {
+    let mut w = world_with(Kind::Full, Kind::PortRestricted, &on_demand());
+    w.send(0, b"first");
+    let start = w.now;
+    assert!(w.run_until(start + Duration::from_secs(3), |w| w.direct()));
+    for i in 0..5u8 {
+        w.send(0, &[i; 10]);
+        w.run_for(Duration::from_secs(10));
+    }
+    assert!(w.direct(), "traffic keeps it");
+    assert_eq!(w.nodes[1].got.len(), 6);
+    // 30 s without traffic: both ends let it go, and nobody punches again.
+    w.run_for(Duration::from_secs(40));
+    assert_eq!((w.path(0), w.path(1)), (Some(Path::Xmpp), Some(Path::Xmpp)));
+    let before = attempts(&w);
+    w.run_for(Duration::from_secs(120));
+    assert_eq!(attempts(&w), before);
 }

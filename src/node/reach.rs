@@ -98,6 +98,7 @@ pub(super) fn bind(
     let (resolved_tx, resolved_rx) = mpsc::channel(8);
     let link_cfg = link::Config {
         direct: mux.is_some(),
+        on_demand: true,
         ..link::Config::default()
     };
     let port = local.map_or(0, |l| l.port());

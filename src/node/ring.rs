@@ -1,7 +1,9 @@
 //! The ring in the daemon: the runtime feeds the ring core (`overlay::Ring`) what links and
 //! rendezvous see, carries its messages on direct paths, and turns its deliveries into
-//! application datagrams. For now the links stay a full mesh (every member is punched); the
-//! ring adds tunnels through a common neighbour where punching fails, so the path order is
+//! application datagrams. The ring decides which members get a direct path: its `Connect`
+//! makes the link layer punch (both ends dial, as the CTM asks), its `Disconnect` lets the
+//! path go; application traffic keeps its own paths (links are `on_demand`). Where punching
+//! fails the ring tunnels through a common neighbour, so the path order is
 //! direct > tunnel > XMPP relay.
 //!
 //! Drive loop (inside the runtime's):
@@ -10,7 +12,7 @@
 //! 2. `drain_ring` sends its transmits over the peer's direct path and acts on its events;
 //! 3. the ring's `poll_timeout` joins the runtime's deadline.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringlet_xmpp::NodeIdBytes;
 
@@ -23,6 +25,11 @@ use crate::overlay::{self, Event, LinkKind, RingAddr};
 /// App datagrams bigger than this take the XMPP relay rather than a tunnel (a tunnelled
 /// datagram carries ring headers and must stay under the direct-path MTU).
 pub(super) const MAX_TUNNEL_PAYLOAD: usize = 1200;
+
+/// How often the ring looks at the online members again: while it has no link to route
+/// through (bootstrap attempts may all have failed), and once it has.
+const RENDEZVOUS_SEEKING: Duration = Duration::from_secs(10);
+const RENDEZVOUS_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) fn new_ring(now: Instant, node: NodeId) -> overlay::Ring {
     let seed = u64::from_be_bytes(node.0[..8].try_into().unwrap_or_default());
@@ -39,18 +46,38 @@ impl Runtime {
             Path::Direct { rtt, .. } => self.ring.handle_link_up(now, addr(peer), LinkKind::Direct, rtt),
             Path::Xmpp => self.ring.handle_link_down(now, addr(peer)),
         }
+        // A first link turns bootstrap into linking the members that are near; a lost one
+        // may leave us without a ring to route through.
+        self.ring_members(now, None);
     }
 
+    /// When the ring should look at the members again (joins and leaves also do it).
+    pub(super) fn ring_rendezvous_due(&self) -> Instant {
+        let every = if self.ring.table().has_routing_links() {
+            RENDEZVOUS_EVERY
+        } else {
+            RENDEZVOUS_SEEKING
+        };
+        self.ring_rendezvous_at + every
+    }
+
+    /// Punching `peer` failed: the ring tunnels where it needs the peer; the link layer keeps
+    /// retrying (with backoff) only for such peers, to upgrade the tunnel.
     pub(super) fn ring_attempt_failed(&mut self, now: Instant, peer: NodeIdBytes) {
         self.ring.handle_connect_failed(now, addr(peer));
+        if !self.ring.wants_direct(addr(peer)) {
+            self.reach.links.want(now, &peer, false);
+        }
     }
 
     pub(super) fn ring_message(&mut self, now: Instant, from: NodeIdBytes, data: &[u8]) {
         self.ring.handle_message(now, addr(from), data);
     }
 
-    /// Rendezvous changed: the ring learns who is online (a member gone is a link gone).
+    /// Rendezvous changed (or is due again): the ring learns who is online (a member gone is
+    /// a link gone). Members closer than a neighbour get linked: rings formed apart merge.
     pub(super) fn ring_members(&mut self, now: Instant, gone: Option<NodeIdBytes>) {
+        self.ring_rendezvous_at = now;
         if let Some(peer) = gone {
             self.ring.handle_link_down(now, addr(peer));
         }
@@ -82,14 +109,18 @@ impl Runtime {
             moved = true;
             match ev {
                 Event::Connect { peer, .. } => {
-                    // The mesh is punching every member already; a direct path it has is a
-                    // ring link at once.
-                    if let Some(Path::Direct { rtt, .. }) = self.reach.links.path(&peer.to_bytes()) {
+                    let id = peer.to_bytes();
+                    if !self.reach.links.want(now, &id, true) {
+                        // Not an online member: nothing to punch.
+                        self.ring.handle_connect_failed(now, peer);
+                    } else if let Some(Path::Direct { rtt, .. }) = self.reach.links.path(&id) {
+                        // Application traffic opened it already: a ring link at once.
                         self.ring.handle_link_up(now, peer, LinkKind::Direct, rtt);
                     }
                 }
                 Event::Disconnect { peer } => {
-                    tracing::debug!(peer = %NodeId::from(peer), "ring released a link")
+                    tracing::debug!(peer = %NodeId::from(peer), "ring released a link");
+                    self.reach.links.want(now, &peer.to_bytes(), false);
                 }
                 Event::Deliver { src, payload, .. } => self.emit(AppEvent::Datagram {
                     from: NodeId::from(src),

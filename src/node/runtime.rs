@@ -66,6 +66,8 @@ pub(super) struct Runtime {
     pub ring_no_path: u64,
     /// Application datagrams sent through ring tunnels.
     pub app_tunnelled: u64,
+    /// When the ring last looked at the online members.
+    pub ring_rendezvous_at: Instant,
 }
 
 /// An overlay ping waiting for its pong.
@@ -112,6 +114,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         ring: super::ring::new_ring(Instant::now(), node_id),
         ring_no_path: 0,
         app_tunnelled: 0,
+        ring_rendezvous_at: Instant::now(),
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -131,6 +134,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
             rt.core.poll_timeout(),
             rt.reach.poll_timeout(),
             rt.ring.poll_timeout(),
+            Some(rt.ring_rendezvous_due()),
             ping_deadline,
         ]
         .into_iter()
@@ -170,6 +174,9 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 rt.core.handle_timeout(now);
                 rt.reach.handle_timeout(now);
                 rt.ring.handle_timeout(now);
+                if now >= rt.ring_rendezvous_due() {
+                    rt.ring_members(now, None);
+                }
                 rt.expire_pings(now);
             },
         }
@@ -248,7 +255,7 @@ impl Runtime {
         match self
             .reach
             .links
-            .send(&to.0, data)
+            .send(Instant::now(), &to.0, data)
             .map_err(|_| SendError::UnknownPeer(to))?
         {
             link::Transmit::Udp { socket, to, data } => {

@@ -387,7 +387,9 @@ impl Ring {
             .map(|(a, _)| *a)
             .collect();
         for peer in stale {
+            // The link layer is still trying: tell it to stop.
             self.asked.remove(&peer);
+            self.emit(Event::Disconnect { peer });
         }
         if self.seek_at.is_none() && now >= self.last_seek + self.cfg.reseek {
             self.seek_at = Some(now);

@@ -74,6 +74,16 @@ impl Ring {
         }
     }
 
+    /// Whether a direct link to `peer` is still worth trying after punching failed: the ring
+    /// needs it (a tunnel stands in for it, or is being sought).
+    pub fn wants_direct(&self, peer: RingAddr) -> bool {
+        self.tunnels_wanted.contains_key(&peer)
+            || self
+                .table
+                .get(&peer)
+                .is_some_and(|l| matches!(l.kind, LinkKind::Tunnel { .. }))
+    }
+
     pub(super) fn direct_failed_recently(&self, now: Instant, peer: RingAddr) -> bool {
         self.direct_failed
             .get(&peer)

@@ -84,7 +84,7 @@ pub enum Event {
         peer: RingAddr,
         candidates: Vec<u8>,
     },
-    /// Close the link to `peer`.
+    /// Close the link to `peer`, or stop opening it.
     Disconnect {
         peer: RingAddr,
     },
