@@ -15,7 +15,8 @@ use crate::overlay::wire::{Mode, Purpose, RoutedBody};
 /// Most CTMs in flight, and most links asked of the link layer at once.
 const MAX_PENDING: usize = 64;
 const MAX_ASKED: usize = 64;
-/// Bootstrap links asked for when we have none.
+/// Bootstrap links asked for when we have none (at least; the near neighbours among the
+/// members XMPP shows, when there are more).
 const BOOTSTRAP_LINKS: usize = 3;
 const MAX_SEEK_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -29,13 +30,28 @@ impl Ring {
                 .values()
                 .filter(|(a, _)| *a == Asked::Bootstrap)
                 .count();
-            let fresh = peers
+            let me = self.me();
+            let mut fresh = peers
                 .iter()
                 .copied()
-                .filter(|p| *p != self.me() && self.table.get(p).is_none() && !self.asked.contains_key(p))
-                .take(BOOTSTRAP_LINKS.saturating_sub(bootstrapping))
+                .filter(|p| *p != me && self.table.get(p).is_none() && !self.asked.contains_key(p))
                 .collect::<Vec<_>>();
-            for peer in fresh {
+            // The nearest on each side: in a small group they are the ring already.
+            let want = BOOTSTRAP_LINKS
+                .max(2 * self.cfg.near)
+                .saturating_sub(bootstrapping);
+            let mut picked = Vec::with_capacity(want);
+            fresh.sort_by_key(|p| me.offset_to(*p));
+            picked.extend(fresh.iter().take(want.div_ceil(2)));
+            for p in fresh.iter().rev() {
+                if picked.len() >= want {
+                    break;
+                }
+                if !picked.contains(p) {
+                    picked.push(*p);
+                }
+            }
+            for peer in picked {
                 self.ask_link(now, peer, Asked::Bootstrap, Vec::new());
             }
             return;
