@@ -29,6 +29,9 @@ fn a_steady_ring_is_consistent_routes_near_the_symphony_baseline_and_broadcasts_
         r.hops_mean
     );
     assert!(r.route_success >= 0.999, "routing success {}", r.route_success);
+    assert!(r.leaves > 0, "the default world has UDP-blocked leaves");
+    let to_leaves = r.leaf_route_success.expect("no message was addressed to a leaf");
+    assert!(to_leaves >= 0.999, "messages to leaves arrived: {to_leaves}");
     assert_eq!(
         r.broadcast_reached,
         Some(NODES),

@@ -20,6 +20,9 @@ struct Args {
     /// Fraction of nodes behind symmetric NATs (they link to each other through tunnels).
     #[arg(long, default_value_t = 0.1)]
     symmetric: f64,
+    /// Fraction of nodes with UDP blocked (leaves: XMPP relay links only, never routing).
+    #[arg(long, default_value_t = 0.02)]
+    leaves: f64,
     /// Message loss probability per link hop.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -48,8 +51,12 @@ fn main() -> Result<()> {
     if !(0.0..=1.0).contains(&args.symmetric) || !(0.0..1.0).contains(&args.loss) {
         bail!("--symmetric must be in [0, 1] and --loss in [0, 1)");
     }
+    if !(0.0..=1.0).contains(&args.leaves) || args.leaves + args.symmetric > 1.0 {
+        bail!("--leaves must be in [0, 1] and --leaves + --symmetric at most 1");
+    }
     let mut opts = Options::new(args.nodes, args.seed, &args.scenario);
     opts.symmetric = args.symmetric;
+    opts.leaves = args.leaves;
     opts.loss = args.loss;
     opts.samples = args.samples;
     opts.dht_quorum = args.dht_quorum;

@@ -16,6 +16,8 @@ pub struct Options {
     pub scenario: String,
     /// Fraction of nodes behind symmetric NATs.
     pub symmetric: f64,
+    /// Fraction of nodes with UDP blocked (leaves on XMPP relay links).
+    pub leaves: f64,
     pub loss: f64,
     /// App messages and DHT gets measured.
     pub samples: usize,
@@ -37,6 +39,7 @@ impl Options {
             seed,
             scenario: scenario.to_owned(),
             symmetric: 0.1,
+            leaves: 0.02,
             loss: 0.0,
             samples: 2000,
             settle_limit: Duration::from_secs(900),
@@ -60,6 +63,9 @@ pub struct Report {
     pub hops_mean: f64,
     pub hops_p99: u8,
     pub route_success: f64,
+    /// UDP-blocked nodes (leaves), and the share of app messages to them that arrived.
+    pub leaves: usize,
+    pub leaf_route_success: Option<f64>,
     pub dht_get_success: f64,
     pub dht_lookup_ms_p50: f64,
     pub dht_lookup_ms_p99: f64,
@@ -116,11 +122,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Sends `n` app messages between random pairs; returns (mean hops, p99 hops, success).
-fn measure_routing(world: &mut World, n: usize) -> (f64, u8, f64) {
+/// Sends `n` app messages between random pairs; returns (mean hops, p99 hops, success,
+/// success of those addressed to leaves).
+fn measure_routing(world: &mut World, n: usize) -> (f64, u8, f64, Option<f64>) {
     world.record.delivered_hops.clear();
+    world.record.delivered_to_leaves = 0;
+    let mut to_leaves = 0u64;
     for _ in 0..n {
         let (a, b) = (world.random_alive(), world.random_alive());
+        to_leaves += u64::from(world.leaf(b));
         let dst = world.addr(b);
         world
             .with_node(a, |ring, now| ring.send(now, dst, b"probe".to_vec()))
@@ -134,7 +144,8 @@ fn measure_routing(world: &mut World, n: usize) -> (f64, u8, f64) {
         .get(((hops.len().max(1) - 1) as f64 * 0.99) as usize)
         .copied()
         .unwrap_or(0);
-    (mean, p99, hops.len() as f64 / n as f64)
+    let leaves = (to_leaves > 0).then(|| world.record.delivered_to_leaves as f64 / to_leaves as f64);
+    (mean, p99, hops.len() as f64 / n as f64, leaves)
 }
 
 fn key_of(i: usize) -> RingAddr {
@@ -208,6 +219,17 @@ fn measure_idle(world: &mut World, window: Duration) -> (f64, f64) {
     )
 }
 
+fn pick_class(world: &mut World, opts: &Options) -> Class {
+    let x: f64 = world.rng().random();
+    if x < opts.leaves {
+        Class::Blocked
+    } else if x < opts.leaves + opts.symmetric {
+        Class::Symmetric
+    } else {
+        Class::Open
+    }
+}
+
 fn build(opts: &Options, groups: u8) -> World {
     let mut cfg = Config::default();
     cfg.dht.quorum = opts.dht_quorum;
@@ -216,8 +238,7 @@ fn build(opts: &Options, groups: u8) -> World {
     world.loss = opts.loss;
     world.merged = groups == 1;
     for i in 0..opts.nodes {
-        let symmetric = world.rng().random_bool(opts.symmetric);
-        let class = if symmetric { Class::Symmetric } else { Class::Open };
+        let class = pick_class(&mut world, opts);
         let window = opts.join_window.as_millis() as u64;
         let join = Duration::from_millis(world.rng().random_range(0..window));
         world.add_node(class, (i % groups as usize) as u8, join);
@@ -266,8 +287,7 @@ pub fn run(opts: &Options) -> Report {
             for _ in 0..300 {
                 let ix = world.random_alive();
                 world.crash(ix);
-                let symmetric = world.rng().random_bool(opts.symmetric);
-                let class = if symmetric { Class::Symmetric } else { Class::Open };
+                let class = pick_class(&mut world, opts);
                 world.add_node(class, 0, Duration::ZERO);
                 world.run_until(world.elapsed() + Duration::from_secs(1));
             }
@@ -288,10 +308,14 @@ pub fn run(opts: &Options) -> Report {
         }
         _ => {}
     }
-    let (mean, p99, success) = measure_routing(&mut world, opts.samples);
+    let (mean, p99, success, leaves) = measure_routing(&mut world, opts.samples);
     report.hops_mean = mean;
     report.hops_p99 = p99;
     report.route_success = success;
+    report.leaf_route_success = leaves;
+    report.leaves = (0..world.nodes.len() as u32)
+        .filter(|&i| world.alive(i) && world.leaf(i))
+        .count();
     let (ok, p50, p99) = get_keys(&mut world, keys, opts.samples);
     report.dht_get_success = ok;
     report.dht_lookup_ms_p50 = p50;

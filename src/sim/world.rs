@@ -30,7 +30,13 @@ pub enum Class {
     Open,
     /// Symmetric NAT: links directly with open peers only; others need tunnels.
     Symmetric,
+    /// UDP blocked: reaches peers over the XMPP relay only, so its links do not route (a
+    /// leaf, outside the true ring).
+    Blocked,
 }
+
+/// What the XMPP relay adds to a one-way latency (client → server → server → client).
+const RELAY_EXTRA: Duration = Duration::from_millis(40);
 
 pub type NodeIx = u32;
 
@@ -75,6 +81,8 @@ pub struct SimNode {
 #[derive(Debug, Default)]
 pub struct Record {
     pub delivered_hops: Vec<u8>,
+    /// App messages delivered at leaves.
+    pub delivered_to_leaves: u64,
     pub found: Vec<(NodeIx, Found, Duration)>,
     pub broadcasts: u64,
     pub tunnels_up: u64,
@@ -183,7 +191,17 @@ impl World {
     pub fn latency(&self, a: NodeIx, b: NodeIx) -> Duration {
         let (pa, pb) = (self.nodes[a as usize].pos, self.nodes[b as usize].pos);
         let d = ((pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2)).sqrt() as f64;
-        Duration::from_micros(5_000 + (d * 88_000.0) as u64)
+        let direct = Duration::from_micros(5_000 + (d * 88_000.0) as u64);
+        if self.leaf(a) || self.leaf(b) {
+            direct + RELAY_EXTRA
+        } else {
+            direct
+        }
+    }
+
+    /// A UDP-blocked node: every link of it is an XMPP relay link.
+    pub fn leaf(&self, ix: NodeIx) -> bool {
+        self.nodes[ix as usize].class == Class::Blocked
     }
 
     fn schedule(&mut self, after: Duration, ev: Ev) {
@@ -226,11 +244,14 @@ impl World {
                 self.attempts.remove(&pair(a, b));
                 if self.alive(a) && self.alive(b) && self.links.insert(pair(a, b)) {
                     let rtt = self.latency(a, b) * 2;
+                    let kind = if self.leaf(a) || self.leaf(b) {
+                        LinkKind::Relay
+                    } else {
+                        LinkKind::Direct
+                    };
                     for (x, y) in [(a, b), (b, a)] {
                         let peer = self.addr(y);
-                        self.nodes[x as usize]
-                            .ring
-                            .handle_link_up(now, peer, LinkKind::Direct, rtt);
+                        self.nodes[x as usize].ring.handle_link_up(now, peer, kind, rtt);
                         self.drain(x);
                     }
                 }
@@ -269,7 +290,7 @@ impl World {
         }
     }
 
-    fn alive(&self, ix: NodeIx) -> bool {
+    pub fn alive(&self, ix: NodeIx) -> bool {
         self.nodes[ix as usize].alive
     }
 
@@ -332,7 +353,10 @@ impl World {
                         }
                     }
                 }
-                Event::Deliver { hops, .. } => self.record.delivered_hops.push(hops),
+                Event::Deliver { hops, .. } => {
+                    self.record.delivered_hops.push(hops);
+                    self.record.delivered_to_leaves += u64::from(self.leaf(ix));
+                }
                 Event::DhtFound(found) => {
                     let took = now.saturating_duration_since(found.started);
                     self.record.found.push((ix, found, took));
@@ -390,7 +414,7 @@ impl World {
         }
     }
 
-    /// Sorted alive nodes: the true ring.
+    /// Sorted alive nodes that route (leaves are not in it): the true ring.
     pub fn true_ring(&self) -> Vec<(RingAddr, NodeIx)> {
         self.with_true_ring(|r| r.to_vec())
     }
@@ -402,7 +426,7 @@ impl World {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| n.alive)
+                .filter(|(_, n)| n.alive && n.class != Class::Blocked)
                 .map(|(i, n)| (n.ring.me(), i as NodeIx))
                 .collect();
             v.sort();

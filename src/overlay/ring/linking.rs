@@ -19,6 +19,7 @@ const MAX_ASKED: usize = 64;
 /// members XMPP shows, when there are more).
 const BOOTSTRAP_LINKS: usize = 3;
 const MAX_SEEK_BACKOFF: Duration = Duration::from_secs(60);
+const LEAF_SEEK_EVERY: Duration = Duration::from_secs(10);
 
 impl Ring {
     /// Peers XMPP rendezvous shows online. With no links they bootstrap us; later, any that
@@ -37,9 +38,9 @@ impl Ring {
                 .filter(|p| *p != me && self.table.get(p).is_none() && !self.asked.contains_key(p))
                 .collect::<Vec<_>>();
             // The nearest on each side: in a small group they are the ring already.
-            let want = BOOTSTRAP_LINKS
-                .max(2 * self.cfg.near)
-                .saturating_sub(bootstrapping);
+            // A leaf (relay links only, which never route) keeps the ones it has.
+            let have = bootstrapping + self.table.len();
+            let want = BOOTSTRAP_LINKS.max(2 * self.cfg.near).saturating_sub(have);
             let mut picked = Vec::with_capacity(want);
             fresh.sort_by_key(|p| me.offset_to(*p));
             picked.extend(fresh.iter().take(want.div_ceil(2)));
@@ -67,9 +68,11 @@ impl Ring {
         }
     }
 
-    /// Links to `peer` if it would be one of our near neighbours.
+    /// Links to `peer` if it would be one of our near neighbours. A leaf links only to whom
+    /// its seeks find: with no routing links, everyone would be near.
     pub(super) fn consider_near(&mut self, now: Instant, peer: RingAddr) {
         if peer != self.me()
+            && self.table.has_routing_links()
             && self.table.get(&peer).is_none()
             && !self.asked.contains_key(&peer)
             && self.table.would_be_near(peer, self.cfg.near)
@@ -238,10 +241,12 @@ impl Ring {
     }
 
     /// Looks for our successor and predecessor with CTMs routed right of and left of us;
-    /// repeats with backoff while a side is short.
+    /// repeats with backoff while a side is short (always, for a leaf).
     pub(super) fn seek(&mut self, now: Instant) {
         self.seek_at = None;
-        if !self.table.has_routing_links() {
+        // A leaf seeks too (through the link it has): its neighbours are where greedy
+        // routing toward it ends, so they must link to it.
+        if self.table.is_empty() {
             return;
         }
         let one = RingAddr::from_bytes({
@@ -266,7 +271,13 @@ impl Ring {
         self.last_seek = now;
         if self.sides_short() {
             self.seek_at = Some(now + self.seek_backoff);
-            self.seek_backoff = (self.seek_backoff * 2).min(MAX_SEEK_BACKOFF);
+            // A leaf keeps looking often: nodes joining beside it do not know of it.
+            let cap = if self.table.has_routing_links() {
+                MAX_SEEK_BACKOFF
+            } else {
+                LEAF_SEEK_EVERY
+            };
+            self.seek_backoff = (self.seek_backoff * 2).min(cap);
         }
     }
 

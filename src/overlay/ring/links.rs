@@ -274,6 +274,10 @@ impl Ring {
     /// DHT records they should now hold, and look for what is missing.
     pub(super) fn topology_changed(&mut self, now: Instant) {
         let near = self.table.near(self.cfg.near);
+        if near.is_empty() && !self.table.is_empty() && self.seek_at.is_none() {
+            // A leaf: its relay links do not route, but it must find its neighbours.
+            self.seek_at = Some(now + Duration::from_millis(200));
+        }
         if near == self.near {
             return;
         }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
+use rand::RngExt;
 use rand::SeedableRng;
 use tracing::trace;
 
@@ -381,8 +382,8 @@ impl Ring {
             }
         }
         if from.is_none() && !self.table.has_routing_links() && msg.dst != self.me() {
-            // A leaf (or a node still bootstrapping) hands its messages to any link it has.
-            let home = self.table.iter().map(|(a, _)| *a).next();
+            // A leaf (or a node still bootstrapping) hands its messages to a link of its.
+            let home = self.home();
             if let Some(home) = home {
                 msg.hops += 1;
                 self.send_link(home, &Message::Routed(msg));
@@ -479,6 +480,22 @@ impl Ring {
             Decision::Forward { next, .. } | Decision::DeliverAndForward { next } => next,
             Decision::Deliver | Decision::Drop => self.me(),
         }
+    }
+
+    /// Where a node without routing links sends its messages: a link that told us of its
+    /// near neighbours (a router; another leaf has none), else a link drawn at random (one
+    /// of them will answer and so show itself a router).
+    pub(super) fn home(&mut self) -> Option<RingAddr> {
+        let router = self
+            .table
+            .iter()
+            .map(|(a, _)| *a)
+            .find(|a| self.lists.get(a).is_some_and(|l| !l.is_empty()));
+        if router.is_some() || self.table.is_empty() {
+            return router;
+        }
+        let pick = self.rng.random_range(0..self.table.len());
+        self.table.iter().map(|(a, _)| *a).nth(pick)
     }
 
     /// Answers `to` through `via`, a link of theirs, unless we can reach them directly.

@@ -73,7 +73,14 @@ impl Ring {
         }
         let me = self.me();
         let links: Vec<RingAddr> = self.table.routing().map(|(a, _)| *a).collect();
-        for (peer, s, e) in split(me, start, end, links) {
+        let mut hand = split(me, start, end, links);
+        if self.table.has_routing_links() {
+            hand.extend(self.leaves_to_cover(me, start, end));
+        } else if let Some(home) = self.home().filter(|_| origin == me) {
+            // A leaf hands its own broadcast to a router, which covers the range for it.
+            hand.push((home, start, end));
+        }
+        for (peer, s, e) in hand {
             self.stats.broadcasts_forwarded += 1;
             let msg = Message::Broadcast {
                 origin,
@@ -87,6 +94,31 @@ impl Ring {
         if start == end || me.in_range(start, end) {
             self.emit(Event::Broadcast { origin, payload });
         }
+    }
+
+    /// Leaves (relay links) in the part of [start, end) that is ours to cover: from us up to
+    /// our nearest routing link clockwise. Each gets a range holding only itself.
+    fn leaves_to_cover(
+        &self,
+        me: RingAddr,
+        start: RingAddr,
+        end: RingAddr,
+    ) -> Vec<(RingAddr, RingAddr, RingAddr)> {
+        let whole = start == end;
+        if !whole && !me.in_range(start, end) {
+            return Vec::new();
+        }
+        let next = self.table.nearest_right().unwrap_or(me);
+        let ours_end = if !whole && end.in_range(me, next) {
+            end
+        } else {
+            next
+        };
+        self.table
+            .iter()
+            .filter(|(a, l)| !l.kind.routes() && a.in_range(me, ours_end) && **a != me)
+            .map(|(a, _)| (*a, *a, ours_end))
+            .collect()
     }
 
     /// Stores `value` under `key` for `lease_s` seconds (0 removes it) and keeps it alive.
