@@ -108,7 +108,7 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
                 }
             }
         }
-        if world.inconsistent() == 0 {
+        if world.consistent() {
             return Some((world.elapsed() - start).as_secs_f64());
         }
     }

@@ -438,19 +438,24 @@ impl World {
     /// Alive nodes whose nearest left and right links are not their true neighbours.
     pub fn inconsistent(&self) -> usize {
         self.with_true_ring(|ring| {
-            let n = ring.len();
-            if n < 2 {
-                return 0;
-            }
-            (0..n)
-                .filter(|&i| {
-                    let t = self.nodes[ring[i].1 as usize].ring.table();
-                    let right = ring[(i + 1) % n].0;
-                    let left = ring[(i + n - 1) % n].0;
-                    t.nearest_right() != Some(right) || t.nearest_left() != Some(left)
-                })
+            (0..ring.len())
+                .filter(|&i| !self.knows_neighbours(ring, i))
                 .count()
         })
+    }
+
+    /// Whether every node knows its true neighbours (stops at the first that does not).
+    pub fn consistent(&self) -> bool {
+        self.with_true_ring(|ring| (0..ring.len()).all(|i| self.knows_neighbours(ring, i)))
+    }
+
+    fn knows_neighbours(&self, ring: &[(RingAddr, NodeIx)], i: usize) -> bool {
+        let n = ring.len();
+        if n < 2 {
+            return true;
+        }
+        let t = self.nodes[ring[i].1 as usize].ring.table();
+        t.nearest_right() == Some(ring[(i + 1) % n].0) && t.nearest_left() == Some(ring[(i + n - 1) % n].0)
     }
 
     pub fn random_alive(&mut self) -> NodeIx {

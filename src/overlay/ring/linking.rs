@@ -289,6 +289,15 @@ impl Ring {
     /// N̂: nodes on the ring, from the spacing of up to 4 neighbours per side (ours and, past
     /// them, those our nearest neighbours told us of); more gaps, less noise than 2 per side.
     pub fn size_estimate(&self) -> f64 {
+        if let Some(n) = self.size_cache.get() {
+            return n;
+        }
+        let n = self.estimate_size();
+        self.size_cache.set(Some(n));
+        n
+    }
+
+    fn estimate_size(&self) -> f64 {
         const PER_SIDE: usize = 4;
         let me = self.me();
         let mut known: Vec<RingAddr> = self.near.clone();
@@ -428,6 +437,7 @@ impl Ring {
         let (table, wanted) = (&self.table, &self.tunnels_wanted);
         self.lists
             .retain(|a, _| table.get(a).is_some() || wanted.contains_key(a));
+        self.size_cache.set(None);
         // Retry what our near neighbours told us of (a CTM may have been lost to churn).
         let heard: Vec<RingAddr> = self
             .near

@@ -97,6 +97,7 @@ impl Ring {
         self.stats.links_down += 1;
         debug!(%peer, "overlay link down");
         self.lists.remove(&peer);
+        self.size_cache.set(None);
         if matches!(link.kind, LinkKind::Tunnel { .. }) {
             self.emit(Event::TunnelDown { peer });
         }
@@ -218,6 +219,7 @@ impl Ring {
             }
         }
         self.lists.insert(peer, list);
+        self.size_cache.set(None);
     }
 
     /// Whether we need the link to `peer`: a near neighbour, our shortcut, the relay of one of
@@ -273,6 +275,7 @@ impl Ring {
     /// Our near neighbours may have changed: tell the new set who we link to, hand them the
     /// DHT records they should now hold, and look for what is missing.
     pub(super) fn topology_changed(&mut self, now: Instant) {
+        self.size_cache.set(None);
         let near = self.table.near(self.cfg.near);
         if near.is_empty() && !self.table.is_empty() && self.seek_at.is_none() {
             // A leaf: its relay links do not route, but it must find its neighbours.

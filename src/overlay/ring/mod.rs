@@ -162,6 +162,8 @@ pub struct Ring {
     next_token: u32,
     near: Vec<RingAddr>,
     lists: BTreeMap<RingAddr, Vec<RingAddr>>,
+    /// `size_estimate()` until `near` or `lists` change (it runs on every link and reply).
+    size_cache: std::cell::Cell<Option<f64>>,
     direct_failed: BTreeMap<RingAddr, Instant>,
     tunnels_wanted: BTreeMap<RingAddr, Instant>,
     next_tick: Instant,
@@ -196,6 +198,7 @@ impl Ring {
             next_token: 1,
             near: Vec::new(),
             lists: BTreeMap::new(),
+            size_cache: std::cell::Cell::new(None),
             direct_failed: BTreeMap::new(),
             tunnels_wanted: BTreeMap::new(),
             next_tick: now + cfg.tick,
@@ -290,7 +293,11 @@ impl Ring {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.keepalive(now);
+        // Deadlines only move later between keepalive rounds (traffic, pongs), so a round
+        // before `links_due` would find nothing to do.
+        if self.links_due.is_some_and(|d| d <= now) {
+            self.keepalive(now);
+        }
         if self.seek_at.is_some_and(|at| at <= now) {
             self.seek(now);
         }
