@@ -715,25 +715,13 @@ impl Links {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<NodeIdBytes> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.retry_at.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in due {
+        for peer in self.peers_due(now, |l| l.retry_at) {
             match self.links.get_mut(&peer) {
                 Some(l) if !l.wanted(self.cfg.on_demand, now) => l.retry_at = None,
                 _ => self.start_attempt(now, peer),
             }
         }
-        let idle: Vec<NodeIdBytes> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.app_until.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for peer in idle {
+        for peer in self.peers_due(now, |l| l.app_until) {
             self.release_if_unwanted(now, peer);
             if let Some(l) = self.links.get_mut(&peer) {
                 l.app_until = None;
@@ -745,6 +733,15 @@ impl Links {
             }
         }
         self.drain(now);
+    }
+
+    /// Peers whose `deadline` (retry, application idle) has come.
+    fn peers_due(&self, now: Instant, deadline: impl Fn(&Link) -> Option<Instant>) -> Vec<NodeIdBytes> {
+        self.links
+            .iter()
+            .filter(|(_, l)| deadline(l).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Moves every agent's output out and acts on its events.

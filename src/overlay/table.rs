@@ -262,6 +262,12 @@ impl Table {
             .map(|(a, _)| *a)
             .min_by_key(|a| metric(*a));
         let mine = metric(self.me);
+        let best = match (mode, best) {
+            (Mode::Exact | Mode::Closest, Some(b)) if metric(b) < mine => {
+                Some(self.nearest_in_time(b, mine, from, metric))
+            }
+            _ => best,
+        };
         match (mode, best) {
             (Mode::Path, Some(next)) if metric(next) < mine => Decision::DeliverAndForward { next },
             (_, Some(next)) if metric(next) < mine => Decision::Forward { next, uphill: false },
@@ -269,6 +275,28 @@ impl Table {
             (Mode::Exact, _) => Decision::Drop,
             _ => Decision::Deliver,
         }
+    }
+
+    /// Proximity route selection: among the links that make progress, the one that trades
+    /// least latency for the progress it gives up against `best` (each halving of the
+    /// remaining distance not made is worth `PROGRESS_WORTH` of one-way latency).
+    fn nearest_in_time(
+        &self,
+        best: RingAddr,
+        mine: RingAddr,
+        from: Option<RingAddr>,
+        metric: impl Fn(RingAddr) -> RingAddr,
+    ) -> RingAddr {
+        let best_left = metric(best).as_f64().max(1.0);
+        let cost = |a: RingAddr, l: &Link| {
+            let doublings = (metric(a).as_f64().max(1.0) / best_left).log2();
+            l.rtt.as_secs_f64() / 2.0 + PROGRESS_WORTH.as_secs_f64() * doublings
+        };
+        self.routing()
+            .filter(|(a, _)| Some(**a) != from && metric(**a) < mine)
+            .map(|(a, l)| (*a, cost(*a, l)))
+            .min_by(|x, y| x.1.total_cmp(&y.1))
+            .map_or(best, |(a, _)| a)
     }
 
     /// The one uphill step: we are closest of all we know, yet not the destination; try the
@@ -290,6 +318,10 @@ impl Table {
             .map_or(Decision::Drop, |next| Decision::Forward { next, uphill: true })
     }
 }
+
+/// What halving the remaining ring distance is worth in one-way latency when choosing a next
+/// hop (about one greedy hop's latency: a Symphony hop roughly halves the distance or better).
+const PROGRESS_WORTH: Duration = Duration::from_millis(25);
 
 /// How far node `n` is from being where a message to `dst` in `mode` should land.
 pub fn metric(mode: Mode, dst: RingAddr, n: RingAddr) -> RingAddr {
@@ -420,6 +452,31 @@ mod tests {
         assert!((n - 100.0).abs() < 1.0, "estimate {n}");
         assert!(t.would_be_near(addr(10 * (u64::MAX / 100) + 5), 2));
         assert!(!t.would_be_near(ids[50], 2));
+    }
+
+    #[test]
+    fn a_much_nearer_link_in_time_wins_over_a_little_more_progress() {
+        let now = Instant::now();
+        let with_rtt = |ms: u64| {
+            let mut l = link(now, LinkKind::Direct);
+            l.rtt = Duration::from_millis(ms);
+            l
+        };
+        let dst = addr(1 << 40);
+        let mut t = Table::new(addr(0));
+        // Best progress (2^34 left) but 200 ms away; one halving behind and
+        // 20 ms away; far behind (16× the best's remaining distance) and 2 ms away.
+        t.insert(addr((1 << 40) - (1 << 34)), with_rtt(200));
+        t.insert(addr((1 << 40) - (1 << 35)), with_rtt(20));
+        t.insert(addr((1 << 40) - (1 << 38)), with_rtt(2));
+        let next = |t: &Table| match t.decide(dst, Mode::Closest, None, false) {
+            Decision::Forward { next, .. } => next,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(next(&t), addr((1 << 40) - (1 << 35)));
+        // Without the slow link the best-progress one is also the quickest choice.
+        t.remove(&addr((1 << 40) - (1 << 34)));
+        assert_eq!(next(&t), addr((1 << 40) - (1 << 35)));
     }
 
     #[test]
