@@ -1,6 +1,9 @@
 //! The local control socket: a Unix socket (mode 0600) speaking newline-delimited JSON.
 //!
-//! Requests: `{"id":1,"cmd":"status"}` and `{"id":2,"cmd":"ping","node":"<40 hex>"}`.
+//! Requests: `{"id":1,"cmd":"status"}`, `{"id":2,"cmd":"ping","node":"<40 hex>"}`,
+//! `{"id":3,"cmd":"dht-put","key":"…","value":"…","lease_s":3600}` (lease optional),
+//! `{"id":4,"cmd":"dht-get","key":"…"}` (result `{"values":["…"]}`) and
+//! `{"id":5,"cmd":"dht-remove","key":"…","value":"…"}`; DHT values are UTF-8 text here.
 //! Response: `{"id":1,"ok":true,"result":{…}}` or
 //! `{"id":1,"ok":false,"error":"…"}`. Lines are limited to 64 KiB, connections to 32 at a time,
 //! and an idle connection is closed after 60 s.
@@ -23,7 +26,8 @@ use crate::node::Controller;
 const MAX_LINE: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 32;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A DHT get can take the ring's tries: up to 3 adaptive timeouts of at most 5 s each.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -43,9 +47,23 @@ pub enum ControlError {
 struct Request {
     id: u64,
     cmd: String,
+    #[serde(flatten)]
+    args: Args,
+}
+
+/// What a command is about, besides its name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Args {
     /// The target of `ping`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
+    pub node: Option<String>,
+    /// DHT key name and value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -179,7 +197,38 @@ async fn handle(req: Request, controller: &Controller) -> Response {
         result: None,
         error: Some(error),
     };
+    let done = |result: Value| Response {
+        id: req.id,
+        ok: true,
+        result: Some(result),
+        error: None,
+    };
+    let key = req.args.key.clone().unwrap_or_default();
+    let value = req.args.value.clone().unwrap_or_default().into_bytes();
     match req.cmd.as_str() {
+        "dht-put" | "dht-remove" | "dht-get" if key.is_empty() => fail("a DHT command needs a key".into()),
+        "dht-put" | "dht-remove" if req.args.value.is_none() => fail(format!("{} needs a value", req.cmd)),
+        "dht-put" => {
+            let lease = req.args.lease_s.unwrap_or(crate::node::dht::DEFAULT_LEASE_S);
+            match controller.dht_put(&key, value, Some(lease)).await {
+                Ok(()) => done(serde_json::json!({ "lease_s": lease })),
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        "dht-remove" => match controller.dht_put(&key, value, None).await {
+            Ok(()) => done(serde_json::json!({})),
+            Err(e) => fail(e.to_string()),
+        },
+        "dht-get" => match controller.dht_get(&key).await {
+            Ok(values) => {
+                let values: Vec<String> = values
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                done(serde_json::json!({ "values": values }))
+            }
+            Err(e) => fail(e.to_string()),
+        },
         "status" => match controller.status().await {
             Some(status) => Response {
                 id: req.id,
@@ -190,7 +239,12 @@ async fn handle(req: Request, controller: &Controller) -> Response {
             None => fail("the node is stopping".into()),
         },
         "ping" => {
-            let node = req.node.as_deref().unwrap_or_default().parse::<crate::NodeId>();
+            let node = req
+                .args
+                .node
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<crate::NodeId>();
             match node {
                 Err(e) => fail(e.to_string()),
                 Ok(node) => match controller.ping(node).await {
@@ -215,6 +269,16 @@ pub async fn request(path: &Path, cmd: &str) -> Result<Value, ControlError> {
 
 /// Sends a command about one node (`ping`) and returns its result.
 pub async fn request_for(path: &Path, cmd: &str, node: Option<&str>) -> Result<Value, ControlError> {
+    let args = Args {
+        node: node.map(Into::into),
+        ..Args::default()
+    };
+    request_with(path, cmd, args).await
+}
+
+/// Sends a command with its arguments and returns its result. A DHT get may take a few
+/// seconds when replicas are slow (the ring retries silent ones).
+pub async fn request_with(path: &Path, cmd: &str, args: Args) -> Result<Value, ControlError> {
     let not_running = |reason: String| ControlError::NotRunning {
         path: path.into(),
         reason,
@@ -231,7 +295,7 @@ pub async fn request_for(path: &Path, cmd: &str, node: Option<&str>) -> Result<V
         let mut line = serde_json::to_vec(&Request {
             id: 1,
             cmd: cmd.into(),
-            node: node.map(Into::into),
+            args,
         })
         .map_err(|e| protocol(e.to_string()))?;
         line.push(b'\n');
@@ -254,5 +318,5 @@ pub async fn request_for(path: &Path, cmd: &str, node: Option<&str>) -> Result<V
     };
     tokio::time::timeout(CLIENT_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| Err(protocol("no answer within 5 s".into())))
+        .unwrap_or_else(|_| Err(protocol(format!("no answer within {CLIENT_TIMEOUT:?}"))))
 }

@@ -46,6 +46,13 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 3)]
         count: u32,
     },
+    /// Store, look up or remove values in the ring's DHT (through the running node)
+    Dht {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        op: DhtOp,
+    },
     /// Show the status of the running node
     Status {
         #[arg(short, long, default_value = "ringlet.toml")]
@@ -56,13 +63,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DhtOp {
+    /// Store VALUE (UTF-8, at most 1 KiB) under KEY; the node keeps it alive while it runs
+    Put {
+        key: String,
+        value: String,
+        /// Seconds the value lives unless renewed
+        #[arg(long, default_value_t = ringlet::node::dht::DEFAULT_LEASE_S)]
+        lease: u32,
+    },
+    /// Print every value stored under KEY, one per line
+    Get { key: String },
+    /// Remove VALUE from KEY
+    Remove { key: String, value: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let config_path = match &cli.command {
-        Command::Up { config } | Command::Status { config, .. } | Command::Ping { config, .. } => {
-            config.clone()
-        }
+        Command::Up { config }
+        | Command::Status { config, .. }
+        | Command::Ping { config, .. }
+        | Command::Dht { config, .. } => config.clone(),
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -83,6 +107,7 @@ fn main() -> ExitCode {
             Command::Up { .. } => up(config).await,
             Command::Status { json, .. } => status(config, json).await,
             Command::Ping { node, count, .. } => ping(config, &node, count).await,
+            Command::Dht { op, .. } => dht(config, op).await,
         }
     });
     match result {
@@ -167,6 +192,46 @@ async fn ping(config: Config, node: &str, count: u32) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(answered > 0, "no answer from {node}");
+    Ok(())
+}
+
+async fn dht(config: Config, op: DhtOp) -> anyhow::Result<()> {
+    let (cmd, args) = match op {
+        DhtOp::Put { key, value, lease } => (
+            "dht-put",
+            control::Args {
+                key: Some(key),
+                value: Some(value),
+                lease_s: Some(lease),
+                ..Default::default()
+            },
+        ),
+        DhtOp::Get { key } => (
+            "dht-get",
+            control::Args {
+                key: Some(key),
+                ..Default::default()
+            },
+        ),
+        DhtOp::Remove { key, value } => (
+            "dht-remove",
+            control::Args {
+                key: Some(key),
+                value: Some(value),
+                ..Default::default()
+            },
+        ),
+    };
+    let result = control::request_with(&config.control_socket, cmd, args).await?;
+    if cmd == "dht-get" {
+        let values = result["values"].as_array().context("unexpected DHT answer")?;
+        for v in values {
+            println!("{}", v.as_str().unwrap_or_default());
+        }
+        if values.is_empty() {
+            eprintln!("(no values)");
+        }
+    }
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! The ring in the NAT lab: eight real `ringlet up` processes, two of them behind symmetric
 //! NATs with keys chosen so that they are ring neighbours (they need each other but cannot
 //! punch). They must form one consistent ring, link the symmetric pair by a `tunnel` through
-//! a common neighbour, and heal when two peers are killed.
+//! a common neighbour, and heal when two peers are killed. The DHT works across it through
+//! the `ringlet dht` CLI: put on one peer, get on others, remove, and a value survives the kill.
 #![allow(clippy::disallowed_methods)] // integration tests wait on real time
 
 mod support;
@@ -13,7 +14,7 @@ use ringlet::node::status::Status;
 use ringlet_lab::natlab::LabOptions;
 use ringlet_lab::NatType;
 use support::scene::Scene;
-use support::wait;
+use support::{ringlet_bin, wait, NodeProcess};
 
 /// Peers in ring order (their keys are sorted by NodeId before they are handed out).
 const PEERS: [(&str, NatType); 8] = [
@@ -74,6 +75,35 @@ fn direct_pairs(scene: &Scene, statuses: &[Option<Status>]) -> usize {
             .count();
     }
     pairs
+}
+
+/// Runs `ringlet dht --config <node's> ARGS…`; returns (exit success, stdout, stderr).
+fn dht_cli(node: &NodeProcess, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(ringlet_bin())
+        .arg("dht")
+        .arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .output()
+        .expect("run ringlet dht");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Gets `key` at `node` until its values are exactly `want` (a put takes a moment to reach
+/// the replicas); returns the last values seen.
+async fn dht_values_become(node: &NodeProcess, key: &str, want: &[&str]) -> Result<(), Vec<String>> {
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        let (ok, stdout, stderr) = dht_cli(node, &["get", key]);
+        assert!(ok, "dht get {key} failed: {stderr}");
+        last = stdout.lines().map(str::to_owned).collect::<Vec<_>>();
+        if last == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
 }
 
 async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
@@ -147,6 +177,48 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
         direct_pairs(&scene, &st)
     );
 
+    // The DHT across the ring, through the CLI: a put on p1 is found from p6 and from a
+    // symmetric-NAT peer; unknown keys have no values; oversized values are refused; a remove
+    // is seen everywhere.
+    let dht_started = Instant::now();
+    let (ok, _, err) = dht_cli(&scene.nodes[1], &["put", "lobby/quake", "p1 hosts on 10.1.0.1"]);
+    assert!(ok, "dht put failed: {err}");
+    for i in [6, SYM_B] {
+        if let Err(seen) = dht_values_become(&scene.nodes[i], "lobby/quake", &["p1 hosts on 10.1.0.1"]).await
+        {
+            panic!("p{i} does not see p1's value: {seen:?}\n{}", scene.nodes[i].log());
+        }
+    }
+    eprintln!(
+        "DHT put on p1 seen from p6 and p{SYM_B} after {:?}",
+        dht_started.elapsed()
+    );
+    assert_eq!(
+        dht_values_become(&scene.nodes[5], "nobody/put/this", &[]).await,
+        Ok(())
+    );
+    let (ok, _, err) = dht_cli(&scene.nodes[1], &["put", "big", &"x".repeat(1025)]);
+    assert!(
+        !ok && err.contains("1 KiB"),
+        "an oversized value must be refused: {err}"
+    );
+    let (ok, _, err) = dht_cli(
+        &scene.nodes[1],
+        &["remove", "lobby/quake", "p1 hosts on 10.1.0.1"],
+    );
+    assert!(ok, "dht remove failed: {err}");
+    assert_eq!(
+        dht_values_become(&scene.nodes[6], "lobby/quake", &[]).await,
+        Ok(())
+    );
+    // A value that must outlive the two peers killed next (its holders may be among them).
+    let (ok, _, err) = dht_cli(&scene.nodes[SYM_A], &["put", "survivor", "still here"]);
+    assert!(ok, "dht put failed: {err}");
+    assert_eq!(
+        dht_values_become(&scene.nodes[2], "survivor", &["still here"]).await,
+        Ok(())
+    );
+
     // Kill two peers, the tunnel's relay among them: the ring heals around them and the
     // symmetric pair finds another relay.
     let relay = ids.iter().position(|id| *id == via_a).unwrap();
@@ -178,4 +250,9 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
             scene.nodes[SYM_A].log()
         );
     }
+    let reader = alive.iter().copied().find(|i| *i != SYM_A).unwrap();
+    if let Err(seen) = dht_values_become(&scene.nodes[reader], "survivor", &["still here"]).await {
+        panic!("the value put before the kill is gone from p{reader}: {seen:?}");
+    }
+    eprintln!("the value put before the kill is still found from p{reader}");
 }

@@ -6,6 +6,7 @@
 //! shuts the node down; a [`Controller`] does the same without the event stream (the control
 //! socket uses one).
 
+pub mod dht;
 mod reach;
 mod ring;
 mod runtime;
@@ -98,6 +99,17 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), SendError>>,
     },
+    DhtPut {
+        key: String,
+        value: Vec<u8>,
+        /// None: remove the value.
+        lease_s: Option<u32>,
+        reply: oneshot::Sender<Result<(), dht::DhtError>>,
+    },
+    DhtGet {
+        key: String,
+        reply: dht::GetReply,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -132,6 +144,42 @@ impl Controller {
             .await
             .map_err(|_| SendError::Stopped)?;
         rx.await.map_err(|_| SendError::Stopped)?
+    }
+
+    /// Stores `value` under the name `key` for `lease_s` seconds (kept alive while the node
+    /// runs); `None` removes it.
+    pub async fn dht_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease_s: Option<u32>,
+    ) -> Result<(), dht::DhtError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::DhtPut {
+            key: key.into(),
+            value,
+            lease_s,
+            reply,
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| dht::DhtError::Stopped)?;
+        rx.await.map_err(|_| dht::DhtError::Stopped)?
+    }
+
+    /// The values stored under the name `key` (empty: none).
+    pub async fn dht_get(&self, key: &str) -> Result<Vec<Vec<u8>>, dht::DhtError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::DhtGet {
+            key: key.into(),
+            reply,
+        };
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| dht::DhtError::Stopped)?;
+        rx.await.map_err(|_| dht::DhtError::Stopped)?
     }
 
     /// Asks the node to leave the overlay and stop; returns when it has.

@@ -130,7 +130,8 @@ impl Runtime {
                     tracing::info!(peer = %NodeId::from(peer), via = %NodeId::from(via), "tunnel up")
                 }
                 Event::TunnelDown { peer } => tracing::info!(peer = %NodeId::from(peer), "tunnel down"),
-                Event::Broadcast { .. } | Event::DhtFound(_) => {}
+                Event::DhtFound(found) => self.dht_found(found),
+                Event::Broadcast { .. } => {}
             }
         }
         moved

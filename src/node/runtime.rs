@@ -68,6 +68,8 @@ pub(super) struct Runtime {
     pub app_tunnelled: u64,
     /// When the ring last looked at the online members.
     pub ring_rendezvous_at: Instant,
+    /// DHT gets waiting for the ring's answer, by lookup id.
+    pub dht_gets: BTreeMap<u32, super::dht::GetReply>,
 }
 
 /// An overlay ping waiting for its pong.
@@ -115,6 +117,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         ring_no_path: 0,
         app_tunnelled: 0,
         ring_rendezvous_at: Instant::now(),
+        dht_gets: BTreeMap::new(),
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -231,6 +234,20 @@ impl Runtime {
                 let _ = reply.send(self.send(to, &data));
             }
             Command::Ping { to, reply } => self.ping(to, reply),
+            Command::DhtPut {
+                key,
+                value,
+                lease_s,
+                reply,
+            } => {
+                let now = Instant::now();
+                let done = match lease_s {
+                    Some(lease) => self.dht_put(now, &key, value, lease),
+                    None => self.dht_remove(now, &key, value),
+                };
+                let _ = reply.send(done);
+            }
+            Command::DhtGet { key, reply } => self.dht_get(Instant::now(), &key, reply),
             Command::Shutdown(_) => {}
         }
     }

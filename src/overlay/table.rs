@@ -1,5 +1,7 @@
 //! The routing table: a node's links, which of them are its near neighbours, the ring-size
-//! estimate they give, and the greedy next-hop decision.
+//! estimate they give, and the greedy next-hop decision (by ring distance; for exact and
+//! closest routing, a link that makes a little less progress but is much nearer in time may
+//! win: proximity route selection).
 //!
 //! Only links with proven two-way reachability route (direct and tunnel links). Relay links
 //! (XMPP-only peers) are leaves: a message reaches them only when they are its exact

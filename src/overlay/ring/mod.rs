@@ -15,6 +15,7 @@
 mod linking;
 mod links;
 mod services;
+pub use services::Error as ServiceError;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};

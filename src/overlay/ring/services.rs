@@ -11,7 +11,7 @@ use crate::overlay::broadcast::split;
 use crate::overlay::dht::point;
 use crate::overlay::wire::{Message, Mode, Record, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Error {
     #[error("value of {0} bytes is over the 1 KiB limit")]
     ValueTooBig(usize),
