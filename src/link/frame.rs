@@ -54,6 +54,9 @@ pub enum Body {
     Pong(u64),
     /// A ring message (`overlay::wire`), carried on direct paths only.
     Overlay(Vec<u8>),
+    /// The sender closed this direct path (nobody on its side needs it): close yours now
+    /// rather than after the keepalive notices, so nothing is sent into the void meanwhile.
+    Close,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,7 @@ impl Frame {
             Body::Ping(n) => (5, n.to_be_bytes().to_vec()),
             Body::Pong(n) => (6, n.to_be_bytes().to_vec()),
             Body::Overlay(m) => (7, m.clone()),
+            Body::Close => (8, Vec::new()),
         };
         out.push(kind);
         out.extend_from_slice(&self.path);
@@ -146,6 +150,7 @@ impl Frame {
             5 => Body::Ping(r.u64()?),
             6 => Body::Pong(r.u64()?),
             7 => Body::Overlay(bytes[HEADER_LEN..].to_vec()),
+            8 => Body::Close,
             k => return Err(FrameError::Kind(k)),
         };
         if !matches!(body, Body::Data(_) | Body::Overlay(_)) && !r.0.is_empty() {
@@ -373,6 +378,7 @@ mod tests {
             Body::Ping(u64::MAX),
             Body::Pong(1),
             Body::Overlay(vec![0, 1, 2]),
+            Body::Close,
         ];
         for body in bodies {
             let f = Frame { path, body };

@@ -154,6 +154,8 @@ pub struct Counters {
     /// Checks sent by attempts until they went direct (attempts that did: `direct_up`).
     pub checks_for_success: u64,
     pub offers_refused: u64,
+    /// Direct paths the peer closed with a close frame.
+    pub closed_by_peer: u64,
 }
 
 struct Attempt {
@@ -362,6 +364,13 @@ impl Links {
         if link.wanted(self.cfg.on_demand, now) {
             return;
         }
+        if let Path::Direct { .. } = link.path {
+            let close = Frame {
+                path: self.path_id,
+                body: Body::Close,
+            };
+            self.transmits.push_back(link.transmit(close.emit()));
+        }
         self.retire_attempt(&peer);
         if let Some(link) = self.links.get_mut(&peer) {
             link.retry_at = None;
@@ -469,8 +478,9 @@ impl Links {
                 self.app_traffic(now, &peer);
                 self.events.push_back(Event::Datagram { from: peer, data })
             }
-            // Ring messages travel on direct paths only; the relay is not a ring link.
-            Body::Overlay(_) => self.counters.malformed_frames += 1,
+            // Ring messages travel on direct paths only; the relay is not a ring link; a
+            // direct path is closed over itself.
+            Body::Overlay(_) | Body::Close => self.counters.malformed_frames += 1,
             Body::Offer(offer) => self.on_offer(now, peer, offer),
             Body::Answer(answer) => self.on_answer(now, peer, answer),
             Body::Candidates {
@@ -643,8 +653,19 @@ impl Links {
             Body::Ping(nonce) => self.pong(id, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
             Body::Overlay(data) => self.events.push_back(Event::Overlay { from: id, data }),
+            Body::Close => self.on_close(now, id),
             // Signalling travels over the relay only.
             Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } => {}
+        }
+    }
+
+    /// The peer closed the direct path: close ours (re-opened soon if we still want it).
+    fn on_close(&mut self, now: Instant, peer: NodeIdBytes) {
+        self.counters.closed_by_peer += 1;
+        self.retire_attempt(&peer);
+        let patience = self.cfg.responder_patience;
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.retry_at = link.wanted(self.cfg.on_demand, now).then_some(now + patience);
         }
     }
 

@@ -469,7 +469,11 @@ fn on_demand_links_punch_only_what_the_ring_wants_and_let_it_go() {
     let now = w.now;
     assert!(w.nodes[1].links.want(now, &peer, false));
     assert_eq!(w.path(1), Some(Path::Xmpp), "released at once");
-    // The other end loses the path without re-punching: nobody wants it.
+    // The close frame tells the other end at once (one UDP latency), and it does not
+    // re-punch: nobody wants the path.
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.path(0), Some(Path::Xmpp), "closed by the peer");
+    assert_eq!(w.nodes[0].links.counters().closed_by_peer, 1);
     w.run_for(Duration::from_secs(120));
     assert_eq!(w.path(0), Some(Path::Xmpp));
     assert_eq!(attempts(&w), 2, "one offer, one answer");

@@ -123,7 +123,8 @@ impl Scene {
     /// `ringlet ping` from `i` to `j` with the CLI; returns its output if it succeeded.
     pub fn ping(&self, i: usize, j: usize) -> Result<String, String> {
         let out = Command::new(ringlet_bin())
-            .args(["ping", "-n", "1", "--config"])
+            // Two tries: one lost UDP datagram is not unreachability.
+            .args(["ping", "-n", "2", "--config"])
             .arg(&self.nodes[i].config)
             .arg(&self.ids[j])
             .output()
