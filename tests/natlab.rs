@@ -79,10 +79,12 @@ async fn nat_matrix_every_pair_connects_and_goes_direct_where_possible() {
             scene.nodes[y].log()
         );
         if let Some(want) = expected_path(a, b) {
-            assert_eq!(
-                (pxy.as_str(), pyx.as_str()),
-                (want, want),
-                "{a} ↔ {b}\n{}",
+            // A pair that cannot punch may be ring neighbours: the ring tunnels those through
+            // a common neighbour (still not direct).
+            let fits = |p: &str| p == want || (want == "xmpp" && p == "tunnel");
+            assert!(
+                fits(&pxy) && fits(&pyx),
+                "{a} ↔ {b}: {pxy}/{pyx}, want {want}\n{}",
                 report.join("\n")
             );
         }
