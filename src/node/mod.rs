@@ -154,29 +154,30 @@ impl Controller {
         value: Vec<u8>,
         lease_s: Option<u32>,
     ) -> Result<(), dht::DhtError> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::DhtPut {
-            key: key.into(),
+        let key = key.into();
+        self.dht(|reply| Command::DhtPut {
+            key,
             value,
             lease_s,
             reply,
-        };
-        self.commands
-            .send(cmd)
-            .await
-            .map_err(|_| dht::DhtError::Stopped)?;
-        rx.await.map_err(|_| dht::DhtError::Stopped)?
+        })
+        .await
     }
 
     /// The values stored under the name `key` (empty: none).
     pub async fn dht_get(&self, key: &str) -> Result<Vec<Vec<u8>>, dht::DhtError> {
+        let key = key.into();
+        self.dht(|reply| Command::DhtGet { key, reply }).await
+    }
+
+    /// Sends a DHT command and waits for its answer.
+    async fn dht<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, dht::DhtError>>) -> Command,
+    ) -> Result<T, dht::DhtError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::DhtGet {
-            key: key.into(),
-            reply,
-        };
         self.commands
-            .send(cmd)
+            .send(command(reply))
             .await
             .map_err(|_| dht::DhtError::Stopped)?;
         rx.await.map_err(|_| dht::DhtError::Stopped)?
