@@ -696,9 +696,6 @@ impl Links {
     /// so that a full relay queue reaches the application as back-pressure.
     /// With `on_demand`, the traffic also starts (or keeps) a direct path to `peer`.
     pub fn send(&mut self, now: Instant, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
-        if !self.links.contains_key(peer) {
-            return Err(SendError::UnknownPeer);
-        }
         self.app_traffic(now, peer);
         let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
         let bytes = Frame::emit_data(&self.path_id, data);
