@@ -278,9 +278,14 @@ fn render(s: &Status) -> String {
         Some(false) => ", neighbours do not agree yet",
         None => "",
     };
+    let leaf = match (s.ring.links, s.ring.leaf_links) {
+        (_, 0) => String::new(),
+        (0, n) => format!(", a leaf: {n} relay links"),
+        (_, n) => format!(", {n} leaves"),
+    };
     let _ = writeln!(
         out,
-        "ring      left {}  right {}  ({} links, ~{} nodes{agreed})",
+        "ring      left {}  right {}  ({} links, ~{} nodes{agreed}{leaf})",
         short(&s.ring.left),
         short(&s.ring.right),
         s.ring.links,

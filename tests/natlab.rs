@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ringlet_lab::natlab::LabOptions;
 use ringlet_lab::NatType;
-use support::scene::{expected_path, Scene};
+use support::scene::{dht_cli, dht_values_become, expected_path, Scene};
 use support::wait;
 
 /// Every unordered pair of the six NAT types (21 pairs): two peers always reach each other, and
@@ -98,6 +98,36 @@ async fn nat_matrix_every_pair_connects_and_goes_direct_where_possible() {
         ));
     }
     eprintln!("{}", report.join("\n"));
+
+    // The UDP-blocked peers are ring leaves: their ring links ride the relay, and the DHT
+    // works from them like from anyone.
+    let leaf = index(NatType::UdpBlocked, 0);
+    let linked = wait(Duration::from_secs(30), || async {
+        scene
+            .status(leaf)
+            .await
+            .filter(|s| s.ring.leaf_links > 0)
+            .map(|s| s.ring.leaf_links)
+    })
+    .await;
+    let Some(links) = linked else {
+        panic!(
+            "the UDP-blocked peer has no ring link\n{}",
+            scene.nodes[leaf].log()
+        );
+    };
+    let (ok, _, err) = dht_cli(
+        &scene.nodes[index(NatType::Open, 0)],
+        &["put", "from/open", "hello leaf"],
+    );
+    assert!(ok, "dht put failed: {err}");
+    if let Err(seen) = dht_values_become(&scene.nodes[leaf], "from/open", &["hello leaf"]).await {
+        panic!(
+            "the leaf does not see the value: {seen:?}\n{}",
+            scene.nodes[leaf].log()
+        );
+    }
+    eprintln!("UDP-blocked leaf: {links} ring links over the relay; DHT get through them works");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,8 @@ use ringlet::identity::NodeKey;
 use ringlet::node::status::Status;
 use ringlet_lab::natlab::LabOptions;
 use ringlet_lab::NatType;
-use support::scene::Scene;
-use support::{ringlet_bin, wait, NodeProcess};
+use support::scene::{dht_cli, dht_values_become, Scene};
+use support::wait;
 
 /// Peers in ring order (their keys are sorted by NodeId before they are handed out).
 const PEERS: [(&str, NatType); 8] = [
@@ -75,35 +75,6 @@ fn direct_pairs(scene: &Scene, statuses: &[Option<Status>]) -> usize {
             .count();
     }
     pairs
-}
-
-/// Runs `ringlet dht --config <node's> ARGS…`; returns (exit success, stdout, stderr).
-fn dht_cli(node: &NodeProcess, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(ringlet_bin())
-        .arg("dht")
-        .arg("--config")
-        .arg(&node.config)
-        .args(args)
-        .output()
-        .expect("run ringlet dht");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
-}
-
-/// Gets `key` at `node` until its values are exactly `want` (a put takes a moment to reach
-/// the replicas); returns the last values seen.
-async fn dht_values_become(node: &NodeProcess, key: &str, want: &[&str]) -> Result<(), Vec<String>> {
-    let mut last = Vec::new();
-    for _ in 0..20 {
-        let (ok, stdout, stderr) = dht_cli(node, &["get", key]);
-        assert!(ok, "dht get {key} failed: {stderr}");
-        last = stdout.lines().map(str::to_owned).collect::<Vec<_>>();
-        if last == want {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(last)
 }
 
 async fn statuses(scene: &Scene) -> Vec<Option<Status>> {

@@ -124,10 +124,12 @@ pub enum Event {
         peer: NodeIdBytes,
         nonce: u64,
     },
-    /// A ring message that came over a direct path.
+    /// A ring message that came over a direct path, or over the relay (`relayed`): ring links
+    /// of UDP-blocked members (leaves) ride the relay.
     Overlay {
         from: NodeIdBytes,
         data: Vec<u8>,
+        relayed: bool,
     },
     /// An attempt to open a direct path to `peer` failed (it is retried later).
     AttemptFailed {
@@ -478,9 +480,13 @@ impl Links {
                 self.app_traffic(now, &peer);
                 self.events.push_back(Event::Datagram { from: peer, data })
             }
-            // Ring messages travel on direct paths only; the relay is not a ring link; a
-            // direct path is closed over itself.
-            Body::Overlay(_) | Body::Close => self.counters.malformed_frames += 1,
+            Body::Overlay(data) => self.events.push_back(Event::Overlay {
+                from: peer,
+                data,
+                relayed: true,
+            }),
+            // A direct path is closed over itself.
+            Body::Close => self.counters.malformed_frames += 1,
             Body::Offer(offer) => self.on_offer(now, peer, offer),
             Body::Answer(answer) => self.on_answer(now, peer, answer),
             Body::Candidates {
@@ -652,7 +658,11 @@ impl Links {
             }
             Body::Ping(nonce) => self.pong(id, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
-            Body::Overlay(data) => self.events.push_back(Event::Overlay { from: id, data }),
+            Body::Overlay(data) => self.events.push_back(Event::Overlay {
+                from: id,
+                data,
+                relayed: false,
+            }),
             Body::Close => self.on_close(now, id),
             // Signalling travels over the relay only.
             Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } => {}
@@ -704,6 +714,21 @@ impl Links {
         } else {
             link.relay(bytes)
         })
+    }
+
+    /// Whether direct paths are possible at all (false: UDP is disabled).
+    pub fn direct_enabled(&self) -> bool {
+        self.cfg.direct
+    }
+
+    /// Frames a ring message for the XMPP relay: the ring links of leaves (UDP-blocked
+    /// members) have no other path.
+    pub fn send_overlay_relayed(&self, peer: &NodeIdBytes, data: Vec<u8>) -> Option<Transmit> {
+        let frame = Frame {
+            path: self.path_id,
+            body: Body::Overlay(data),
+        };
+        Some(self.links.get(peer)?.relay(frame.emit()))
     }
 
     /// Frames a ring message for `peer`'s direct path; None when it has none (ring links are

@@ -31,6 +31,9 @@ pub(super) const MAX_TUNNEL_PAYLOAD: usize = 1200;
 const RENDEZVOUS_SEEKING: Duration = Duration::from_secs(10);
 const RENDEZVOUS_EVERY: Duration = Duration::from_secs(60);
 
+/// What the ring assumes a relay link's round trip is (two server hops each way).
+const RELAY_RTT: Duration = Duration::from_millis(200);
+
 pub(super) fn new_ring(now: Instant, node: NodeId) -> overlay::Ring {
     let seed = u64::from_be_bytes(node.0[..8].try_into().unwrap_or_default());
     overlay::Ring::new(now, RingAddr::from(node), overlay::Config::default(), seed)
@@ -70,8 +73,20 @@ impl Runtime {
         }
     }
 
-    pub(super) fn ring_message(&mut self, now: Instant, from: NodeIdBytes, data: &[u8]) {
+    /// A ring message from a member. One over the relay comes from a leaf (a UDP-blocked
+    /// member): its first message makes the relay our ring link to it, a leaf link.
+    pub(super) fn ring_message(&mut self, now: Instant, from: NodeIdBytes, data: &[u8], relayed: bool) {
+        if relayed && self.ring.table().get(&addr(from)).is_none() {
+            self.ring
+                .handle_link_up(now, addr(from), LinkKind::Relay, RELAY_RTT);
+        }
         self.ring.handle_message(now, addr(from), data);
+    }
+
+    /// A leaf: UDP is disabled or blocked, so every ring link rides the XMPP relay and none
+    /// routes; the ring reaches the others through the members it links to.
+    fn is_leaf(&self) -> bool {
+        !self.reach.links.direct_enabled() || self.reach.stun.nat().udp_blocked()
     }
 
     /// Rendezvous changed (or is due again): the ring learns who is online (a member gone is
@@ -100,14 +115,32 @@ impl Runtime {
         let mut moved = false;
         while let Some(t) = self.ring.poll_transmit() {
             moved = true;
-            match self.reach.links.send_overlay(&t.peer.to_bytes(), t.bytes) {
+            let peer = t.peer.to_bytes();
+            let relayed = matches!(
+                self.ring.table().get(&t.peer).map(|l| l.kind),
+                Some(LinkKind::Relay)
+            );
+            let transmit = if relayed {
+                self.reach.links.send_overlay_relayed(&peer, t.bytes)
+            } else {
+                self.reach.links.send_overlay(&peer, t.bytes)
+            };
+            match transmit {
                 Some(link::Transmit::Udp { socket, to, data }) => self.reach.send(socket, to, data),
-                _ => self.ring_no_path += 1,
+                Some(link::Transmit::Relay { to, data }) => self.relay(now, &to, &data),
+                None => self.ring_no_path += 1,
             }
         }
         while let Some(ev) = self.ring.poll_event() {
             moved = true;
             match ev {
+                Event::Connect { peer, .. } if self.is_leaf() => {
+                    if self.reach.links.path(&peer.to_bytes()).is_some() {
+                        self.ring.handle_link_up(now, peer, LinkKind::Relay, RELAY_RTT);
+                    } else {
+                        self.ring.handle_connect_failed(now, peer);
+                    }
+                }
                 Event::Connect { peer, .. } => {
                     let id = peer.to_bytes();
                     if !self.reach.links.want(now, &id, true) {

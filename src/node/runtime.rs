@@ -405,7 +405,7 @@ impl Runtime {
     }
 
     /// Sends a link frame over the XMPP relay; frames whose peer just left are dropped.
-    fn relay(&mut self, now: Instant, to: &FullJid, data: &[u8]) {
+    pub(super) fn relay(&mut self, now: Instant, to: &FullJid, data: &[u8]) {
         if let Err(e) = self.core.send_datagram(now, to, data) {
             self.relay_send_failures += 1;
             tracing::debug!(%to, error = %e, "relay frame not sent");
@@ -437,7 +437,7 @@ impl Runtime {
                 from: NodeId(from),
                 data,
             }),
-            link::Event::Overlay { from, data } => self.ring_message(now, from, &data),
+            link::Event::Overlay { from, data, relayed } => self.ring_message(now, from, &data, relayed),
             link::Event::AttemptFailed { peer } => self.ring_attempt_failed(now, peer),
             link::Event::PathChanged { peer, path } => {
                 self.ring_path_changed(now, peer, path);

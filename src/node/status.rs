@@ -59,6 +59,10 @@ pub struct Ring {
     /// Ring links (direct and tunnel) and shortcuts among them.
     pub links: usize,
     pub shortcuts: usize,
+    /// Ring links over the XMPP relay, which never route: a UDP-blocked node's way into the
+    /// ring (it is a leaf), or the leaves linked to us.
+    #[serde(default)]
+    pub leaf_links: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +168,7 @@ fn ring(rt: &Runtime) -> Ring {
         consistent: rt.ring.neighbours_agree(),
         links: table.routing().count(),
         shortcuts: table.iter().filter(|(_, l)| l.our_shortcut).count(),
+        leaf_links: table.iter().filter(|(_, l)| !l.kind.routes()).count(),
     }
 }
 

@@ -171,3 +171,32 @@ pub fn expected_path(a: NatType, b: NatType) -> Option<&'static str> {
         _ => Some("direct"),
     }
 }
+
+/// Runs `ringlet dht --config <node's> ARGS…`; returns (exit success, stdout, stderr).
+pub fn dht_cli(node: &NodeProcess, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ringlet_bin())
+        .arg("dht")
+        .arg("--config")
+        .arg(&node.config)
+        .args(args)
+        .output()
+        .expect("run ringlet dht");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Gets `key` at `node` until its values are exactly `want` (a put takes a moment to reach
+/// the replicas); returns the last values seen otherwise.
+pub async fn dht_values_become(node: &NodeProcess, key: &str, want: &[&str]) -> Result<(), Vec<String>> {
+    let mut last = Vec::new();
+    for _ in 0..20 {
+        let (ok, stdout, stderr) = dht_cli(node, &["get", key]);
+        assert!(ok, "dht get {key} failed: {stderr}");
+        last = stdout.lines().map(str::to_owned).collect::<Vec<_>>();
+        if last == want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}

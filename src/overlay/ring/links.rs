@@ -43,6 +43,11 @@ impl Ring {
                 self.table.insert(peer, link);
                 self.stats.links_up += 1;
                 debug!(%peer, ?kind, "overlay link up");
+                if kind == LinkKind::Relay {
+                    // No punch told the far end of a relay link about it: our first message
+                    // does, so greet it with a keepalive ping at once.
+                    self.ping_now(now, peer);
+                }
             }
         }
         self.topology_changed(now);
@@ -171,6 +176,21 @@ impl Ring {
             debug!(%peer, "overlay link silent: dropped");
             self.close(now, peer);
         }
+    }
+
+    fn ping_now(&mut self, now: Instant, peer: RingAddr) {
+        let Some(link) = self.table.get_mut(&peer) else {
+            return;
+        };
+        let nonce = now.duration_since(link.since).subsec_nanos() | 1;
+        link.ping = Some(Ping {
+            nonce,
+            sent: now,
+            tries: 1,
+        });
+        let due = now + self.cfg.ping_timeout;
+        self.links_due = Some(self.links_due.map_or(due, |d| d.min(due)));
+        self.send_link(peer, &Message::Ping(nonce));
     }
 
     pub(super) fn on_pong(&mut self, now: Instant, from: RingAddr, nonce: u32) {
