@@ -76,6 +76,7 @@ impl Runtime {
     /// A ring message from a member. One over the relay comes from a leaf (a UDP-blocked
     /// member): its first message makes the relay our ring link to it, a leaf link.
     pub(super) fn ring_message(&mut self, now: Instant, from: NodeIdBytes, data: &[u8], relayed: bool) {
+        self.ring_relayed.1 += u64::from(relayed);
         if relayed && self.ring.table().get(&addr(from)).is_none() {
             self.ring
                 .handle_link_up(now, addr(from), LinkKind::Relay, RELAY_RTT);
@@ -127,7 +128,10 @@ impl Runtime {
             };
             match transmit {
                 Some(link::Transmit::Udp { socket, to, data }) => self.reach.send(socket, to, data),
-                Some(link::Transmit::Relay { to, data }) => self.relay(now, &to, &data),
+                Some(link::Transmit::Relay { to, data }) => {
+                    self.ring_relayed.0 += 1;
+                    self.relay(now, &to, &data)
+                }
                 None => self.ring_no_path += 1,
             }
         }

@@ -64,6 +64,8 @@ pub(super) struct Runtime {
     pub ring: crate::overlay::Ring,
     /// Ring messages for a peer whose direct path had just gone.
     pub ring_no_path: u64,
+    /// Ring messages over the XMPP relay (leaf links): (out, in).
+    pub ring_relayed: (u64, u64),
     /// Application datagrams sent through ring tunnels.
     pub app_tunnelled: u64,
     /// When the ring last looked at the online members.
@@ -115,6 +117,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         next_ping: 1,
         ring: super::ring::new_ring(Instant::now(), node_id),
         ring_no_path: 0,
+        ring_relayed: (0, 0),
         app_tunnelled: 0,
         ring_rendezvous_at: Instant::now(),
         dht_gets: BTreeMap::new(),

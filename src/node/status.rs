@@ -238,6 +238,8 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("ring_malformed", rt.ring.stats().malformed),
         ("ring_dropped", rt.ring.stats().dropped),
         ("ring_no_path", rt.ring_no_path),
+        ("ring_relayed_out", rt.ring_relayed.0),
+        ("ring_relayed_in", rt.ring_relayed.1),
         ("ring_links_up", rt.ring.stats().links_up),
         ("ring_links_down", rt.ring.stats().links_down),
     ]
