@@ -149,15 +149,7 @@ impl Ring {
                         ping.push((*peer, p.nonce));
                     }
                 }
-                None if now >= link.last_rx + link.ping_after => {
-                    let nonce = now.duration_since(link.since).subsec_nanos() | 1;
-                    link.ping = Some(Ping {
-                        nonce,
-                        sent: now,
-                        tries: 1,
-                    });
-                    ping.push((*peer, nonce));
-                }
+                None if now >= link.last_rx + link.ping_after => ping.push((*peer, first_ping(now, link))),
                 _ => {}
             }
         }
@@ -182,12 +174,7 @@ impl Ring {
         let Some(link) = self.table.get_mut(&peer) else {
             return;
         };
-        let nonce = now.duration_since(link.since).subsec_nanos() | 1;
-        link.ping = Some(Ping {
-            nonce,
-            sent: now,
-            tries: 1,
-        });
+        let nonce = first_ping(now, link);
         let due = now + self.cfg.ping_timeout;
         self.links_due = Some(self.links_due.map_or(due, |d| d.min(due)));
         self.send_link(peer, &Message::Ping(nonce));
@@ -445,4 +432,15 @@ impl Ring {
 /// A tunnel's first RTT guess: twice the hop to its relay.
 fn via_rtt(ring: &Ring, via: RingAddr) -> Duration {
     ring.table.get(&via).map_or(Duration::from_secs(1), |l| l.rtt * 2)
+}
+
+/// Starts a keepalive round on `link`; returns the nonce to send.
+fn first_ping(now: Instant, link: &mut Link) -> u32 {
+    let nonce = now.duration_since(link.since).subsec_nanos() | 1;
+    link.ping = Some(Ping {
+        nonce,
+        sent: now,
+        tries: 1,
+    });
+    nonce
 }
