@@ -32,6 +32,12 @@ struct Args {
     /// DHT read quorum: answers that end a read once values are found (a majority always does).
     #[arg(long, default_value_t = 3)]
     dht_quorum: u8,
+    /// DHT replica points per key (1–8); a get asks all of them at once.
+    #[arg(long, default_value_t = ringlet::overlay::dht::Config::default().points)]
+    dht_points: u8,
+    /// Joins per second while the ring forms (at least a 30 s window).
+    #[arg(long, default_value_t = 200)]
+    join_rate: u32,
     #[arg(long)]
     json: bool,
 }
@@ -44,6 +50,12 @@ fn main() -> Result<()> {
             args.scenario,
             SCENARIOS.join(", ")
         );
+    }
+    if !(1..=8).contains(&args.dht_points) {
+        bail!("--dht-points must be 1 to 8");
+    }
+    if args.join_rate == 0 {
+        bail!("--join-rate must be at least 1");
     }
     if args.nodes < 2 {
         bail!("--nodes must be at least 2");
@@ -60,6 +72,8 @@ fn main() -> Result<()> {
     opts.loss = args.loss;
     opts.samples = args.samples;
     opts.dht_quorum = args.dht_quorum;
+    opts.dht_points = args.dht_points;
+    opts.join_window = Options::join_window(args.nodes, args.join_rate);
     let report = run(&opts);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -35,7 +35,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            points: 4,
+            points: 8,
             copies: 3,
             retries: 2,
             quorum: 3,

@@ -25,6 +25,8 @@ pub struct Options {
     pub settle_limit: Duration,
     /// DHT read quorum (see `dht::Config::quorum`).
     pub dht_quorum: u8,
+    /// DHT replica points per key (see `dht::Config::points`).
+    pub dht_points: u8,
     /// Joins are spread uniformly over this window (default: 30 s, or 200 joins/s for big
     /// rings: a 100,000-node flash crowd in 30 s is a bootstrap storm no group will see).
     pub join_window: Duration,
@@ -33,6 +35,11 @@ pub struct Options {
 }
 
 impl Options {
+    /// The window `nodes` joins at `per_s` per second take, at least 30 s.
+    pub fn join_window(nodes: usize, per_s: u32) -> Duration {
+        Duration::from_secs((nodes as u64 / u64::from(per_s.max(1))).max(30))
+    }
+
     pub fn new(nodes: usize, seed: u64, scenario: &str) -> Options {
         Options {
             nodes,
@@ -44,7 +51,8 @@ impl Options {
             samples: 2000,
             settle_limit: Duration::from_secs(900),
             dht_quorum: crate::overlay::dht::Config::default().quorum,
-            join_window: Duration::from_secs((nodes as u64 / 200).max(30)),
+            dht_points: crate::overlay::dht::Config::default().points,
+            join_window: Options::join_window(nodes, 200),
             shortcuts: None,
         }
     }
@@ -233,6 +241,7 @@ fn pick_class(world: &mut World, opts: &Options) -> Class {
 fn build(opts: &Options, groups: u8) -> World {
     let mut cfg = Config::default();
     cfg.dht.quorum = opts.dht_quorum;
+    cfg.dht.points = opts.dht_points;
     cfg.shortcuts = opts.shortcuts;
     let mut world = World::new(opts.seed, cfg, Instant::now());
     world.loss = opts.loss;
@@ -248,6 +257,15 @@ fn build(opts: &Options, groups: u8) -> World {
 
 pub fn run(opts: &Options) -> Report {
     let started = Instant::now();
+    let debug = std::env::var("SIM_DEBUG").is_ok();
+    let phase = |name: &str| {
+        if debug {
+            eprintln!(
+                "phase {name} done at {:.1} s wall",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
     let groups = if opts.scenario == "partition-merge" { 2 } else { 1 };
     let mut world = build(opts, groups);
     let mut report = Report {
@@ -265,10 +283,13 @@ pub fn run(opts: &Options) -> Report {
     } else {
         report.consistent_after_s = settle(&mut world, opts.settle_limit);
     }
+    phase("settle");
     // Let shortcuts fill in before measuring.
     world.run_until(world.elapsed() + Duration::from_secs(60));
+    phase("fill");
     let keys = (opts.samples / 4).max(10);
     put_keys(&mut world, keys);
+    phase("put");
     match opts.scenario.as_str() {
         "crash20" => {
             let n = world.nodes.len();
@@ -308,6 +329,7 @@ pub fn run(opts: &Options) -> Report {
         }
         _ => {}
     }
+    phase("scenario");
     let (mean, p99, success, leaves) = measure_routing(&mut world, opts.samples);
     report.hops_mean = mean;
     report.hops_p99 = p99;
@@ -320,7 +342,9 @@ pub fn run(opts: &Options) -> Report {
     report.dht_get_success = ok;
     report.dht_lookup_ms_p50 = p50;
     report.dht_lookup_ms_p99 = p99;
+    phase("route+get");
     let (bytes, msgs) = measure_idle(&mut world, Duration::from_secs(300));
+    phase("idle");
     report.idle_bytes_per_node_s = bytes;
     report.idle_messages_per_node_min = msgs;
     let alive = world.nodes.iter().filter(|n| n.alive).count().max(1);
