@@ -4,10 +4,12 @@
 //! - [`config`]: the TOML configuration;
 //! - [`identity`]: the node key and its `NodeId`;
 //! - [`node`]: a running node and the API to embed one;
-//! - [`control`]: the local control socket (`ringlet status`).
+//! - [`control`]: the local control socket (`ringlet status`);
+//! - [`secure`]: group certificates, the Noise handshake and datagram protection.
 //!
 //! The XMPP transport (session, rendezvous, relay) lives in the `ringlet-xmpp` crate.
 
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod identity;
@@ -15,6 +17,7 @@ pub mod link;
 pub mod node;
 pub mod overlay;
 pub mod reach;
+pub mod secure;
 pub mod sim;
 
 pub use identity::NodeId;

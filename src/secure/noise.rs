@@ -1,0 +1,383 @@
+//! The Noise handshake (sans-IO, over the `snow` crate): IK when the peer's static key is
+//! known (rendezvous publishes it; one round trip), XX otherwise (one and a half). Both carry
+//! a [`Hello`] — the member certificate and CRL version — as encrypted payload, and the
+//! prologue binds the group's CA key and the purpose (link or end-to-end), so nodes of
+//! another group fail to decrypt rather than reach certificate checks.
+//!
+//! Use:
+//! 1. the initiator calls [`Initiating::start`] and sends the packet;
+//! 2. the responder calls [`respond`]: IK gives [`Responded::Done`] with the response to send;
+//!    XX gives [`Responded::Awaiting`] and the response, then [`Responding::on_final`];
+//! 3. the initiator calls [`Initiating::on_response`]: an [`Established`] session, plus (XX)
+//!    the final packet to send.
+//!
+//! Each step takes a `verify` callback that judges the peer ([`Peer`]: the static key the
+//! handshake proved and the certificate it presented) before any session exists.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
+use snow::{Builder, HandshakeState};
+use zeroize::Zeroizing;
+
+use super::cert::{CertError, MemberCert};
+use super::transport::Transport;
+use super::wire::{self, PATTERN_IK, PATTERN_XX};
+use crate::codec::Reader;
+
+const IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+const XX: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const HELLO_VERSION: u8 = 0;
+
+/// What the handshake protects: a link (one hop) or an end-to-end session across the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Link,
+    EndToEnd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake message does not decrypt (another group, a stale key or a forgery)")]
+    Noise,
+    #[error("malformed handshake payload")]
+    Hello,
+    #[error("peer refused: {0}")]
+    Refused(#[from] CertError),
+    #[error("handshake message of the wrong pattern or step")]
+    Step,
+}
+
+/// Our side: static key, group, and the hello we present.
+pub struct Local {
+    secret: Zeroizing<[u8; 32]>,
+    ca: [u8; 32],
+    hello: Vec<u8>,
+}
+
+impl Local {
+    pub fn new(secret: [u8; 32], cert: &MemberCert, crl_version: u64) -> Self {
+        Local {
+            secret: Zeroizing::new(secret),
+            ca: cert.ca,
+            hello: Hello::emit(&cert.emit(), crl_version),
+        }
+    }
+
+    fn builder(
+        &self,
+        pattern: u8,
+        purpose: Purpose,
+        seed: [u8; 32],
+    ) -> Result<(Builder<'_>, Vec<u8>), HandshakeError> {
+        let name = if pattern == PATTERN_IK { IK } else { XX };
+        let params = name.parse().map_err(|_| HandshakeError::Step)?;
+        let mut prologue = b"ringlet v0 ".to_vec();
+        prologue.push(match purpose {
+            Purpose::Link => b'L',
+            Purpose::EndToEnd => b'E',
+        });
+        prologue.extend_from_slice(&self.ca);
+        let builder = Builder::with_resolver(params, Box::new(Seeded(seed)));
+        Ok((builder, prologue))
+    }
+
+    fn build(
+        &self,
+        pattern: u8,
+        purpose: Purpose,
+        seed: [u8; 32],
+        remote: Option<&[u8; 32]>,
+        initiator: bool,
+    ) -> Result<HandshakeState, HandshakeError> {
+        let (builder, prologue) = self.builder(pattern, purpose, seed)?;
+        let mut b = builder
+            .local_private_key(&self.secret[..])
+            .and_then(|b| b.prologue(&prologue))
+            .map_err(|_| HandshakeError::Step)?;
+        if let Some(key) = remote {
+            b = b.remote_public_key(key).map_err(|_| HandshakeError::Step)?;
+        }
+        if initiator {
+            b.build_initiator()
+        } else {
+            b.build_responder()
+        }
+        .map_err(|_| HandshakeError::Step)
+    }
+}
+
+/// The handshake payload: `u8 version · u16 length + certificate · u64 CRL version`.
+struct Hello;
+
+impl Hello {
+    fn emit(cert: &[u8], crl_version: u64) -> Vec<u8> {
+        let mut out = vec![HELLO_VERSION];
+        out.extend_from_slice(&(cert.len() as u16).to_be_bytes());
+        out.extend_from_slice(cert);
+        out.extend_from_slice(&crl_version.to_be_bytes());
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Result<(MemberCert, u64), HandshakeError> {
+        let mut r = Reader::new(bytes);
+        let bad = |_| HandshakeError::Hello;
+        if r.u8().map_err(bad)? != HELLO_VERSION {
+            return Err(HandshakeError::Hello);
+        }
+        let cert = MemberCert::parse(r.bytes16().map_err(bad)?).map_err(|_| HandshakeError::Hello)?;
+        let crl_version = r.u64().map_err(bad)?;
+        if !r.is_empty() {
+            return Err(HandshakeError::Hello);
+        }
+        Ok((cert, crl_version))
+    }
+}
+
+/// The peer as the handshake proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The static key the peer proved it holds.
+    pub key: [u8; 32],
+    pub cert: MemberCert,
+    pub crl_version: u64,
+}
+
+#[derive(Debug)]
+pub struct Established {
+    pub transport: Transport,
+    pub peer: Peer,
+    pub local_index: u32,
+    pub remote_index: u32,
+}
+
+/// A handshake we started.
+pub struct Initiating {
+    hs: HandshakeState,
+    pattern: u8,
+    index: u32,
+}
+
+impl Initiating {
+    /// IK when `remote` (the peer's static key) is known, else XX. Returns the init packet.
+    pub fn start(
+        local: &Local,
+        purpose: Purpose,
+        remote: Option<&[u8; 32]>,
+        index: u32,
+        seed: [u8; 32],
+    ) -> Result<(Self, Vec<u8>), HandshakeError> {
+        let pattern = if remote.is_some() { PATTERN_IK } else { PATTERN_XX };
+        let mut hs = local.build(pattern, purpose, seed, remote, true)?;
+        let payload: &[u8] = if pattern == PATTERN_IK { &local.hello } else { &[] };
+        let noise = write(&mut hs, payload)?;
+        Ok((
+            Initiating { hs, pattern, index },
+            wire::init(pattern, index, &noise),
+        ))
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Reads the responder's answer; XX also returns the final packet to send.
+    pub fn on_response(
+        mut self,
+        now: Instant,
+        local: &Local,
+        sender: u32,
+        noise: &[u8],
+        verify: impl FnOnce(&Peer) -> Result<(), CertError>,
+    ) -> Result<(Established, Option<Vec<u8>>), HandshakeError> {
+        let payload = read(&mut self.hs, noise)?;
+        // IK and XX alike: the responder's certificate came in this message.
+        let peer = judge(&self.hs, &payload, verify)?;
+        let packet = if self.pattern == PATTERN_XX {
+            let noise = write(&mut self.hs, &local.hello)?;
+            Some(wire::final_message(sender, &noise))
+        } else {
+            None
+        };
+        let transport = split(now, self.hs, true)?;
+        Ok((
+            Established {
+                transport,
+                peer,
+                local_index: self.index,
+                remote_index: sender,
+            },
+            packet,
+        ))
+    }
+}
+
+/// What answering an init gave.
+pub enum Responded {
+    /// IK: the session is up; send the response.
+    Done(Box<Established>, Vec<u8>),
+    /// XX: send the response, then wait for the final message.
+    Awaiting(Box<Responding>, Vec<u8>),
+}
+
+/// Answers an init packet (pattern, sender index and Noise message as parsed).
+#[allow(clippy::too_many_arguments)] // the parts of one parsed packet, plus who we are
+pub fn respond(
+    now: Instant,
+    local: &Local,
+    purpose: Purpose,
+    pattern: u8,
+    sender: u32,
+    noise: &[u8],
+    index: u32,
+    seed: [u8; 32],
+    verify: impl FnOnce(&Peer) -> Result<(), CertError>,
+) -> Result<Responded, HandshakeError> {
+    let mut hs = local.build(pattern, purpose, seed, None, false)?;
+    let payload = read(&mut hs, noise)?;
+    if pattern == PATTERN_IK {
+        let peer = judge(&hs, &payload, verify)?;
+        let noise = write(&mut hs, &local.hello)?;
+        let transport = split(now, hs, false)?;
+        let est = Established {
+            transport,
+            peer,
+            local_index: index,
+            remote_index: sender,
+        };
+        return Ok(Responded::Done(
+            Box::new(est),
+            wire::response(index, sender, &noise),
+        ));
+    }
+    if !payload.is_empty() {
+        return Err(HandshakeError::Hello);
+    }
+    let noise = write(&mut hs, &local.hello)?;
+    Ok(Responded::Awaiting(
+        Box::new(Responding {
+            hs,
+            index,
+            remote_index: sender,
+        }),
+        wire::response(index, sender, &noise),
+    ))
+}
+
+/// An XX handshake we answered, waiting for the initiator's final message.
+pub struct Responding {
+    hs: HandshakeState,
+    index: u32,
+    remote_index: u32,
+}
+
+impl Responding {
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn on_final(
+        mut self,
+        now: Instant,
+        noise: &[u8],
+        verify: impl FnOnce(&Peer) -> Result<(), CertError>,
+    ) -> Result<Established, HandshakeError> {
+        let payload = read(&mut self.hs, noise)?;
+        let peer = judge(&self.hs, &payload, verify)?;
+        let transport = split(now, self.hs, false)?;
+        Ok(Established {
+            transport,
+            peer,
+            local_index: self.index,
+            remote_index: self.remote_index,
+        })
+    }
+}
+
+fn write(hs: &mut HandshakeState, payload: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+    let mut out = vec![0u8; payload.len() + 256];
+    let n = hs
+        .write_message(payload, &mut out)
+        .map_err(|_| HandshakeError::Step)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+fn read(hs: &mut HandshakeState, noise: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+    if noise.len() > wire::MAX_NOISE {
+        return Err(HandshakeError::Noise);
+    }
+    let mut out = vec![0u8; noise.len()];
+    let n = hs
+        .read_message(noise, &mut out)
+        .map_err(|_| HandshakeError::Noise)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Parses the peer's hello and asks `verify` about the static key the handshake proved.
+fn judge(
+    hs: &HandshakeState,
+    payload: &[u8],
+    verify: impl FnOnce(&Peer) -> Result<(), CertError>,
+) -> Result<Peer, HandshakeError> {
+    let (cert, crl_version) = Hello::parse(payload)?;
+    let key: [u8; 32] = hs
+        .get_remote_static()
+        .and_then(|k| k.try_into().ok())
+        .ok_or(HandshakeError::Step)?;
+    if cert.node_key != key {
+        return Err(HandshakeError::Refused(CertError::OtherNode));
+    }
+    let peer = Peer {
+        key,
+        cert,
+        crl_version,
+    };
+    verify(&peer)?;
+    Ok(peer)
+}
+
+fn split(now: Instant, mut hs: HandshakeState, initiator: bool) -> Result<Transport, HandshakeError> {
+    if !hs.is_handshake_finished() {
+        return Err(HandshakeError::Step);
+    }
+    let (i2r, r2i) = hs.dangerously_get_raw_split();
+    let (mut send, mut recv) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
+    Ok(Transport::new(now, &mut send, &mut recv))
+}
+
+/// snow's default primitives, with randomness from a seed the caller's RNG drew (cores never
+/// read the operating system's randomness themselves).
+struct Seeded([u8; 32]);
+
+struct SeededRandom(StdRng);
+
+impl Random for SeededRandom {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoResolver for Seeded {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(SeededRandom(StdRng::from_seed(self.0))))
+    }
+
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
+}
