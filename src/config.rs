@@ -40,6 +40,24 @@ struct File {
     udp: UdpSection,
     #[serde(default)]
     stun: StunSection,
+    #[serde(default)]
+    group: GroupSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct GroupSection {
+    cert: PathBuf,
+    crl: PathBuf,
+}
+
+impl Default for GroupSection {
+    fn default() -> Self {
+        Self {
+            cert: "group.cert".into(),
+            crl: "group.crl".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +174,10 @@ pub struct Config {
     pub udp_enabled: bool,
     pub udp_bind: SocketAddr,
     pub stun_servers: Vec<String>,
+    /// This node's member certificate (`ringlet group join` installs it).
+    pub group_cert: PathBuf,
+    /// The revocations this node knows of.
+    pub group_crl: PathBuf,
 }
 
 /// The largest stanza budget accepted: well under the 256 KiB servers allow by default.
@@ -296,6 +318,8 @@ impl Config {
             udp_enabled: file.udp.enabled,
             udp_bind,
             stun_servers: file.stun.servers.clone(),
+            group_cert: resolve(&file.group.cert),
+            group_crl: resolve(&file.group.crl),
         })
     }
 }

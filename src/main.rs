@@ -3,6 +3,8 @@
 //! Exit codes: 0 success, 1 the node failed (login refused, server unreachable, …) or is not
 //! running, 2 the configuration or the command line is wrong.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +55,16 @@ enum Command {
         #[command(subcommand)]
         op: DhtOp,
     },
+    /// Print this node's id and public key (what `group sign --node-key` takes)
+    Id {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+    /// Group certificates: create a group, admit members, install a certificate
+    Group {
+        #[command(subcommand)]
+        op: cli::group::GroupOp,
+    },
     /// Show the status of the running node
     Status {
         #[arg(short, long, default_value = "ringlet.toml")]
@@ -83,10 +95,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let config_path = match &cli.command {
+        Command::Group { .. } => None,
         Command::Up { config }
+        | Command::Id { config }
         | Command::Status { config, .. }
         | Command::Ping { config, .. }
-        | Command::Dht { config, .. } => config.clone(),
+        | Command::Dht { config, .. } => Some(config.clone()),
+    };
+    let Some(config_path) = config_path else {
+        let Command::Group { op } = cli.command else {
+            unreachable!("only group commands run without a config")
+        };
+        return exit_with(cli::group::run(op));
     };
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -95,6 +115,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Id { .. } = cli.command {
+        return exit_with(cli::group::id(&config));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -108,12 +131,25 @@ fn main() -> ExitCode {
             Command::Status { json, .. } => status(config, json).await,
             Command::Ping { node, count, .. } => ping(config, &node, count).await,
             Command::Dht { op, .. } => dht(config, op).await,
+            Command::Id { .. } | Command::Group { .. } => unreachable!("handled without a runtime"),
         }
     });
+    exit_with(result)
+}
+
+fn exit_with(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain, leaving out causes a message already quotes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
             ExitCode::from(1)
         }
     }

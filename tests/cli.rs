@@ -131,3 +131,97 @@ async fn status_table_and_json_schema() {
     assert!(stderr(&second).contains("already running"), "{}", stderr(&second));
     assert_eq!(alice.status().await.unwrap().state, "online");
 }
+
+/// `id`, then `group init`, `sign`, `join` and `show` as a user would run them; a certificate
+/// for another node or a damaged one is refused and nothing is installed.
+#[test]
+fn group_init_sign_join_and_show() {
+    let dir = tempdir("ringlet-cli-");
+    let spec = NodeSpec::new("alice@one.test", "127.0.0.1:1", "alpha", &[]);
+    let config = spec.write(dir.path());
+    let config = config.to_str().unwrap();
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = ringlet(&["id", "--config", config]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("node-key").map(|k| k.trim().to_owned()))
+        .expect("id prints node-key");
+    let ca = dir.path().join("friends.ca.key");
+    let ca = ca.to_str().unwrap();
+    let out = ringlet(&["group", "init", "friends", "--ca", ca]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = ringlet(&["group", "init", "friends", "--ca", ca]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+
+    let cert = dir.path().join("alice.cert");
+    let cert = cert.to_str().unwrap();
+    let other_key = "11".repeat(32);
+    let other = dir.path().join("other.cert");
+    let out = ringlet(&[
+        "group",
+        "sign",
+        "--ca",
+        ca,
+        "--node-key",
+        &other_key,
+        "--user",
+        "alice@one.test",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ringlet(&["group", "join", "--config", config, other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("for node"), "{}", stderr(&out));
+    let out = ringlet(&["group", "show", "--config", config]);
+    assert_eq!(out.status.code(), Some(1), "a refused certificate was installed");
+
+    let out = ringlet(&[
+        "group",
+        "sign",
+        "--ca",
+        ca,
+        "--node-key",
+        &key,
+        "--user",
+        "alice@one.test",
+        "--expires",
+        "30",
+        "--out",
+        cert,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut damaged = std::fs::read_to_string(cert).unwrap();
+    damaged.insert(20, 'A');
+    let bad = dir.path().join("bad.cert");
+    std::fs::write(&bad, damaged).unwrap();
+    let out = ringlet(&["group", "join", "--config", config, bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    let out = ringlet(&["group", "join", "--config", config, cert]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ringlet(&["group", "show", "--config", config]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = text(&out);
+    assert!(shown.contains("group      friends"), "{shown}");
+    assert!(shown.contains("user       alice@one.test"), "{shown}");
+    assert!(
+        shown.contains("in 29 days") || shown.contains("in 30 days"),
+        "{shown}"
+    );
+    let out = ringlet(&[
+        "group",
+        "sign",
+        "--ca",
+        ca,
+        "--node-key",
+        &key,
+        "--user",
+        "nobody",
+        "--expires",
+        "2001-01-01",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -8,7 +8,9 @@
 //!   limits; [`replay`]: the window;
 //! - [`wire`]: the secure packet format;
 //! - [`files`]: the CA key file and the certificate's text form.
+//! - [`admin`]: what `ringlet group init | sign | join` do.
 
+pub mod admin;
 pub mod cert;
 pub mod files;
 pub mod noise;

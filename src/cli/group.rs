@@ -1,0 +1,158 @@
+//! `ringlet id` and `ringlet group init | sign | join | show`: the node's identity and the
+//! group's certificates, handled offline (no running node needed).
+
+#![allow(clippy::disallowed_methods)] // the command line reads the wall clock for expiries
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Subcommand;
+use ringlet::config::Config;
+use ringlet::identity::NodeKey;
+use ringlet::secure::{admin, files};
+
+#[derive(Subcommand)]
+pub enum GroupOp {
+    /// Create a group: a new CA key, kept by whoever admits members
+    Init {
+        name: String,
+        /// Where to write the CA key (default: NAME.ca.key in this directory)
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Issue a member certificate for a node key and its user's JID
+    Sign {
+        /// The group's CA key file (default: the only *.ca.key in this directory)
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The node's public key, as `ringlet id` prints it on that node
+        #[arg(long)]
+        node_key: String,
+        /// The user's bare JID, the account the node logs in with
+        #[arg(long)]
+        user: String,
+        /// Days of validity (`365`, `90d`) or a date (`2027-06-30`)
+        #[arg(long, default_value = "365")]
+        expires: String,
+        /// Write the certificate here instead of standard output
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Install this node's member certificate (checked against the node key and JID)
+    Join {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        /// The certificate file `group sign` wrote
+        cert: PathBuf,
+    },
+    /// Show the installed certificate
+    Show {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prints the node's id and public key (creating the key on first use).
+pub fn id(config: &Config) -> anyhow::Result<()> {
+    let (key, created) = NodeKey::load_or_create(&config.key_file)?;
+    if created {
+        eprintln!("created node key {}", config.key_file.display());
+    }
+    println!("node-id    {}", key.node_id());
+    println!("node-key   {}", hex::encode(key.public_bytes()));
+    println!("jid        {}", config.jid);
+    Ok(())
+}
+
+pub fn run(op: GroupOp) -> anyhow::Result<()> {
+    match op {
+        GroupOp::Init { name, ca } => {
+            let path = ca.unwrap_or_else(|| PathBuf::from(format!("{name}.ca.key")));
+            let ca = admin::init(&name, &path)?;
+            println!("group      {}", ca.group());
+            println!("ca-key     {}", hex::encode(ca.public()));
+            eprintln!(
+                "CA key written to {} (keep it secret; it admits members)",
+                path.display()
+            );
+        }
+        GroupOp::Sign {
+            ca,
+            node_key,
+            user,
+            expires,
+            out,
+        } => {
+            let ca_path = match ca {
+                Some(p) => p,
+                None => only_ca_key_here()?,
+            };
+            let ca = files::read_ca(&ca_path)?;
+            let now = unix_now();
+            let expires = admin::parse_expiry(&expires, now)?;
+            let cert = admin::sign(&ca, &node_key, &user, expires, now)?;
+            let text = files::cert_to_text(&cert);
+            match out {
+                Some(path) => {
+                    files::replace_file(&path, &text)?;
+                    eprintln!(
+                        "certificate for {} (node {}) written to {}",
+                        cert.user,
+                        cert.node_id(),
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+        }
+        GroupOp::Join { config, cert } => {
+            let config = Config::load(&config)?;
+            let (key, _) = NodeKey::load_or_create(&config.key_file)?;
+            let text =
+                std::fs::read_to_string(&cert).with_context(|| format!("cannot read {}", cert.display()))?;
+            let cert = admin::join(
+                &text,
+                &key.public_bytes(),
+                &config.jid,
+                &config.group_cert,
+                unix_now(),
+            )?;
+            println!(
+                "joined group '{}' as {} (certificate {:016x})",
+                cert.group, cert.user, cert.serial
+            );
+        }
+        GroupOp::Show { config } => {
+            let config = Config::load(&config)?;
+            let cert = files::read_cert(&config.group_cert)
+                .with_context(|| format!("no certificate installed at {}", config.group_cert.display()))?;
+            println!("group      {}", cert.group);
+            println!("ca-key     {}", hex::encode(cert.ca));
+            println!("user       {}", cert.user);
+            println!("node-id    {}", cert.node_id());
+            println!("serial     {:016x}", cert.serial);
+            let left = cert.expires.saturating_sub(unix_now()) / 86_400;
+            println!("expires    in {left} days (unix {})", cert.expires);
+        }
+    }
+    Ok(())
+}
+
+fn only_ca_key_here() -> anyhow::Result<PathBuf> {
+    let keys: Vec<PathBuf> = std::fs::read_dir(Path::new("."))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".ca.key"))
+        .collect();
+    match keys.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no *.ca.key in this directory; pass --ca FILE"),
+        _ => anyhow::bail!("several *.ca.key files here; pass --ca FILE"),
+    }
+}
