@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod fuzzing;
 pub mod identity;
 pub mod link;
 pub mod node;

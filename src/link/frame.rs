@@ -336,31 +336,8 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::seeds::offer;
     use proptest::prelude::*;
-
-    fn offer() -> Offer {
-        Offer {
-            attempt: 7,
-            creds: Credentials {
-                ufrag: "abcdefgh".into(),
-                pwd: "0123456789abcdefghijklmn".into(),
-            },
-            nat: NatInfo {
-                mapping: Some(Mapping::EndpointDependent),
-                ports: Some(Ports::Sequential { step: -2 }),
-                filtering: Some(Filtering::AddressAndPortDependent),
-                udp: None,
-            },
-            candidates: vec![
-                Candidate::new(CandidateKind::Host, "10.0.0.2:4000".parse().unwrap(), 1),
-                Candidate::new(
-                    CandidateKind::ServerReflexive,
-                    "[2001:db8::7]:5000".parse().unwrap(),
-                    2,
-                ),
-            ],
-        }
-    }
 
     #[test]
     fn every_kind_round_trips() {

@@ -543,89 +543,9 @@ mod tests {
     use crate::overlay::addr::filled as addr;
     use proptest::prelude::*;
 
-    fn samples() -> Vec<Message> {
-        let routed = |body| {
-            Message::Routed(Routed {
-                src: addr(1),
-                dst: addr(2),
-                mode: Mode::Closest,
-                ttl: 40,
-                hops: 3,
-                uphill: true,
-                body,
-            })
-        };
-        vec![
-            Message::Ping(7),
-            Message::Pong(8),
-            routed(RoutedBody::Ctm {
-                token: 9,
-                purpose: Purpose::Shortcut,
-                reply_via: addr(3),
-                candidates: vec![1, 2, 3],
-            }),
-            routed(RoutedBody::CtmReply {
-                token: 9,
-                candidates: vec![4],
-                neighbours: vec![addr(5), addr(6)],
-            }),
-            routed(RoutedBody::DhtPut {
-                key: addr(7),
-                lease_s: 60,
-                value: vec![0; MAX_VALUE],
-            }),
-            routed(RoutedBody::DhtGet { req: 1, key: addr(7) }),
-            routed(RoutedBody::DhtValues {
-                req: 1,
-                values: vec![(30, b"v".to_vec()), (5, vec![])],
-            }),
-            routed(RoutedBody::App(b"hello".to_vec())),
-            routed(RoutedBody::NeighboursRequest {
-                req: 4,
-                reply_via: addr(5),
-            }),
-            routed(RoutedBody::Via {
-                to: addr(6),
-                inner: Box::new(RoutedBody::App(b"x".to_vec())),
-            }),
-            routed(RoutedBody::NeighboursReply {
-                req: 4,
-                neighbours: vec![addr(9)],
-            }),
-            routed(RoutedBody::Broadcast {
-                seq: 3,
-                end: addr(8),
-                payload: vec![1, 2],
-            }),
-            Message::Broadcast {
-                origin: addr(1),
-                seq: 2,
-                start: addr(3),
-                end: addr(4),
-                payload: vec![5],
-            },
-            Message::Relay {
-                to: addr(3),
-                inner: Message::Ping(1).emit(),
-            },
-            Message::Relayed {
-                from: addr(3),
-                inner: Message::Pong(1).emit(),
-            },
-            Message::Replicate(vec![Record {
-                point: addr(1),
-                key: addr(2),
-                lease_s: 3,
-                value: vec![4],
-            }]),
-            Message::Bye,
-            Message::Neighbours(vec![addr(1), addr(2)]),
-        ]
-    }
-
     #[test]
     fn every_message_round_trips() {
-        for msg in samples() {
+        for msg in crate::fuzzing::seeds::overlay_messages() {
             assert_eq!(Message::parse(&msg.emit()), Ok(msg));
         }
     }
@@ -665,7 +585,7 @@ mod tests {
 
         #[test]
         fn truncations_are_errors(cut in 0usize..200) {
-            for msg in samples() {
+            for msg in crate::fuzzing::seeds::overlay_messages() {
                 let bytes = msg.emit();
                 if cut < bytes.len() && !matches!(msg, Message::Relay { .. } | Message::Relayed { .. }) {
                     prop_assert!(Message::parse(&bytes[..cut]).is_err());
