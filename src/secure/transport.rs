@@ -1,13 +1,14 @@
-//! Datagram protection for an established session: ChaCha20-Poly1305 keyed by the Noise
-//! handshake's split, an explicit 64-bit counter per datagram (the Noise transport nonce:
+//! Datagram protection for an established session: ChaCha20-Poly1305 (ring's assembly
+//! implementation, ~4x the portable one here) keyed by the Noise handshake's split, an explicit 64-bit counter per datagram (the Noise transport nonce:
 //! 4 zero bytes then the counter, little-endian), the packet header as associated data, a
 //! replay window, and the age and volume after which a fresh handshake must replace the
 //! session. Keys are erased when the transport is dropped.
 
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use std::mem::MaybeUninit;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use zeroize::Zeroize;
 
 use super::replay::ReplayWindow;
@@ -34,9 +35,40 @@ pub enum TransportError {
     Short,
 }
 
+/// A ring AEAD key that is overwritten with zeros when dropped: ring keeps key material in
+/// the key object and does not erase it.
+struct ErasedKey(Box<MaybeUninit<LessSafeKey>>);
+
+// Overwriting is sound only because the key has no destructor of its own to run afterwards.
+const _: () = assert!(!std::mem::needs_drop::<LessSafeKey>());
+
+impl ErasedKey {
+    fn new(bytes: &[u8; 32]) -> Self {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, bytes)
+            .unwrap_or_else(|_| unreachable!("a 32-byte key is what ChaCha20-Poly1305 takes"));
+        ErasedKey(Box::new(MaybeUninit::new(LessSafeKey::new(key))))
+    }
+
+    fn key(&self) -> &LessSafeKey {
+        // SAFETY: initialised in `new`; overwritten only in `drop`, after which it is unused.
+        unsafe { self.0.assume_init_ref() }
+    }
+}
+
+impl Drop for ErasedKey {
+    fn drop(&mut self) {
+        let p = self.0.as_mut_ptr().cast::<u8>();
+        for i in 0..std::mem::size_of::<LessSafeKey>() {
+            // SAFETY: in bounds of the boxed key; volatile so the erasure is not optimised
+            // away as a dead store before the memory is freed.
+            unsafe { std::ptr::write_volatile(p.add(i), 0) };
+        }
+    }
+}
+
 pub struct Transport {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: ErasedKey,
+    recv: ErasedKey,
     next_counter: u64,
     replay: ReplayWindow,
     started: Instant,
@@ -52,8 +84,8 @@ impl Transport {
     /// Takes the keys (and erases the caller's copies).
     pub fn new(now: Instant, send_key: &mut [u8; 32], recv_key: &mut [u8; 32]) -> Self {
         let t = Transport {
-            send: ChaCha20Poly1305::new(Key::from_slice(send_key)),
-            recv: ChaCha20Poly1305::new(Key::from_slice(recv_key)),
+            send: ErasedKey::new(send_key),
+            recv: ErasedKey::new(recv_key),
             next_counter: 0,
             replay: ReplayWindow::default(),
             started: now,
@@ -91,9 +123,10 @@ impl Transport {
         let counter = self.next_counter;
         let tag = self
             .send
-            .encrypt_in_place_detached(&nonce(counter), header, buf)
+            .key()
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(header), buf)
             .map_err(|_| TransportError::Expired)?;
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(tag.as_ref());
         self.next_counter += 1;
         Ok(counter)
     }
@@ -117,14 +150,18 @@ impl Transport {
             return Err(TransportError::Replay);
         }
         let split = buf.len() - TAG_LEN;
-        let tag = Tag::clone_from_slice(&buf[split..]);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&buf[split..]);
         let mut body = std::mem::take(buf);
         body.truncate(split);
-        if self
-            .recv
-            .decrypt_in_place_detached(&nonce(counter), header, &mut body, &tag)
-            .is_err()
-        {
+        let opened = self.recv.key().open_in_place_separate_tag(
+            nonce(counter),
+            Aad::from(header),
+            Tag::from(tag),
+            &mut body,
+            0..,
+        );
+        if opened.is_err() {
             body.zeroize();
             return Err(TransportError::Forged);
         }
@@ -137,7 +174,7 @@ impl Transport {
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    Nonce::from(n)
+    Nonce::assume_unique_for_key(n)
 }
 
 #[cfg(test)]
