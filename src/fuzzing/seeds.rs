@@ -135,6 +135,7 @@ pub fn link_frames() -> Vec<Frame> {
         Body::Pong(1),
         Body::Overlay(vec![0, 1, 2]),
         Body::Close,
+        Body::Secure(wire::data_header(1, 2).to_vec()),
     ];
     bodies.into_iter().map(|body| Frame { path, body }).collect()
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! byte 0      0b11 + 6-bit version (0xc0 for version 0); tells frames from STUN
-//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong, 7 overlay
+//! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong, 7 overlay,
+//!             8 close, 9 secure (a `secure::wire` packet sealing one inner frame)
 //! bytes 2..10 path id: the overlay's namespace id, so one socket serves every overlay
 //! bytes 10..  body
 //! ```
@@ -57,6 +58,8 @@ pub enum Body {
     /// The sender closed this direct path (nobody on its side needs it): close yours now
     /// rather than after the keepalive notices, so nothing is sent into the void meanwhile.
     Close,
+    /// A secure packet (`secure::wire`): a handshake message, or another frame sealed.
+    Secure(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,7 @@ impl Frame {
             Body::Pong(n) => (6, n.to_be_bytes().to_vec()),
             Body::Overlay(m) => (7, m.clone()),
             Body::Close => (8, Vec::new()),
+            Body::Secure(p) => (9, p.clone()),
         };
         out.push(kind);
         out.extend_from_slice(&self.path);
@@ -151,9 +155,10 @@ impl Frame {
             6 => Body::Pong(r.u64()?),
             7 => Body::Overlay(bytes[HEADER_LEN..].to_vec()),
             8 => Body::Close,
+            9 => Body::Secure(bytes[HEADER_LEN..].to_vec()),
             k => return Err(FrameError::Kind(k)),
         };
-        if !matches!(body, Body::Data(_) | Body::Overlay(_)) && !r.0.is_empty() {
+        if !matches!(body, Body::Data(_) | Body::Overlay(_) | Body::Secure(_)) && !r.0.is_empty() {
             return Err(FrameError::Body);
         }
         Ok(Self { path, body })

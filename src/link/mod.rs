@@ -21,8 +21,12 @@
 //! 3. drain [`Links::poll_transmit`] and [`Links::poll_event`].
 
 pub mod frame;
+mod punching;
+mod secure;
 #[cfg(test)]
 mod tests;
+
+pub use self::secure::{Security, HANDSHAKE_TRIES, QUEUE_MAX};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,10 +39,11 @@ use ringlet_xmpp::{FullJid, NodeIdBytes};
 use stun_codec::MessageClass;
 
 use self::frame::{Body, Frame, Offer, PathId};
+use self::punching::Attempt;
 use crate::identity::NodeId;
 use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::NatInfo;
-use crate::reach::punch::{self, plan_birthday, Credentials, PunchAgent};
+use crate::reach::punch::{self, Credentials, PunchAgent};
 use crate::reach::stun_msg::{self, StunMessage};
 
 #[derive(Debug, Clone)]
@@ -141,6 +146,8 @@ pub enum Event {
 pub enum SendError {
     #[error("no link to that node")]
     UnknownPeer,
+    #[error("no direct path to that node")]
+    NoDirectPath,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,51 +165,16 @@ pub struct Counters {
     pub offers_refused: u64,
     /// Direct paths the peer closed with a close frame.
     pub closed_by_peer: u64,
-}
-
-struct Attempt {
-    id: u32,
-    agent: PunchAgent,
-    initiator: bool,
-    /// What the peer last told us about its NAT, and its server-reflexive address.
-    peer_nat: NatInfo,
-    peer_srflx: Option<SocketAddr>,
-    birthday: bool,
-}
-
-impl Attempt {
-    fn new(id: u32, agent: PunchAgent, initiator: bool) -> Self {
-        Self {
-            id,
-            agent,
-            initiator,
-            peer_nat: NatInfo::default(),
-            peer_srflx: None,
-            birthday: false,
-        }
-    }
-
-    /// What the peer told us about itself (offer, answer or trickle).
-    fn learn(&mut self, now: Instant, own_nat: &NatInfo, peer_nat: NatInfo, candidates: &[Candidate]) {
-        self.peer_nat = peer_nat;
-        if self.peer_srflx.is_none() {
-            self.peer_srflx = srflx_of(candidates);
-        }
-        self.plan_birthday(now, own_nat);
-    }
-
-    /// Starts birthday probing once both sides' NAT info and the peer's public address call
-    /// for it. Either may arrive after the offer (NAT detection takes a few round trips), so
-    /// this runs again whenever one of them changes; an attempt probes this way at most once.
-    fn plan_birthday(&mut self, now: Instant, own_nat: &NatInfo) {
-        if self.birthday {
-            return;
-        }
-        if let Some(plan) = plan_birthday(own_nat, &self.peer_nat, self.peer_srflx, self.peer_nat.ports) {
-            self.birthday = true;
-            self.agent.set_birthday(now, plan);
-        }
-    }
+    /// Link sessions established (handshakes completed, rekeys included).
+    pub handshakes: u64,
+    /// Handshakes refused: no certificate of our group, another key, another JID, expired.
+    pub handshakes_refused: u64,
+    /// Secure packets dropped: forged, replayed, of an unknown or dead session.
+    pub secure_dropped: u64,
+    /// Frames that came unsealed to a secure node.
+    pub plaintext_refused: u64,
+    /// Frames dropped while waiting for a handshake (queue full or handshake given up).
+    pub queue_dropped: u64,
 }
 
 impl Link {
@@ -245,6 +217,9 @@ struct Link {
     ring_wants: bool,
     /// Application traffic keeps the direct path wanted until then (with `on_demand`).
     app_until: Option<Instant>,
+    /// The peer's static key, from rendezvous (lets the handshake be IK).
+    key: Option<[u8; 32]>,
+    session: secure::Session,
 }
 
 pub struct Links {
@@ -258,6 +233,9 @@ pub struct Links {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     counters: Counters,
+    security: Option<Security>,
+    /// Our session indices (current, previous and handshaking) and whose they are.
+    session_index: BTreeMap<u32, NodeIdBytes>,
 }
 
 impl Links {
@@ -273,6 +251,8 @@ impl Links {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
+            security: None,
+            session_index: BTreeMap::new(),
         }
     }
 
@@ -307,6 +287,8 @@ impl Links {
             last_offer: None,
             ring_wants: false,
             app_until: None,
+            key: None,
+            session: secure::Session::default(),
         };
         self.links.insert(peer, link);
         if !self.cfg.on_demand {
@@ -367,11 +349,9 @@ impl Links {
             return;
         }
         if let Path::Direct { .. } = link.path {
-            let close = Frame {
-                path: self.path_id,
-                body: Body::Close,
-            };
-            self.transmits.push_back(link.transmit(close.emit()));
+            if let Some(t) = self.out(now, peer, Body::Close, false) {
+                self.transmits.push_back(t);
+            }
         }
         self.retire_attempt(&peer);
         if let Some(link) = self.links.get_mut(&peer) {
@@ -382,7 +362,9 @@ impl Links {
 
     pub fn member_down(&mut self, peer: &NodeIdBytes) {
         self.retire_attempt(peer);
-        self.links.remove(peer);
+        if let Some(link) = self.links.remove(peer) {
+            self.forget_sessions(link.session);
+        }
     }
 
     /// Ends the running attempt of `peer`, closing its extra sockets. A direct path it held is
@@ -415,9 +397,9 @@ impl Links {
             .collect();
         self.local = candidates;
         self.nat = nat;
-        let path = self.path_id;
         let on_demand = self.cfg.on_demand;
-        for link in self.links.values_mut() {
+        let mut trickles = Vec::new();
+        for (peer, link) in self.links.iter_mut() {
             let wanted = link.wanted(on_demand, now);
             match &mut link.attempt {
                 // Only a punch in progress needs them.
@@ -428,7 +410,7 @@ impl Links {
                         nat,
                         candidates: added.clone(),
                     };
-                    signal(&mut self.transmits, path, &link.jid, body);
+                    trickles.push((*peer, body));
                 }
                 None if link.path == Path::Xmpp
                     && (nat_changed || !added.is_empty())
@@ -439,6 +421,9 @@ impl Links {
                 }
                 _ => {}
             }
+        }
+        for (peer, body) in trickles {
+            self.signal(now, peer, body);
         }
     }
 
@@ -461,8 +446,8 @@ impl Links {
             nat: self.nat,
             candidates: self.local.clone(),
         };
-        signal(&mut self.transmits, self.path_id, &link.jid, Body::Offer(offer));
         link.attempt = Some(Attempt::new(id, agent, true));
+        self.signal(now, peer, Body::Offer(offer));
         self.counters.attempts += 1;
         tracing::debug!(peer = %NodeId(peer), attempt = id, "punch: offer sent");
     }
@@ -475,6 +460,20 @@ impl Links {
         if !self.links.contains_key(&peer) {
             return;
         }
+        let frame = match (frame.body, self.is_secure()) {
+            (Body::Secure(packet), true) => match self.open_secure(now, secure::Via::Relay(peer), &packet) {
+                Some((_, inner)) => inner,
+                None => return self.drain(now),
+            },
+            (Body::Secure(_), false) | (_, true) => {
+                self.counters.plaintext_refused += 1;
+                return;
+            }
+            (body, false) => Frame {
+                path: frame.path,
+                body,
+            },
+        };
         match frame.body {
             Body::Data(data) => {
                 self.app_traffic(now, &peer);
@@ -506,8 +505,9 @@ impl Links {
                     a.learn(now, &own_nat, nat, &candidates);
                 }
             }
-            Body::Ping(nonce) => self.pong(peer, nonce),
+            Body::Ping(nonce) => self.pong(now, peer, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer, nonce }),
+            Body::Secure(_) => self.counters.malformed_frames += 1,
         }
         self.drain(now);
     }
@@ -567,8 +567,8 @@ impl Links {
             nat: self.nat,
             candidates: self.local.clone(),
         };
-        signal(&mut self.transmits, self.path_id, &link.jid, Body::Answer(answer));
         link.attempt = Some(attempt);
+        self.signal(now, peer, Body::Answer(answer));
         self.counters.attempts += 1;
     }
 
@@ -637,18 +637,35 @@ impl Links {
         let Some(frame) = self.parse(bytes) else {
             return;
         };
-        // The peer's frames may come over another pair than the one we send on, or arrive
-        // before our side of the punch has finished: any pair its checks proved will do.
-        let peer = self.links.iter_mut().find(|(_, l)| {
-            matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from)
-                || l.attempt.as_ref().is_some_and(|a| a.agent.accepts(socket, from))
-        });
-        let Some((id, link)) = peer else {
+        let (frame, sealed_by) = match (frame.body, self.is_secure()) {
+            (Body::Secure(packet), true) => {
+                match self.open_secure(now, secure::Via::Udp(socket, from), &packet) {
+                    Some((peer, inner)) => (inner, Some(peer)),
+                    None => return self.drain(now),
+                }
+            }
+            (Body::Secure(_), false) | (_, true) => {
+                self.counters.plaintext_refused += 1;
+                return;
+            }
+            (body, false) => (
+                Frame {
+                    path: frame.path,
+                    body,
+                },
+                None,
+            ),
+        };
+        let Some(id) = self.peer_at(socket, from) else {
             self.counters.unknown_source += 1;
             return;
         };
-        let id = *id;
-        if let Some(a) = link.attempt.as_mut() {
+        // A session proves who sealed the frame; the address must be that peer's too.
+        if sealed_by.is_some_and(|p| p != id) {
+            self.counters.secure_dropped += 1;
+            return;
+        }
+        if let Some(a) = self.links.get_mut(&id).and_then(|l| l.attempt.as_mut()) {
             a.agent.heard(now, socket, from);
         }
         match frame.body {
@@ -656,7 +673,7 @@ impl Links {
                 self.app_traffic(now, &id);
                 self.events.push_back(Event::Datagram { from: id, data })
             }
-            Body::Ping(nonce) => self.pong(id, nonce),
+            Body::Ping(nonce) => self.pong(now, id, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer: id, nonce }),
             Body::Overlay(data) => self.events.push_back(Event::Overlay {
                 from: id,
@@ -665,8 +682,22 @@ impl Links {
             }),
             Body::Close => self.on_close(now, id),
             // Signalling travels over the relay only.
-            Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } => {}
+            Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } | Body::Secure(_) => {}
         }
+        self.drain(now);
+    }
+
+    /// The member whose direct path (or running punch) is this socket and address. The
+    /// peer's frames may come over another pair than the one we send on, or arrive before our
+    /// side of the punch has finished: any pair its checks proved will do.
+    fn peer_at(&self, socket: SocketId, from: SocketAddr) -> Option<NodeIdBytes> {
+        self.links
+            .iter()
+            .find(|(_, l)| {
+                matches!(l.path, Path::Direct { socket: s, remote, .. } if s == socket && remote == from)
+                    || l.attempt.as_ref().is_some_and(|a| a.agent.accepts(socket, from))
+            })
+            .map(|(id, _)| *id)
     }
 
     /// The peer closed the direct path: close ours (re-opened soon if we still want it).
@@ -679,41 +710,50 @@ impl Links {
         }
     }
 
-    /// Frames an overlay ping to `peer` over its current path.
-    pub fn ping(&mut self, peer: &NodeIdBytes, nonce: u64) -> Result<Transmit, SendError> {
-        let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
-        let data = Frame {
-            path: self.path_id,
-            body: Body::Ping(nonce),
+    /// Queues a signalling frame (offer, answer, candidates): these travel over the relay only.
+    fn signal(&mut self, now: Instant, peer: NodeIdBytes, body: Body) {
+        if let Some(t) = self.out(now, peer, body, true) {
+            self.transmits.push_back(t);
         }
-        .emit();
-        Ok(link.transmit(data))
     }
 
-    fn pong(&mut self, peer: NodeIdBytes, nonce: u64) {
-        let Some(link) = self.links.get(&peer) else {
-            return;
-        };
-        let data = Frame {
-            path: self.path_id,
-            body: Body::Pong(nonce),
+    /// Frames an overlay ping to `peer` over its current path (None: it waits for the link's
+    /// handshake and goes when that completes).
+    pub fn ping(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        nonce: u64,
+    ) -> Result<Option<Transmit>, SendError> {
+        if !self.links.contains_key(peer) {
+            return Err(SendError::UnknownPeer);
         }
-        .emit();
-        self.transmits.push_back(link.transmit(data));
+        Ok(self.out(now, *peer, Body::Ping(nonce), false))
+    }
+
+    fn pong(&mut self, now: Instant, peer: NodeIdBytes, nonce: u64) {
+        if let Some(t) = self.out(now, peer, Body::Pong(nonce), false) {
+            self.transmits.push_back(t);
+        }
     }
 
     /// Frames a datagram for `peer`'s best path. The caller sends the returned transmit at once,
-    /// so that a full relay queue reaches the application as back-pressure.
-    /// With `on_demand`, the traffic also starts (or keeps) a direct path to `peer`.
-    pub fn send(&mut self, now: Instant, peer: &NodeIdBytes, data: &[u8]) -> Result<Transmit, SendError> {
+    /// so that a full relay queue reaches the application as back-pressure; None: it waits for
+    /// the link's handshake. With `on_demand`, the traffic also starts (or keeps) a direct
+    /// path to `peer`.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        data: &[u8],
+    ) -> Result<Option<Transmit>, SendError> {
         self.app_traffic(now, peer);
-        let link = self.links.get(peer).ok_or(SendError::UnknownPeer)?;
+        if !self.links.contains_key(peer) {
+            return Err(SendError::UnknownPeer);
+        }
         let bytes = Frame::emit_data(&self.path_id, data);
-        Ok(if data.len() <= self.cfg.max_direct_payload {
-            link.transmit(bytes)
-        } else {
-            link.relay(bytes)
-        })
+        let relay = data.len() > self.cfg.max_direct_payload;
+        Ok(self.out_bytes(now, *peer, bytes, relay))
     }
 
     /// Whether direct paths are possible at all (false: UDP is disabled).
@@ -723,28 +763,30 @@ impl Links {
 
     /// Frames a ring message for the XMPP relay: the ring links of leaves (UDP-blocked
     /// members) have no other path.
-    pub fn send_overlay_relayed(&self, peer: &NodeIdBytes, data: Vec<u8>) -> Option<Transmit> {
-        let frame = Frame {
-            path: self.path_id,
-            body: Body::Overlay(data),
-        };
-        Some(self.links.get(peer)?.relay(frame.emit()))
+    pub fn send_overlay_relayed(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        data: Vec<u8>,
+    ) -> Result<Option<Transmit>, SendError> {
+        if !self.links.contains_key(peer) {
+            return Err(SendError::UnknownPeer);
+        }
+        Ok(self.out(now, *peer, Body::Overlay(data), true))
     }
 
-    /// Frames a ring message for `peer`'s direct path; None when it has none (ring links are
-    /// direct paths: the ring itself tunnels through neighbours where punching failed).
-    pub fn send_overlay(&self, peer: &NodeIdBytes, data: Vec<u8>) -> Option<Transmit> {
-        match self.links.get(peer)?.path {
-            Path::Direct { socket, remote, .. } => Some(Transmit::Udp {
-                socket,
-                to: remote,
-                data: Frame {
-                    path: self.path_id,
-                    body: Body::Overlay(data),
-                }
-                .emit(),
-            }),
-            Path::Xmpp => None,
+    /// Frames a ring message for `peer`'s direct path; an error when it has none (ring links
+    /// are direct paths: the ring itself tunnels through neighbours where punching failed).
+    pub fn send_overlay(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        data: Vec<u8>,
+    ) -> Result<Option<Transmit>, SendError> {
+        match self.links.get(peer).map(|l| l.path) {
+            Some(Path::Direct { .. }) => Ok(self.out(now, *peer, Body::Overlay(data), false)),
+            Some(Path::Xmpp) => Err(SendError::NoDirectPath),
+            None => Err(SendError::UnknownPeer),
         }
     }
 
@@ -775,6 +817,7 @@ impl Links {
                 a.agent.handle_timeout(now);
             }
         }
+        self.secure_timeouts(now);
         self.drain(now);
     }
 
@@ -785,114 +828,6 @@ impl Links {
             .filter(|(_, l)| deadline(l).is_some_and(|t| t <= now))
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    /// Moves every agent's output out and acts on its events.
-    fn drain(&mut self, now: Instant) {
-        let peers: Vec<NodeIdBytes> = self.links.keys().copied().collect();
-        for peer in peers {
-            let Some(mut attempt) = self.links.get_mut(&peer).and_then(|l| l.attempt.take()) else {
-                continue;
-            };
-            let events = self.drain_agent(peer, &mut attempt.agent);
-            let finished = attempt.agent.is_done();
-            let checks = attempt.agent.checks_sent;
-            if let Some(link) = self.links.get_mut(&peer) {
-                if !finished {
-                    link.attempt = Some(attempt);
-                }
-            }
-            for ev in events {
-                self.on_agent_event(now, peer, ev, checks);
-            }
-        }
-    }
-
-    fn drain_agent(&mut self, peer: NodeIdBytes, agent: &mut PunchAgent) -> Vec<punch::Event> {
-        while let Some(t) = agent.poll_transmit() {
-            self.transmits.push_back(Transmit::Udp {
-                socket: t.socket,
-                to: t.to,
-                data: t.data,
-            });
-        }
-        let mut events = Vec::new();
-        while let Some(ev) = agent.poll_event() {
-            match ev {
-                punch::Event::OpenSockets(count) => self.events.push_back(Event::OpenSockets { peer, count }),
-                punch::Event::CloseSockets(ids) => self.events.push_back(Event::CloseSockets(ids)),
-                punch::Event::Reflexive(addr) => self.events.push_back(Event::Reflexive(addr)),
-                other => events.push(other),
-            }
-        }
-        events
-    }
-
-    fn on_agent_event(&mut self, now: Instant, peer: NodeIdBytes, ev: punch::Event, checks: u32) {
-        let jitter = Duration::from_millis(self.rng.random_range(0..500));
-        let own = self.own;
-        let on_demand = self.cfg.on_demand;
-        let Some(link) = self.links.get_mut(&peer) else {
-            return;
-        };
-        let wanted = link.wanted(on_demand, now);
-        let new_path = match ev {
-            punch::Event::Connected(s) => {
-                link.failures = 0;
-                self.counters.direct_up += 1;
-                self.counters.checks_for_success += u64::from(checks);
-                Some(Path::Direct {
-                    socket: s.socket,
-                    remote: s.remote,
-                    rtt: s.rtt,
-                })
-            }
-            punch::Event::Moved(s) => Some(Path::Direct {
-                socket: s.socket,
-                remote: s.remote,
-                rtt: s.rtt,
-            }),
-            punch::Event::Lost => {
-                self.counters.paths_lost += 1;
-                // Re-punch at once; the lower NodeId first, so that offers rarely cross.
-                let delay = if own < peer {
-                    Duration::ZERO
-                } else {
-                    self.cfg.responder_patience
-                };
-                link.retry_at = wanted.then_some(now + delay);
-                Some(Path::Xmpp)
-            }
-            punch::Event::Failed => {
-                self.events.push_back(Event::AttemptFailed { peer });
-                link.failures += 1;
-                let backoff =
-                    self.cfg.first_retry * 2u32.saturating_pow(link.failures.saturating_sub(1).min(16));
-                link.retry_at = wanted.then_some(now + backoff.min(self.cfg.max_retry) + jitter);
-                None
-            }
-            _ => None,
-        };
-        if let Some(path) = new_path {
-            let changed = match (link.path, path) {
-                (
-                    Path::Direct {
-                        socket: a, remote: b, ..
-                    },
-                    Path::Direct {
-                        socket: c, remote: d, ..
-                    },
-                ) => (a, b) != (c, d),
-                (old, new) => old != new,
-            };
-            if changed {
-                link.since = now;
-            }
-            link.path = path;
-            if changed {
-                self.events.push_back(Event::PathChanged { peer, path });
-            }
-        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -911,17 +846,12 @@ impl Links {
                     l.retry_at,
                     l.attempt.as_ref().and_then(|a| a.agent.poll_timeout()),
                     l.app_until,
+                    l.session.deadline(),
                 ]
             })
             .flatten()
             .min()
     }
-}
-
-/// Queues a signalling frame (offer, answer, candidates): these travel over the relay only.
-fn signal(transmits: &mut VecDeque<Transmit>, path: PathId, to: &FullJid, body: Body) {
-    let data = Frame { path, body }.emit();
-    transmits.push_back(Transmit::Relay { to: to.clone(), data });
 }
 
 /// The first server-reflexive candidate of a list.

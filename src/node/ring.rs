@@ -122,17 +122,19 @@ impl Runtime {
                 Some(LinkKind::Relay)
             );
             let transmit = if relayed {
-                self.reach.links.send_overlay_relayed(&peer, t.bytes)
+                self.reach.links.send_overlay_relayed(now, &peer, t.bytes)
             } else {
-                self.reach.links.send_overlay(&peer, t.bytes)
+                self.reach.links.send_overlay(now, &peer, t.bytes)
             };
             match transmit {
-                Some(link::Transmit::Udp { socket, to, data }) => self.reach.send(socket, to, data),
-                Some(link::Transmit::Relay { to, data }) => {
+                Ok(Some(link::Transmit::Udp { socket, to, data })) => self.reach.send(socket, to, data),
+                Ok(Some(link::Transmit::Relay { to, data })) => {
                     self.ring_relayed.0 += 1;
                     self.relay(now, &to, &data)
                 }
-                None => self.ring_no_path += 1,
+                // Waits for the link's handshake; the links' own output sends it.
+                Ok(None) => {}
+                Err(_) => self.ring_no_path += 1,
             }
         }
         while let Some(ev) = self.ring.poll_event() {

@@ -278,23 +278,25 @@ impl Runtime {
             .send(Instant::now(), &to.0, data)
             .map_err(|_| SendError::UnknownPeer(to))?
         {
-            link::Transmit::Udp { socket, to, data } => {
+            Some(link::Transmit::Udp { socket, to, data }) => {
                 self.reach.send(socket, to, data);
                 self.app_sent.0 += 1;
                 Ok(())
             }
-            link::Transmit::Relay { to, data } => {
+            Some(link::Transmit::Relay { to, data }) => {
                 self.core.send_datagram(Instant::now(), &to, &data)?;
                 self.app_sent.1 += 1;
                 Ok(())
             }
+            // Held until the link's handshake completes; the links' own output sends it.
+            None => Ok(()),
         }
     }
 
     fn ping(&mut self, to: NodeId, reply: oneshot::Sender<Result<PingReply, SendError>>) {
         let nonce = self.next_ping;
         self.next_ping += 1;
-        let transmit = match self.reach.links.ping(&to.0, nonce) {
+        let transmit = match self.reach.links.ping(Instant::now(), &to.0, nonce) {
             Ok(t) => t,
             Err(_) => {
                 let _ = reply.send(Err(SendError::UnknownPeer(to)));
@@ -302,15 +304,17 @@ impl Runtime {
             }
         };
         let (path, remote) = match &transmit {
-            link::Transmit::Udp {
+            // Waits for the link's handshake (the relay carries it, then the ping).
+            None => ("xmpp", "handshaking".to_owned()),
+            Some(link::Transmit::Udp {
                 socket,
                 to: addr,
                 data,
-            } => {
+            }) => {
                 self.reach.send(*socket, *addr, data.clone());
                 ("direct", format!("udp://{addr}"))
             }
-            link::Transmit::Relay { to: jid, data } => {
+            Some(link::Transmit::Relay { to: jid, data }) => {
                 if let Err(e) = self.core.send_datagram(Instant::now(), jid, data) {
                     let _ = reply.send(Err(SendError::Relay(e)));
                     return;

@@ -14,6 +14,8 @@ use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
 use crate::reach::testnet::{Kind, Nat, Step, Wire};
 
+mod secure;
+
 const UDP_LATENCY: Duration = Duration::from_millis(10);
 const RELAY_LATENCY: Duration = Duration::from_millis(30);
 
@@ -47,12 +49,28 @@ enum Packet {
 struct World {
     now: Instant,
     nodes: Vec<Node>,
-    /// Application datagrams sent (direct, relayed).
+    /// Application datagrams sent (direct, relayed), and held for a handshake.
     sent: (usize, usize),
+    held: usize,
     wire: Wire<Packet>,
+    /// Every frame delivered (relay and UDP; STUN left out), as it travelled.
+    seen: Vec<Vec<u8>>,
+    /// A man in the middle of the relay: may rewrite each relayed datagram.
+    relay_mitm: Option<fn(&mut Vec<u8>)>,
 }
 
 fn node(now: Instant, i: usize, kind: Kind, cfg: &Config) -> Node {
+    node_with(now, i, kind, cfg, [i as u8 + 1; 20], None)
+}
+
+fn node_with(
+    now: Instant,
+    i: usize,
+    kind: Kind,
+    cfg: &Config,
+    id: NodeIdBytes,
+    security: Option<Security>,
+) -> Node {
     let public = format!("198.51.100.{}", i + 1);
     let main: SocketAddr = if kind == Kind::Open {
         format!("{public}:5000")
@@ -82,8 +100,10 @@ fn node(now: Instant, i: usize, kind: Kind, cfg: &Config) -> Node {
             Udp::Ok
         }),
     };
-    let id = [i as u8 + 1; 20];
     let mut links = Links::new(cfg.clone(), id, [9; 8], i as u64);
+    if let Some(security) = security {
+        links = links.with_security(security);
+    }
     links.set_local(now, cands, info);
     let jid = FullJid::new(&format!("n{i}@example.test/ringlet")).unwrap();
     Node {
@@ -106,12 +126,18 @@ fn world(a: Kind, b: Kind) -> World {
 
 fn world_with(a: Kind, b: Kind, cfg: &Config) -> World {
     let now = Instant::now();
-    let nodes = vec![node(now, 0, a, cfg), node(now, 1, b, cfg)];
+    world_of(now, vec![node(now, 0, a, cfg), node(now, 1, b, cfg)])
+}
+
+fn world_of(now: Instant, nodes: Vec<Node>) -> World {
     let mut w = World {
         now,
         nodes,
         sent: (0, 0),
+        held: 0,
         wire: Wire::default(),
+        seen: Vec::new(),
+        relay_mitm: None,
     };
     for i in 0..2 {
         let (peer, jid) = (w.nodes[1 - i].id, w.nodes[1 - i].jid.clone());
@@ -132,14 +158,16 @@ impl World {
     fn send(&mut self, from: usize, data: &[u8]) {
         let to = self.nodes[1 - from].id;
         match self.nodes[from].links.send(self.now, &to, data).unwrap() {
-            Transmit::Relay { data, .. } => {
+            Some(Transmit::Relay { data, .. }) => {
                 self.sent.1 += 1;
                 self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - from, data })
             }
-            Transmit::Udp { socket, to, data } => {
+            Some(Transmit::Udp { socket, to, data }) => {
                 self.sent.0 += 1;
                 self.route(from, socket, to, data)
             }
+            // Held for the handshake; `flush` sends it with the links' own output.
+            None => self.held += 1,
         }
     }
 
@@ -224,7 +252,11 @@ impl World {
     fn deliver(&mut self, p: Packet) {
         let now = self.now;
         match p {
-            Packet::Relay { to, data } => {
+            Packet::Relay { to, mut data } => {
+                if let Some(mitm) = self.relay_mitm {
+                    mitm(&mut data);
+                }
+                self.seen.push(data.clone());
                 let from = self.nodes[1 - to].id;
                 self.nodes[to].links.handle_relay(now, from, &data);
             }
@@ -246,7 +278,10 @@ impl World {
                         let msg = stun_msg::decode(&data).unwrap();
                         n.links.handle_stun(now, socket, from, &msg);
                     }
-                    PacketKind::Frame => n.links.handle_frame(now, socket, from, &data),
+                    PacketKind::Frame => {
+                        self.seen.push(data.clone());
+                        n.links.handle_frame(now, socket, from, &data)
+                    }
                     PacketKind::Unknown => {}
                 }
             }
@@ -400,16 +435,16 @@ fn pings_are_answered_over_the_current_path() {
     let mut w = world(Kind::Full, Kind::PortRestricted);
     let to = w.nodes[1].id;
     // Before the punch: over the relay.
-    let t = w.nodes[0].links.ping(&to, 1).unwrap();
-    assert!(matches!(t, Transmit::Relay { .. }));
-    if let Transmit::Relay { data, .. } = t {
+    let t = w.nodes[0].links.ping(w.now, &to, 1).unwrap();
+    assert!(matches!(t, Some(Transmit::Relay { .. })));
+    if let Some(Transmit::Relay { data, .. }) = t {
         let at = w.now + RELAY_LATENCY;
         w.put(at, Packet::Relay { to: 1, data });
     }
     assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
-    let t = w.nodes[0].links.ping(&to, 2).unwrap();
-    assert!(matches!(t, Transmit::Udp { .. }));
-    if let Transmit::Udp { socket, to, data } = t {
+    let t = w.nodes[0].links.ping(w.now, &to, 2).unwrap();
+    assert!(matches!(t, Some(Transmit::Udp { .. })));
+    if let Some(Transmit::Udp { socket, to, data }) = t {
         w.route(0, socket, to, data);
     }
     w.run_for(Duration::from_millis(500));
@@ -421,18 +456,23 @@ fn ring_messages_ride_direct_paths_only() {
     let mut w = world(Kind::Symmetric, Kind::Symmetric);
     let peer = w.nodes[1].id;
     assert!(
-        w.nodes[0].links.send_overlay(&peer, vec![1]).is_none(),
+        w.nodes[0].links.send_overlay(w.now, &peer, vec![1]) == Err(SendError::NoDirectPath),
         "no direct path yet"
     );
     // Both symmetric: the attempt fails and says so; the relay never carries ring messages.
     let failed = w.run_until(w.now + Duration::from_secs(30), |w| w.nodes[0].failed > 0);
     assert!(failed, "no attempt failure reported");
-    assert!(w.nodes[0].links.send_overlay(&peer, vec![1]).is_none());
+    assert_eq!(
+        w.nodes[0].links.send_overlay(w.now, &peer, vec![1]),
+        Err(SendError::NoDirectPath)
+    );
 
     let mut w = world(Kind::Full, Kind::PortRestricted);
     assert!(w.run_until(w.now + Duration::from_secs(2), |w| w.direct()));
     let peer = w.nodes[1].id;
-    let Some(Transmit::Udp { socket, to, data }) = w.nodes[0].links.send_overlay(&peer, b"ring".to_vec())
+    let now = w.now;
+    let Ok(Some(Transmit::Udp { socket, to, data })) =
+        w.nodes[0].links.send_overlay(now, &peer, b"ring".to_vec())
     else {
         panic!("a direct path carries ring messages");
     };

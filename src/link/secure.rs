@@ -1,0 +1,534 @@
+//! The secure filter under every link. With [`Security`] set, every frame a link carries —
+//! over direct UDP and over the XMPP relay alike, signalling included — travels sealed in a
+//! session of the peer (frame kind 9), and frames that are not are refused. A session comes
+//! from a Noise handshake (IK: the peer's key is known from rendezvous) that proves the peer
+//! holds the key behind its NodeId and a certificate of our group for the JID it uses.
+//!
+//! Frames wait (at most [`QUEUE_MAX`] per peer) while the first handshake runs; an init is
+//! resent with backoff ([`HANDSHAKE_TRIES`] times). A session asks for a fresh handshake
+//! after two minutes (the side that began it first); the old one still opens what is in
+//! flight until the new one carries traffic. Crossing inits: the lower NodeId's wins.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use ringlet_udp::SocketId;
+use ringlet_xmpp::NodeIdBytes;
+
+use super::frame::{Body, Frame};
+use super::{Links, Transmit};
+use crate::identity::NodeId;
+use crate::secure::noise::{respond, Established, Initiating, Local, Purpose, Responded, Responding};
+use crate::secure::transport::REKEY_AFTER_TIME;
+use crate::secure::wire::{self, Packet};
+use crate::secure::{member_check, Expect};
+
+/// Frames held per peer while its first handshake runs.
+pub const QUEUE_MAX: usize = 64;
+/// Inits sent before a handshake is given up (and its queue dropped).
+pub const HANDSHAKE_TRIES: u32 = 5;
+const FIRST_RESEND: Duration = Duration::from_secs(1);
+
+/// Who we are to the group, and the wall clock certificates are judged by.
+pub struct Security {
+    pub local: Local,
+    /// The group's CA key.
+    pub ca: [u8; 32],
+    /// Unix seconds at `epoch`.
+    pub epoch: Instant,
+    pub epoch_unix: u64,
+}
+
+/// A peer's sessions.
+#[derive(Default)]
+pub(super) struct Session {
+    current: Option<Established>,
+    /// We began the current session (we also begin its replacement).
+    began_current: bool,
+    previous: Option<Established>,
+    initiating: Option<(Initiating, Instant, u32)>,
+    responding: Option<Box<Responding>>,
+    queued: VecDeque<(Vec<u8>, bool)>,
+}
+
+impl Session {
+    /// When a resend, a rekey or an expiry is due.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let resend = self
+            .initiating
+            .as_ref()
+            .map(|(_, sent, tries)| *sent + FIRST_RESEND * 2u32.pow(*tries));
+        let expiry = self
+            .current
+            .as_ref()
+            .map(|e| e.transport.started() + crate::secure::transport::REJECT_AFTER_TIME);
+        resend.into_iter().chain(expiry).min()
+    }
+
+    fn live(&mut self, now: Instant) -> Option<&mut Established> {
+        self.current.as_mut().filter(|e| !e.transport.expired(now))
+    }
+}
+
+/// Where a secure packet came from.
+#[derive(Clone, Copy)]
+pub(super) enum Via {
+    Relay(NodeIdBytes),
+    Udp(SocketId, SocketAddr),
+}
+
+impl Links {
+    /// Seals every frame from now on; refuses frames that are not sealed.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.security.is_some()
+    }
+
+    /// The peer's static key as rendezvous announced it (its NodeId is the key's hash): the
+    /// handshake can then be IK, one round trip. Ignored when it does not match.
+    pub fn set_member_key(&mut self, peer: &NodeIdBytes, key: [u8; 32]) {
+        if NodeId::of_public_key(&key).0 != *peer {
+            return;
+        }
+        if let Some(link) = self.links.get_mut(peer) {
+            link.key = Some(key);
+        }
+    }
+
+    /// Frames `body` for `peer` over its current path, or the relay with `relay`; sealed when
+    /// links are secure. None when the peer is unknown or the frame waits for a handshake.
+    pub(super) fn out(
+        &mut self,
+        now: Instant,
+        peer: NodeIdBytes,
+        body: Body,
+        relay: bool,
+    ) -> Option<Transmit> {
+        let frame = Frame {
+            path: self.path_id,
+            body,
+        }
+        .emit();
+        self.out_bytes(now, peer, frame, relay)
+    }
+
+    pub(super) fn out_bytes(
+        &mut self,
+        now: Instant,
+        peer: NodeIdBytes,
+        frame: Vec<u8>,
+        relay: bool,
+    ) -> Option<Transmit> {
+        if self.security.is_none() {
+            let link = self.links.get(&peer)?;
+            return Some(if relay {
+                link.relay(frame)
+            } else {
+                link.transmit(frame)
+            });
+        }
+        let path = self.path_id;
+        let link = self.links.get_mut(&peer)?;
+        let began = link.session.began_current;
+        let Some(est) = link.session.live(now) else {
+            if link.session.queued.len() >= QUEUE_MAX {
+                link.session.queued.pop_front();
+                self.counters.queue_dropped += 1;
+            }
+            link.session.queued.push_back((frame, relay));
+            if link.session.initiating.is_none() {
+                self.start_handshake(now, peer, 0);
+            }
+            return None;
+        };
+        let header = wire::data_header(est.remote_index, est.transport.next_counter());
+        let mut buf = frame;
+        est.transport.seal(now, &header, &mut buf).ok()?;
+        let age = now.saturating_duration_since(est.transport.started());
+        let rekey =
+            est.transport.wants_rekey(now) && (began || age >= REKEY_AFTER_TIME + Duration::from_secs(10));
+        let mut packet = header.to_vec();
+        packet.extend_from_slice(&buf);
+        let outer = Frame {
+            path,
+            body: Body::Secure(packet),
+        }
+        .emit();
+        let t = if relay {
+            link.relay(outer)
+        } else {
+            link.transmit(outer)
+        };
+        if rekey && link.session.initiating.is_none() {
+            self.start_handshake(now, peer, 0);
+        }
+        Some(t)
+    }
+
+    fn start_handshake(&mut self, now: Instant, peer: NodeIdBytes, tries: u32) {
+        let index = self.fresh_index(peer);
+        let seed: [u8; 32] = self.rng.random();
+        let (Some(sec), Some(link)) = (self.security.as_ref(), self.links.get_mut(&peer)) else {
+            return;
+        };
+        match Initiating::start(&sec.local, Purpose::Link, link.key.as_ref(), index, seed) {
+            Ok((init, packet)) => {
+                if let Some((old, ..)) = link.session.initiating.replace((init, now, tries)) {
+                    self.session_index.remove(&old.index());
+                }
+                self.send_handshake(peer, packet);
+            }
+            Err(_) => {
+                self.session_index.remove(&index);
+            }
+        }
+    }
+
+    fn fresh_index(&mut self, peer: NodeIdBytes) -> u32 {
+        loop {
+            let i: u32 = self.rng.random();
+            if let std::collections::btree_map::Entry::Vacant(e) = self.session_index.entry(i) {
+                e.insert(peer);
+                return i;
+            }
+        }
+    }
+
+    /// Handshake packets go over the link's current path.
+    fn send_handshake(&mut self, peer: NodeIdBytes, packet: Vec<u8>) {
+        if let Some(link) = self.links.get(&peer) {
+            let frame = Frame {
+                path: self.path_id,
+                body: Body::Secure(packet),
+            };
+            self.transmits.push_back(link.transmit(frame.emit()));
+        }
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.security.as_ref().map_or(0, |s| {
+            s.epoch_unix + now.saturating_duration_since(s.epoch).as_secs()
+        })
+    }
+
+    /// Handles a secure packet; returns the frame it sealed and whose session it was in.
+    pub(super) fn open_secure(
+        &mut self,
+        now: Instant,
+        via: Via,
+        bytes: &[u8],
+    ) -> Option<(NodeIdBytes, Frame)> {
+        self.security.as_ref()?;
+        let Ok(packet) = Packet::parse(bytes) else {
+            self.counters.secure_dropped += 1;
+            return None;
+        };
+        match packet {
+            Packet::Init {
+                pattern,
+                sender,
+                noise,
+            } => {
+                let peer = match via {
+                    Via::Relay(peer) => Some(peer),
+                    Via::Udp(socket, from) => self.peer_at(socket, from),
+                };
+                match peer {
+                    Some(peer) => self.on_init(now, peer, pattern, sender, noise),
+                    None => self.counters.secure_dropped += 1,
+                }
+                None
+            }
+            Packet::Response {
+                sender,
+                receiver,
+                noise,
+            } => {
+                self.on_response(now, sender, receiver, noise);
+                None
+            }
+            Packet::Final { receiver, noise } => {
+                self.on_final(now, receiver, noise);
+                None
+            }
+            Packet::Data {
+                receiver,
+                counter,
+                header,
+                sealed,
+            } => self.open_data(now, via, receiver, counter, header, sealed),
+        }
+    }
+
+    fn judge(&self, now: Instant, peer: NodeIdBytes) -> Option<(ringlet_xmpp::BareJid, [u8; 32], u64)> {
+        let sec = self.security.as_ref()?;
+        let link = self.links.get(&peer)?;
+        Some((link.jid.to_bare(), sec.ca, self.unix_now(now)))
+    }
+
+    fn on_init(&mut self, now: Instant, peer: NodeIdBytes, pattern: u8, sender: u32, noise: &[u8]) {
+        let Some((jid, ca, unix)) = self.judge(now, peer) else {
+            return;
+        };
+        let crossing = self
+            .links
+            .get(&peer)
+            .is_some_and(|l| l.session.initiating.is_some());
+        if crossing && self.own < peer {
+            return; // ours wins; the peer answers it
+        }
+        let index = self.fresh_index(peer);
+        let seed: [u8; 32] = self.rng.random();
+        let Some(sec) = self.security.as_ref() else {
+            return;
+        };
+        let expect = Expect {
+            node: Some(NodeId(peer)),
+            jid: Some(&jid),
+        };
+        let answered = respond(
+            now,
+            &sec.local,
+            Purpose::Link,
+            pattern,
+            sender,
+            noise,
+            index,
+            seed,
+            member_check(&ca, unix, expect),
+        );
+        match answered {
+            Ok(Responded::Done(est, response)) => {
+                self.drop_initiating(peer);
+                self.send_handshake(peer, response);
+                self.install(now, peer, *est, false);
+            }
+            Ok(Responded::Awaiting(responding, response)) => {
+                self.drop_initiating(peer);
+                if let Some(link) = self.links.get_mut(&peer) {
+                    if let Some(old) = link.session.responding.replace(responding) {
+                        self.session_index.remove(&old.index());
+                    }
+                }
+                self.send_handshake(peer, response);
+            }
+            Err(e) => {
+                self.session_index.remove(&index);
+                self.counters.handshakes_refused += 1;
+                tracing::debug!(peer = %NodeId(peer), error = %e, "link handshake refused");
+            }
+        }
+    }
+
+    fn drop_initiating(&mut self, peer: NodeIdBytes) {
+        if let Some((init, ..)) = self
+            .links
+            .get_mut(&peer)
+            .and_then(|l| l.session.initiating.take())
+        {
+            self.session_index.remove(&init.index());
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, sender: u32, receiver: u32, noise: &[u8]) {
+        let Some(&peer) = self.session_index.get(&receiver) else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let Some((jid, ca, unix)) = self.judge(now, peer) else {
+            return;
+        };
+        let Some((init, _, tries)) = self
+            .links
+            .get_mut(&peer)
+            .and_then(|l| l.session.initiating.take_if(|(i, ..)| i.index() == receiver))
+        else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let Some(sec) = self.security.as_ref() else {
+            return;
+        };
+        let expect = Expect {
+            node: Some(NodeId(peer)),
+            jid: Some(&jid),
+        };
+        match init.on_response(now, &sec.local, sender, noise, member_check(&ca, unix, expect)) {
+            Ok((est, finale)) => {
+                if let Some(packet) = finale {
+                    self.send_handshake(peer, packet);
+                }
+                self.install(now, peer, est, true);
+            }
+            Err(e) => {
+                self.session_index.remove(&receiver);
+                self.counters.handshakes_refused += 1;
+                tracing::debug!(peer = %NodeId(peer), error = %e, "link handshake refused");
+                // Whatever waits still needs a session: try again (a forged response must not
+                // end the handshake for good).
+                let waiting = self
+                    .links
+                    .get(&peer)
+                    .is_some_and(|l| !l.session.queued.is_empty());
+                if waiting && tries + 1 < HANDSHAKE_TRIES {
+                    self.start_handshake(now, peer, tries + 1);
+                }
+            }
+        }
+    }
+
+    fn on_final(&mut self, now: Instant, receiver: u32, noise: &[u8]) {
+        let Some(&peer) = self.session_index.get(&receiver) else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let Some((jid, ca, unix)) = self.judge(now, peer) else {
+            return;
+        };
+        let Some(responding) = self
+            .links
+            .get_mut(&peer)
+            .and_then(|l| l.session.responding.take_if(|r| r.index() == receiver))
+        else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let expect = Expect {
+            node: Some(NodeId(peer)),
+            jid: Some(&jid),
+        };
+        match responding.on_final(now, noise, member_check(&ca, unix, expect)) {
+            Ok(est) => self.install(now, peer, est, false),
+            Err(e) => {
+                self.session_index.remove(&receiver);
+                self.counters.handshakes_refused += 1;
+                tracing::debug!(peer = %NodeId(peer), error = %e, "link handshake refused");
+            }
+        }
+    }
+
+    /// A handshake finished: the new session carries traffic from now on; what waited goes.
+    fn install(&mut self, now: Instant, peer: NodeIdBytes, est: Established, began: bool) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            self.session_index.remove(&est.local_index);
+            return;
+        };
+        if let Some(old) = link.session.previous.take() {
+            self.session_index.remove(&old.local_index);
+        }
+        link.session.previous = link.session.current.replace(est);
+        link.session.began_current = began;
+        self.counters.handshakes += 1;
+        tracing::debug!(peer = %NodeId(peer), "link session up");
+        let queued = std::mem::take(&mut link.session.queued);
+        for (frame, relay) in queued {
+            if let Some(t) = self.out_bytes(now, peer, frame, relay) {
+                self.transmits.push_back(t);
+            }
+        }
+    }
+
+    fn open_data(
+        &mut self,
+        now: Instant,
+        via: Via,
+        receiver: u32,
+        counter: u64,
+        header: &[u8],
+        sealed: &[u8],
+    ) -> Option<(NodeIdBytes, Frame)> {
+        let peer = self.session_index.get(&receiver).copied();
+        let opened = peer.and_then(|peer| {
+            let link = self.links.get_mut(&peer)?;
+            let s = &mut link.session;
+            let est = [s.current.as_mut(), s.previous.as_mut()]
+                .into_iter()
+                .flatten()
+                .find(|e| e.local_index == receiver)?;
+            let mut buf = sealed.to_vec();
+            est.transport.open(now, header, counter, &mut buf).ok()?;
+            Some((peer, buf))
+        });
+        let Some((peer, plain)) = opened else {
+            self.counters.secure_dropped += 1;
+            return None;
+        };
+        // A relay datagram from one member cannot speak for another.
+        if matches!(via, Via::Relay(from) if from != peer) {
+            self.counters.secure_dropped += 1;
+            return None;
+        }
+        match Frame::parse(&plain) {
+            Ok(f) if f.path == self.path_id && !matches!(f.body, Body::Secure(_)) => Some((peer, f)),
+            _ => {
+                self.counters.malformed_frames += 1;
+                None
+            }
+        }
+    }
+
+    /// Resends inits, gives up on silent handshakes, forgets dead sessions.
+    pub(super) fn secure_timeouts(&mut self, now: Instant) {
+        if self.security.is_none() {
+            return;
+        }
+        let peers: Vec<NodeIdBytes> = self.links.keys().copied().collect();
+        for peer in peers {
+            let Some(link) = self.links.get_mut(&peer) else {
+                continue;
+            };
+            if link
+                .session
+                .current
+                .as_ref()
+                .is_some_and(|e| e.transport.expired(now))
+            {
+                for old in [link.session.current.take(), link.session.previous.take()]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.session_index.remove(&old.local_index);
+                }
+            }
+            let Some(link) = self.links.get_mut(&peer) else {
+                continue;
+            };
+            let due = link
+                .session
+                .initiating
+                .as_ref()
+                .filter(|(_, sent, tries)| now >= *sent + FIRST_RESEND * 2u32.pow(*tries))
+                .map(|(.., tries)| *tries);
+            match due {
+                Some(tries) if tries + 1 >= HANDSHAKE_TRIES => {
+                    self.drop_initiating(peer);
+                    if let Some(link) = self.links.get_mut(&peer) {
+                        self.counters.queue_dropped += link.session.queued.len() as u64;
+                        link.session.queued.clear();
+                    }
+                }
+                Some(tries) => self.start_handshake(now, peer, tries + 1),
+                None => {}
+            }
+        }
+    }
+
+    /// Erases a departed peer's sessions.
+    pub(super) fn forget_sessions(&mut self, session: Session) {
+        let indices = [session.current.as_ref(), session.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|e| e.local_index)
+            .chain(session.initiating.as_ref().map(|(i, ..)| i.index()))
+            .chain(session.responding.as_ref().map(|r| r.index()));
+        for i in indices {
+            self.session_index.remove(&i);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Links with security on: everything sealed in Noise sessions bound to NodeIds and group
+//! certificates; strangers, borrowed identities and tampered packets get nowhere.
+
+use super::*;
+use crate::identity::NodeKey;
+use crate::secure::cert::Ca;
+use crate::secure::noise::Local;
+
+const UNIX: u64 = 1_800_000_000;
+
+/// Who a test node claims to be: its certificate's CA seed and user.
+struct Grant {
+    ca: u8,
+    user: &'static str,
+}
+
+const MEMBER_0: Grant = Grant {
+    ca: 1,
+    user: "n0@example.test",
+};
+const MEMBER_1: Grant = Grant {
+    ca: 1,
+    user: "n1@example.test",
+};
+
+fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
+    let now = Instant::now();
+    let cfg = Config::default();
+    let nodes: Vec<Node> = grants
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let key = NodeKey::from_secret([i as u8 + 1; 32]);
+            let ca = Ca::from_seed("friends", [g.ca; 32]).unwrap();
+            let cert = ca.sign(
+                key.public_bytes(),
+                &g.user.parse().unwrap(),
+                i as u64,
+                0,
+                UNIX + 86_400,
+            );
+            let security = Security {
+                local: Local::new(key.secret_bytes(), &cert, 0),
+                // Every node believes in CA 1: the group.
+                ca: Ca::from_seed("friends", [1; 32]).unwrap().public(),
+                epoch: now,
+                epoch_unix: UNIX,
+            };
+            node_with(now, i, [a, b][i], &cfg, key.node_id().0, Some(security))
+        })
+        .collect();
+    let mut w = world_of(now, nodes);
+    for i in 0..2 {
+        let key = NodeKey::from_secret([(1 - i) as u8 + 1; 32]).public_bytes();
+        let peer = w.nodes[1 - i].id;
+        w.nodes[i].links.set_member_key(&peer, key);
+    }
+    w
+}
+
+fn kind_of(frame: &[u8]) -> u8 {
+    frame.get(1).copied().unwrap_or(0)
+}
+
+#[test]
+fn members_handshake_punch_and_carry_everything_sealed() {
+    let mut w = secure_world(Kind::PortRestricted, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
+    w.send(0, b"early");
+    assert_eq!(w.held, 1, "the first datagram waits for the handshake");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    for i in 0..5u8 {
+        w.send(0, &[i; 100]);
+        w.send(1, &[i; 100]);
+    }
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.nodes[1].got[0], b"early");
+    assert_eq!(w.nodes[1].got.len(), 6, "every datagram arrived once");
+    assert_eq!(w.nodes[0].got.len(), 5);
+    assert!(w.sent.0 >= 10, "datagrams went direct");
+    for i in 0..2 {
+        let c = w.nodes[i].links.counters();
+        assert_eq!(c.handshakes, 1, "node {i}: one IK handshake");
+        assert_eq!(
+            (c.handshakes_refused, c.secure_dropped, c.plaintext_refused),
+            (0, 0, 0)
+        );
+    }
+    // Nothing on the wire but sealed frames (STUN checks are not frames).
+    assert!(!w.seen.is_empty());
+    for f in &w.seen {
+        assert_eq!(kind_of(f), 9, "a frame of kind {} travelled in clear", kind_of(f));
+    }
+    let plain = b"\x00\x01\x02\x03".repeat(25);
+    assert!(
+        !w.seen.iter().any(|f| f.windows(plain.len()).any(|x| x == plain)),
+        "application bytes visible on the wire"
+    );
+}
+
+#[test]
+fn sessions_rekey_every_two_minutes_without_losing_a_datagram() {
+    let mut w = secure_world(Kind::Full, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    let sends = 400;
+    for n in 0..sends {
+        w.send(0, &(n as u32).to_be_bytes());
+        w.send(1, &(n as u32).to_be_bytes());
+        w.run_for(Duration::from_secs(1));
+    }
+    w.run_for(Duration::from_secs(1));
+    for i in 0..2 {
+        assert_eq!(
+            w.nodes[i].got.len(),
+            sends,
+            "node {i} lost datagrams across rekeys"
+        );
+        let c = w.nodes[i].links.counters();
+        assert!(
+            c.handshakes >= 3,
+            "node {i}: {} handshakes in {sends} s",
+            c.handshakes
+        );
+        assert_eq!(c.secure_dropped, 0);
+    }
+}
+
+#[test]
+fn a_node_without_a_certificate_of_our_group_gets_no_link_and_no_data() {
+    // Node 1 is on the roster but its certificate comes from another CA.
+    let stranger = Grant {
+        ca: 9,
+        user: "n1@example.test",
+    };
+    let mut w = secure_world(Kind::PortRestricted, Kind::PortRestricted, [MEMBER_0, stranger]);
+    w.send(1, b"let me in");
+    w.send(0, b"hello?");
+    w.run_for(Duration::from_secs(40));
+    assert!(
+        w.nodes[0].got.is_empty() && w.nodes[1].got.is_empty(),
+        "data crossed"
+    );
+    assert!(!w.direct(), "a direct path opened");
+    let refused: u64 = (0..2)
+        .map(|i| w.nodes[i].links.counters().handshakes_refused)
+        .sum();
+    assert!(refused >= 2, "refusals not counted: {refused}");
+    assert_eq!(w.nodes[0].links.counters().handshakes, 0);
+}
+
+#[test]
+fn a_member_certificate_for_another_user_is_refused() {
+    // A valid certificate of the group, but for a user other than the JID the node speaks as.
+    let impostor = Grant {
+        ca: 1,
+        user: "eve@example.test",
+    };
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, impostor]);
+    w.send(1, b"trust me");
+    w.send(0, b"who are you");
+    w.run_for(Duration::from_secs(20));
+    assert!(w.nodes[0].got.is_empty() && w.nodes[1].got.is_empty());
+    assert!(w.nodes[0].links.counters().handshakes_refused >= 1);
+}
+
+#[test]
+fn replayed_tampered_truncated_and_plaintext_frames_are_dropped_without_effect() {
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    w.seen.clear();
+    w.send(0, b"once");
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.nodes[1].got, vec![b"once".to_vec()]);
+    let sealed = w.seen.iter().find(|f| kind_of(f) == 9).unwrap().clone();
+    let Some(Path::Direct { socket, remote, .. }) = w.nodes[1].links.path(&w.nodes[0].id) else {
+        panic!("direct path");
+    };
+    let now = w.now;
+    let links = &mut w.nodes[1].links;
+    links.handle_frame(now, socket, remote, &sealed); // replay
+    let mut flipped = sealed.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    links.handle_frame(now, socket, remote, &flipped);
+    links.handle_frame(now, socket, remote, &sealed[..sealed.len() - 5]);
+    let plain = Frame::emit_data(&[9; 8], b"forged");
+    links.handle_frame(now, socket, remote, &plain);
+    let from = w.nodes[0].id;
+    w.nodes[1].links.handle_relay(now, from, &plain);
+    w.flush();
+    assert_eq!(
+        w.nodes[1].got,
+        vec![b"once".to_vec()],
+        "a dropped packet had an effect"
+    );
+    let c = w.nodes[1].links.counters();
+    assert_eq!(c.secure_dropped, 3);
+    assert_eq!(c.plaintext_refused, 2);
+    // The session still works.
+    w.send(0, b"twice");
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.nodes[1].got.len(), 2);
+}
+
+#[test]
+fn a_relay_that_tampers_with_handshakes_gets_no_session_and_learns_no_address() {
+    // A man in the middle of the XMPP relay rewrites bytes of every datagram it passes
+    // (where candidates would be, in clear): handshakes fail, no offer is ever read.
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    w.relay_mitm = Some(|d: &mut Vec<u8>| {
+        if d.len() > 40 {
+            d[40] ^= 0xff;
+        }
+    });
+    w.send(0, b"hi");
+    w.run_for(Duration::from_secs(40));
+    assert!(w.nodes[1].got.is_empty());
+    assert!(!w.direct());
+    for i in 0..2 {
+        let c = w.nodes[i].links.counters();
+        assert_eq!(c.handshakes, 0);
+        assert_eq!(
+            c.direct_up, 0,
+            "node {i} went direct to an address it never verified"
+        );
+    }
+    let dropped: u64 = (0..2).map(|i| w.nodes[i].links.counters().secure_dropped).sum();
+    let refused: u64 = (0..2)
+        .map(|i| w.nodes[i].links.counters().handshakes_refused)
+        .sum();
+    assert!(dropped + refused > 0, "tampering was not noticed");
+}
