@@ -5,13 +5,12 @@
 //! on first start. A key file that others can read is refused, as ssh does.
 
 use std::fmt;
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::secure::files::{self, FileError};
 
 const KEY_FILE_TAG: &str = "ringlet-node-key x25519 ";
 
@@ -109,34 +108,21 @@ impl NodeKey {
     /// Loads the key at `path`, creating it (mode 0600, parent directories 0700) if missing.
     /// Returns the key and whether it was created.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), IdentityError> {
-        match fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(IdentityError::Permissions {
-                        path: path.into(),
-                        mode,
-                    });
-                }
-                let text = fs::read_to_string(path).map_err(|source| IdentityError::Read {
-                    path: path.into(),
-                    source,
-                })?;
-                Ok((
-                    Self::parse(&text).ok_or_else(|| IdentityError::Malformed { path: path.into() })?,
-                    false,
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate()?;
-                key.write_new(path)?;
-                Ok((key, true))
-            }
-            Err(source) => Err(IdentityError::Read {
-                path: path.into(),
-                source,
-            }),
+        if !path.exists() {
+            let key = Self::generate()?;
+            key.write_new(path)?;
+            return Ok((key, true));
         }
+        let text = files::read_private(path).map_err(|e| match e {
+            FileError::Permissions { path, mode } => IdentityError::Permissions { path, mode },
+            FileError::Read { path, source } => IdentityError::Read { path, source },
+            other => IdentityError::Read {
+                path: path.into(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
+        let key = Self::parse(&text).ok_or_else(|| IdentityError::Malformed { path: path.into() })?;
+        Ok((key, false))
     }
 
     fn parse(text: &str) -> Option<Self> {
@@ -148,26 +134,14 @@ impl NodeKey {
 
     /// Writes the key to a new file `path` (mode 0600; refuses to overwrite).
     pub fn write_new(&self, path: &Path) -> Result<(), IdentityError> {
-        let create = |source| IdentityError::Create {
-            path: path.into(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(create)?;
-        }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(create)?;
         let line = format!("{KEY_FILE_TAG}{}\n", hex::encode(self.secret.to_bytes()));
-        file.write_all(line.as_bytes()).map_err(create)?;
-        file.sync_all().map_err(create)
+        files::write_new_private(path, &line).map_err(|e| IdentityError::Create {
+            path: path.into(),
+            source: match e {
+                FileError::Write { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            },
+        })
     }
 }
 
@@ -175,6 +149,8 @@ impl NodeKey {
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn node_id_is_first_160_bits_of_sha256_of_public_key() {

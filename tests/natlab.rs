@@ -188,7 +188,7 @@ async fn malformed_stun_and_frames_are_dropped_and_counted() {
         // STUN binding request for nobody (no USERNAME)
         [&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42][..], &[8u8; 12]].concat(),
         vec![0xc0, 0x01, 1, 2],                   // a frame shorter than its header
-        vec![0xc0, 0x09, 0, 0, 0, 0, 0, 0, 0, 0], // unknown frame kind
+        vec![0xc0, 0x3f, 0, 0, 0, 0, 0, 0, 0, 0], // unknown frame kind
         vec![0x80; 50],                           // neither STUN nor frame
     ];
     let sender = scene

@@ -71,29 +71,25 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
         node: Some(b.key.node_id()),
         jid: Some(&b.jid),
     };
-    match responded {
-        Responded::Done(est_b, response) => {
-            let Ok(Packet::Response { sender, noise, .. }) = Packet::parse(&response) else {
-                panic!("not a response");
-            };
-            let (est_a, finale) =
-                init.on_response(now, &la, sender, noise, member_check(&ca_a, NOW_UNIX, a_expects))?;
-            assert!(finale.is_none(), "IK takes one round trip");
-            Ok((est_a, *est_b))
-        }
-        Responded::Awaiting(responding, response) => {
-            let Ok(Packet::Response { sender, noise, .. }) = Packet::parse(&response) else {
-                panic!("not a response");
-            };
-            let (est_a, finale) =
-                init.on_response(now, &la, sender, noise, member_check(&ca_a, NOW_UNIX, a_expects))?;
-            let finale = finale.expect("XX ends with a final message");
+    let (done, pending, response) = match responded {
+        Responded::Done(est_b, response) => (Some(*est_b), None, response),
+        Responded::Awaiting(responding, response) => (None, Some(responding), response),
+    };
+    let Ok(Packet::Response { sender, noise, .. }) = Packet::parse(&response) else {
+        panic!("not a response");
+    };
+    let (est_a, finale) =
+        init.on_response(now, &la, sender, noise, member_check(&ca_a, NOW_UNIX, a_expects))?;
+    match (done, pending, finale) {
+        (Some(est_b), None, None) => Ok((est_a, est_b)),
+        (None, Some(responding), Some(finale)) => {
             let Ok(Packet::Final { noise, .. }) = Packet::parse(&finale) else {
                 panic!("not a final message");
             };
             let est_b = responding.on_final(now, noise, member_check(&ca_b, NOW_UNIX, b_expects))?;
             Ok((est_a, est_b))
         }
+        _ => panic!("IK takes one round trip, XX ends with a final message"),
     }
 }
 
