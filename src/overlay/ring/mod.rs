@@ -63,7 +63,7 @@ impl Default for Config {
         Config {
             near: 2,
             shortcuts: None,
-            pns_candidates: 5,
+            pns_candidates: 3,
             max_degree: 48,
             ping_after: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(2),
