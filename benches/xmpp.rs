@@ -122,6 +122,20 @@ async fn node_pair(addr: &str, dir: &std::path::Path) -> (NodeHandle, NodeHandle
             ),
         )
         .unwrap();
+        let ca = ringlet::secure::cert::Ca::from_seed("bench", [0x42; 32]).unwrap();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let user_jid = format!("{user}@bench.test").parse().unwrap();
+        ringlet::secure::admin::provision(
+            &ca,
+            &home.join("node.key"),
+            &home.join("group.cert"),
+            &user_jid,
+            unix,
+        )
+        .unwrap();
         Config::load(&path).unwrap()
     };
     let a = node::start(&start("alice"), Options::default()).await.unwrap();

@@ -73,6 +73,12 @@ async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     );
 
     let friends: Vec<String> = USERS.iter().map(|u| format!("\"{u}@{DOMAIN}\"")).collect();
+    // One group for the three friends: a fresh CA signs each node's certificate (what `ringlet
+    // group init` / `sign` / `join` do when people run it on their own machines).
+    let group_ca = ringlet::secure::admin::init("demo", &dir.join("demo.ca.key"))?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let mut nodes = Vec::new();
     for user in USERS {
         let home = dir.join(user);
@@ -87,6 +93,14 @@ async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
                 ca.ca_file.display(),
                 friends.join(", ")
             ),
+        )?;
+        let user_jid = format!("{user}@{DOMAIN}").parse()?;
+        ringlet::secure::admin::provision(
+            &group_ca,
+            &home.join("node.key"),
+            &home.join("group.cert"),
+            &user_jid,
+            unix,
         )?;
         let log = home.join("ringlet.log");
         let mut cmd = Command::new(&bin);

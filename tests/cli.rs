@@ -137,7 +137,8 @@ async fn status_table_and_json_schema() {
 #[test]
 fn group_init_sign_join_and_show() {
     let dir = tempdir("ringlet-cli-");
-    let spec = NodeSpec::new("alice@one.test", "127.0.0.1:1", "alpha", &[]);
+    let mut spec = NodeSpec::new("alice@one.test", "127.0.0.1:1", "alpha", &[]);
+    spec.membership = Membership::None;
     let config = spec.write(dir.path());
     let config = config.to_str().unwrap();
     let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();

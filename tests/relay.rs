@@ -33,15 +33,19 @@ async fn thousand_datagrams_arrive_exactly_once() {
     assert!(report.send_failures.is_empty(), "{:?}", report.send_failures);
     let sa = a.status().await.unwrap();
     assert_eq!(sa.counters["link_relayed_out"], 1000);
-    // Both are ring leaves (no UDP): their ring keepalives share the relay.
+    // Both are ring leaves (no UDP): their ring keepalives share the relay, and so do the
+    // link handshake and the frames that waited for it.
+    let c = &sa.counters;
+    assert!(c["link_handshakes"] >= 1, "no link session");
     assert_eq!(
-        sa.counters["relay_datagrams_out"],
-        1000 + sa.counters["ring_relayed_out"]
+        c["relay_datagrams_out"],
+        1000 + c["ring_relayed_out"] + c["link_handshake_packets_out"] + c["link_held_out"]
     );
     let sb = b.status().await.unwrap();
-    assert_eq!(
-        sb.counters["relay_datagrams_in"],
-        1000 + sb.counters["ring_relayed_in"]
+    let c = &sb.counters;
+    assert!(
+        c["relay_datagrams_in"] >= 1000 + c["ring_relayed_in"] + sa.counters["link_handshake_packets_out"],
+        "{c:?}"
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

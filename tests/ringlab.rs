@@ -227,3 +227,72 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
     }
     eprintln!("the value put before the kill is still found from p{reader}");
 }
+
+/// A roster member whose certificate is of another group: the three members link, route and
+/// share the DHT; the stranger gets no ring link, no ping answer and no DHT value, and its
+/// attempts are refused and counted on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_member_of_another_group_gets_no_link_route_or_dht() {
+    let peers = [
+        ("m0", NatType::Full),
+        ("m1", NatType::Restricted),
+        ("m2", NatType::Open),
+        ("xx", NatType::Full),
+    ];
+    let scene = Scene::start_with_strangers("stranger", &peers, LabOptions::default(), &[], &[3]).await;
+    // The members in ring order (their NodeIds are random here).
+    let mut members = vec![0, 1, 2];
+    members.sort_by_key(|&i| scene.ids[i].clone());
+    let members_ring = wait(Duration::from_secs(30), || async {
+        let s = statuses(&scene).await;
+        ring_is_consistent(&scene.ids, &members, &s).ok()
+    })
+    .await;
+    let s = statuses(&scene).await;
+    assert!(
+        members_ring.is_some(),
+        "the members formed no ring: {:?}",
+        ring_is_consistent(&scene.ids, &members, &s)
+    );
+    let (ok, _, stderr) = dht_cli(&scene.nodes[0], &["put", "door", "the code is 1234"]);
+    assert!(ok, "put failed: {stderr}");
+    dht_values_become(&scene.nodes[1], "door", &["the code is 1234"])
+        .await
+        .expect("a member cannot read what another member put");
+    assert!(scene.ping(0, 1).is_ok(), "members cannot ping each other");
+
+    let (ok, stdout, _) = dht_cli(&scene.nodes[3], &["get", "door"]);
+    assert!(
+        !ok || stdout.trim().is_empty(),
+        "the stranger read the DHT: {stdout}"
+    );
+    assert!(scene.ping(3, 0).is_err(), "the stranger's ping was answered");
+    assert!(scene.ping(0, 3).is_err(), "a member's ping reached the stranger");
+    let s = statuses(&scene).await;
+    let stranger = s[3].as_ref().expect("stranger status");
+    assert_eq!(
+        stranger.ring.links + stranger.ring.leaf_links,
+        0,
+        "the stranger has ring links"
+    );
+    assert_eq!(stranger.counters["link_handshakes"], 0);
+    assert!(
+        stranger.peers.iter().all(|p| p.path == "xmpp"),
+        "the stranger has a direct path"
+    );
+    let refused: u64 = s
+        .iter()
+        .flatten()
+        .map(|st| st.counters["link_handshakes_refused"])
+        .sum();
+    assert!(refused >= 3, "refusals not counted ({refused})");
+    for (i, st) in s.iter().enumerate().take(3) {
+        let st = st.as_ref().expect("member status");
+        let to_stranger = st
+            .peers
+            .iter()
+            .find(|p| p.node_id == scene.ids[3])
+            .expect("rendezvous lists the stranger");
+        assert_eq!(to_stranger.path, "xmpp", "m{i} opened a path to the stranger");
+    }
+}

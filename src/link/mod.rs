@@ -175,6 +175,10 @@ pub struct Counters {
     pub plaintext_refused: u64,
     /// Frames dropped while waiting for a handshake (queue full or handshake given up).
     pub queue_dropped: u64,
+    /// Handshake packets sent (inits, responses, finals).
+    pub handshake_packets_out: u64,
+    /// Frames that waited for a handshake and were sent when it completed.
+    pub held_out: u64,
 }
 
 impl Link {

@@ -82,8 +82,13 @@ pub(super) enum Via {
 impl Links {
     /// Seals every frame from now on; refuses frames that are not sealed.
     pub fn with_security(mut self, security: Security) -> Self {
-        self.security = Some(security);
+        self.set_security(security);
         self
+    }
+
+    /// [`Links::with_security`] on a built value (before any member is up).
+    pub fn set_security(&mut self, security: Security) {
+        self.security = Some(security);
     }
 
     pub fn is_secure(&self) -> bool {
@@ -208,6 +213,7 @@ impl Links {
                 body: Body::Secure(packet),
             };
             self.transmits.push_back(link.transmit(frame.emit()));
+            self.counters.handshake_packets_out += 1;
         }
     }
 
@@ -430,6 +436,7 @@ impl Links {
         for (frame, relay) in queued {
             if let Some(t) = self.out_bytes(now, peer, frame, relay) {
                 self.transmits.push_back(t);
+                self.counters.held_out += 1;
             }
         }
     }

@@ -7,6 +7,7 @@
 //! socket uses one).
 
 pub mod dht;
+pub mod membership;
 mod reach;
 mod ring;
 mod runtime;
@@ -54,6 +55,8 @@ pub enum StartError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
 }
 
 /// Why a running node stopped on its own.
@@ -285,6 +288,7 @@ pub async fn start_with_key(
         }
     };
     let node_id = key.node_id();
+    let security = membership::security(config, &key)?;
     let ns = names::overlay_ns(&config.overlay);
     let instance = (seed as u32).to_le_bytes();
     let resource = names::resource(&ns, instance);
@@ -320,6 +324,8 @@ pub async fn start_with_key(
                 source,
             }
         })?;
+    let mut reach = reach;
+    reach.links.set_security(security);
     tracing::info!(tls = %config.tls, "logging in");
     tracing::debug!(jid = %config.jid, server = %session_cfg.login.server_name(), "login target");
     let session = Session::connect(session_cfg).await?;

@@ -475,6 +475,9 @@ impl Runtime {
                 tracing::info!(peer = %NodeId(node), "peer online");
                 tracing::debug!(peer = %NodeId(node), %jid, "peer resource");
                 self.reach.links.member_up(now, node, jid.clone());
+                if let Some(a) = self.core.member(&jid).and_then(|m| m.addresses.as_ref()) {
+                    self.reach.links.set_member_key(&node, a.key);
+                }
                 self.ring_members(now, None);
                 self.emit(AppEvent::PeerUp {
                     node: NodeId(node),
@@ -489,7 +492,15 @@ impl Runtime {
                     jid: jid.to_string(),
                 });
             }
-            core::Event::AddressesLearned { jid } => tracing::debug!(%jid, "learned addresses"),
+            core::Event::AddressesLearned { jid } => {
+                tracing::debug!(%jid, "learned addresses");
+                // The member's static key: its link handshake can be IK (one round trip).
+                if let Some(m) = self.core.member(&jid) {
+                    if let Some(a) = &m.addresses {
+                        self.reach.links.set_member_key(&m.node, a.key);
+                    }
+                }
+            }
             core::Event::Datagram { from, node, data } => match node {
                 Some(node) => self.reach.links.handle_relay(now, node, &data),
                 None => {

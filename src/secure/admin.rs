@@ -140,6 +140,28 @@ pub fn join(
     Ok(cert)
 }
 
+/// Gives the node whose key is at `key_file` (created if missing) a certificate of `ca` for
+/// `user`, valid a year, installed at `cert_file`: `id`, `sign` and `join` in one step, for
+/// labs, demos and tests that play every role on one machine.
+pub fn provision(
+    ca: &Ca,
+    key_file: &Path,
+    cert_file: &Path,
+    user: &BareJid,
+    unix_now: u64,
+) -> Result<MemberCert, AdminError> {
+    let (key, _) = crate::identity::NodeKey::load_or_create(key_file).map_err(|e| invalid(e.to_string()))?;
+    let cert = sign(
+        ca,
+        &hex::encode(key.public_bytes()),
+        &user.to_string(),
+        unix_now + 365 * DAY,
+        unix_now,
+    )?;
+    files::replace_file(cert_file, &files::cert_to_text(&cert))?;
+    Ok(cert)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

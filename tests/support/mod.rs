@@ -13,6 +13,22 @@ use ringlet_lab::{ChildGuard, Netns, Prosody, ProsodySpec};
 
 pub const PASSWORD: &str = "correct horse";
 
+/// The group every test node belongs to unless its spec says otherwise.
+pub fn test_ca() -> ringlet::secure::cert::Ca {
+    ringlet::secure::cert::Ca::from_seed("ringlet-tests", [0x5a; 32]).unwrap()
+}
+
+/// Which group certificate a test node gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// One of the test group, for its own key and JID.
+    Member,
+    /// One signed by another CA (a stranger with a valid-looking certificate).
+    OtherGroup,
+    /// None at all.
+    None,
+}
+
 #[allow(dead_code)] // only the NAT lab tests use scenes
 pub mod scene;
 
@@ -29,6 +45,7 @@ pub struct NodeSpec {
     /// Extra TOML appended at the end (whole sections).
     pub extra: String,
     pub login_timeout_s: u64,
+    pub membership: Membership,
 }
 
 impl NodeSpec {
@@ -43,6 +60,7 @@ impl NodeSpec {
             friends: friends.iter().map(|f| f.to_string()).collect(),
             extra: String::new(),
             login_timeout_s: 10,
+            membership: Membership::Member,
         }
     }
 
@@ -68,10 +86,34 @@ impl NodeSpec {
     }
 
     /// Writes `dir/ringlet.toml` and returns its path.
+    /// Also gives the node (its key created if missing) the certificate `membership` says.
     pub fn write(&self, dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("ringlet.toml");
         std::fs::write(&path, self.toml()).unwrap();
+        let ca = match self.membership {
+            Membership::Member => Some(test_ca()),
+            Membership::OtherGroup => {
+                Some(ringlet::secure::cert::Ca::from_seed("ringlet-tests", [0x77; 32]).unwrap())
+            }
+            Membership::None => None,
+        };
+        if let Some(ca) = ca {
+            #[allow(clippy::disallowed_methods)] // test support: certificates expire in wall-clock time
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let user = self.jid.parse().unwrap();
+            ringlet::secure::admin::provision(
+                &ca,
+                &dir.join("node.key"),
+                &dir.join("group.cert"),
+                &user,
+                unix,
+            )
+            .unwrap();
+        }
         path
     }
 

@@ -47,6 +47,18 @@ impl Scene {
         options: LabOptions,
         keys: &[ringlet::identity::NodeKey],
     ) -> Scene {
+        Scene::start_with_strangers(tag, peers, options, keys, &[]).await
+    }
+
+    /// Like [`Scene::start_with_keys`]; the peers in `strangers` hold certificates of another
+    /// group (valid XMPP accounts on everyone's roster, not members).
+    pub async fn start_with_strangers(
+        tag: &str,
+        peers: &[(&str, NatType)],
+        options: LabOptions,
+        keys: &[ringlet::identity::NodeKey],
+        strangers: &[usize],
+    ) -> Scene {
         let mut lab =
             NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
         let dir = tempdir("ringlet-lab-");
@@ -71,12 +83,15 @@ impl Scene {
             if let Some(key) = keys.get(i) {
                 key.write_new(&dir.path().join(name).join("node.key")).unwrap();
             }
-            let spec = NodeSpec::new(
+            let mut spec = NodeSpec::new(
                 &format!("{name}@{DOMAIN}"),
                 &format!("{PUBLIC_IP}:5222"),
                 "lab",
                 &friends,
             );
+            if strangers.contains(&i) {
+                spec.membership = Membership::OtherGroup;
+            }
             let ns = &lab.peer(name).ns;
             nodes.push(NodeProcess::spawn(name, &spec, &dir.path().join(name), Some(ns)));
         }
