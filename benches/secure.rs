@@ -119,8 +119,16 @@ fn handshake(runs: usize) {
         for i in 0..runs {
             let seed = [i as u8; 32];
             let t = Instant::now();
-            let (init, packet) =
-                Initiating::start(&alice, Purpose::Link, ik.then_some(&bob_pub), 1, seed).expect("start");
+            let (init, packet) = Initiating::start(
+                &alice,
+                Purpose::Link,
+                ik.then_some(&bob_pub),
+                1,
+                seed,
+                i as u64,
+                &[],
+            )
+            .expect("start");
             start.push(us(t.elapsed()));
             let Ok(Packet::Init {
                 pattern,

@@ -169,7 +169,15 @@ pub fn secure_packets() -> Vec<Vec<u8>> {
     let bob_key = bob.public_bytes();
     let mut out = Vec::new();
     for remote in [Some(&bob_key), None] {
-        if let Ok((_, packet)) = Initiating::start(&alice, SecurePurpose::Link, remote, 5, [3; 32]) {
+        if let Ok((_, packet)) = Initiating::start(
+            &alice,
+            SecurePurpose::Link,
+            remote,
+            5,
+            [3; 32],
+            1,
+            &[b"early".to_vec()],
+        ) {
             out.push(packet);
         }
     }

@@ -179,6 +179,8 @@ pub struct Counters {
     pub handshake_packets_out: u64,
     /// Frames that waited for a handshake and were sent when it completed.
     pub held_out: u64,
+    /// Frames that waited for a handshake and rode in its IK init.
+    pub early_out: u64,
 }
 
 impl Link {
@@ -240,6 +242,10 @@ pub struct Links {
     security: Option<Security>,
     /// Our session indices (current, previous and handshaking) and whose they are.
     session_index: BTreeMap<u32, NodeIdBytes>,
+    /// The last timestamp one of our inits carried.
+    last_timestamp: u64,
+    /// Frames that came early, in an IK init, waiting to be handled.
+    early_in: Vec<(NodeIdBytes, Frame)>,
 }
 
 impl Links {
@@ -257,6 +263,8 @@ impl Links {
             counters: Counters::default(),
             security: None,
             session_index: BTreeMap::new(),
+            last_timestamp: 0,
+            early_in: Vec::new(),
         }
     }
 
@@ -465,19 +473,35 @@ impl Links {
             return;
         }
         let frame = match (frame.body, self.is_secure()) {
-            (Body::Secure(packet), true) => match self.open_secure(now, secure::Via::Relay(peer), &packet) {
-                Some((_, inner)) => inner,
-                None => return self.drain(now),
-            },
+            (Body::Secure(packet), true) => self
+                .open_secure(now, secure::Via::Relay(peer), &packet)
+                .map(|(_, inner)| inner),
             (Body::Secure(_), false) | (_, true) => {
                 self.counters.plaintext_refused += 1;
                 return;
             }
-            (body, false) => Frame {
+            (body, false) => Some(Frame {
                 path: frame.path,
                 body,
-            },
+            }),
         };
+        self.handle_early(now);
+        if let Some(frame) = frame {
+            self.on_relay_frame(now, peer, frame);
+        }
+        self.drain(now);
+    }
+
+    /// Frames that rode in an IK init (signalling, mostly): handled as relay frames of their
+    /// sender, whose handshake just authenticated them.
+    fn handle_early(&mut self, now: Instant) {
+        for (peer, frame) in std::mem::take(&mut self.early_in) {
+            self.on_relay_frame(now, peer, frame);
+        }
+    }
+
+    /// A frame of member `peer` that came over the relay (opened, when links are secure).
+    fn on_relay_frame(&mut self, now: Instant, peer: NodeIdBytes, frame: Frame) {
         match frame.body {
             Body::Data(data) => {
                 self.app_traffic(now, &peer);
@@ -513,7 +537,6 @@ impl Links {
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer, nonce }),
             Body::Secure(_) => self.counters.malformed_frames += 1,
         }
-        self.drain(now);
     }
 
     fn parse(&mut self, bytes: &[u8]) -> Option<Frame> {
@@ -643,7 +666,9 @@ impl Links {
         };
         let (frame, sealed_by) = match (frame.body, self.is_secure()) {
             (Body::Secure(packet), true) => {
-                match self.open_secure(now, secure::Via::Udp(socket, from), &packet) {
+                let opened = self.open_secure(now, secure::Via::Udp(socket, from), &packet);
+                self.handle_early(now);
+                match opened {
                     Some((peer, inner)) => (inner, Some(peer)),
                     None => return self.drain(now),
                 }

@@ -48,9 +48,19 @@ pub(super) struct Session {
     /// We began the current session (we also begin its replacement).
     began_current: bool,
     previous: Option<Established>,
-    initiating: Option<(Initiating, Instant, u32)>,
+    initiating: Option<Pending>,
     responding: Option<Box<Responding>>,
     queued: VecDeque<(Vec<u8>, bool)>,
+    /// The newest init timestamp taken from this peer: older or equal ones are replays.
+    last_init: u64,
+}
+
+/// A handshake we began: when its init went, how often, and how many queued frames rode in it.
+struct Pending {
+    init: Initiating,
+    sent: Instant,
+    tries: u32,
+    early: usize,
 }
 
 impl Session {
@@ -59,7 +69,7 @@ impl Session {
         let resend = self
             .initiating
             .as_ref()
-            .map(|(_, sent, tries)| *sent + FIRST_RESEND * 2u32.pow(*tries));
+            .map(|p| p.sent + FIRST_RESEND * 2u32.pow(p.tries));
         let expiry = self
             .current
             .as_ref()
@@ -179,13 +189,32 @@ impl Links {
     fn start_handshake(&mut self, now: Instant, peer: NodeIdBytes, tries: u32) {
         let index = self.fresh_index(peer);
         let seed: [u8; 32] = self.rng.random();
+        let timestamp = self.next_timestamp(now);
         let (Some(sec), Some(link)) = (self.security.as_ref(), self.links.get_mut(&peer)) else {
             return;
         };
-        match Initiating::start(&sec.local, Purpose::Link, link.key.as_ref(), index, seed) {
+        // Nothing rides in the init yet: an IK init is encrypted to a key the XMPP server
+        // handed us, whose certificate we have not seen (it comes in the response).
+        let early: Vec<Vec<u8>> = Vec::new();
+        match Initiating::start(
+            &sec.local,
+            Purpose::Link,
+            link.key.as_ref(),
+            index,
+            seed,
+            timestamp,
+            &early,
+        ) {
             Ok((init, packet)) => {
-                if let Some((old, ..)) = link.session.initiating.replace((init, now, tries)) {
-                    self.session_index.remove(&old.index());
+                let early = if init.carries_early() { early.len() } else { 0 };
+                let pending = Pending {
+                    init,
+                    sent: now,
+                    tries,
+                    early,
+                };
+                if let Some(old) = link.session.initiating.replace(pending) {
+                    self.session_index.remove(&old.init.index());
                 }
                 self.send_handshake(peer, packet);
             }
@@ -193,6 +222,15 @@ impl Links {
                 self.session_index.remove(&index);
             }
         }
+    }
+
+    /// Strictly increasing milliseconds for our inits (wall clock, never repeating).
+    fn next_timestamp(&mut self, now: Instant) -> u64 {
+        let ms = self.security.as_ref().map_or(0, |s| {
+            s.epoch_unix * 1000 + now.saturating_duration_since(s.epoch).as_millis() as u64
+        });
+        self.last_timestamp = ms.max(self.last_timestamp + 1);
+        self.last_timestamp
     }
 
     fn fresh_index(&mut self, peer: NodeIdBytes) -> u32 {
@@ -286,9 +324,7 @@ impl Links {
             .links
             .get(&peer)
             .is_some_and(|l| l.session.initiating.is_some());
-        if crossing && self.own < peer {
-            return; // ours wins; the peer answers it
-        }
+        let ours_wins = crossing && self.own < peer;
         let index = self.fresh_index(peer);
         let seed: [u8; 32] = self.rng.random();
         let Some(sec) = self.security.as_ref() else {
@@ -310,10 +346,25 @@ impl Links {
             member_check(&ca, unix, expect),
         );
         match answered {
-            Ok(Responded::Done(est, response)) => {
+            // Crossing inits: ours wins and the peer answers it. Its init is still read, so
+            // that its timestamp is taken: replayed later, it is stale.
+            Ok(Responded::Done(est, _)) if ours_wins => {
+                self.fresh_init(peer, est.peer.timestamp);
+                self.session_index.remove(&est.local_index);
+            }
+            Ok(Responded::Awaiting(r, _)) if ours_wins => {
+                self.session_index.remove(&r.index());
+            }
+            Ok(Responded::Done(est, _)) if !self.fresh_init(peer, est.peer.timestamp) => {
+                self.session_index.remove(&est.local_index);
+                self.counters.secure_dropped += 1;
+            }
+            Ok(Responded::Done(mut est, response)) => {
                 self.drop_initiating(peer);
                 self.send_handshake(peer, response);
+                let early = std::mem::take(&mut est.peer.early);
                 self.install(now, peer, *est, false);
+                self.take_early(peer, early);
             }
             Ok(Responded::Awaiting(responding, response)) => {
                 self.drop_initiating(peer);
@@ -333,12 +384,35 @@ impl Links {
     }
 
     fn drop_initiating(&mut self, peer: NodeIdBytes) {
-        if let Some((init, ..)) = self
+        if let Some(p) = self
             .links
             .get_mut(&peer)
             .and_then(|l| l.session.initiating.take())
         {
-            self.session_index.remove(&init.index());
+            self.session_index.remove(&p.init.index());
+        }
+    }
+
+    /// Takes an init's timestamp if it is newer than every one taken from `peer` before.
+    fn fresh_init(&mut self, peer: NodeIdBytes, timestamp: u64) -> bool {
+        match self.links.get_mut(&peer) {
+            Some(link) if timestamp > link.session.last_init => {
+                link.session.last_init = timestamp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Early frames from an IK init, for the caller to handle as frames of `peer`.
+    fn take_early(&mut self, peer: NodeIdBytes, early: Vec<Vec<u8>>) {
+        for bytes in early {
+            match Frame::parse(&bytes) {
+                Ok(f) if f.path == self.path_id && !matches!(f.body, Body::Secure(_)) => {
+                    self.early_in.push((peer, f))
+                }
+                _ => self.counters.malformed_frames += 1,
+            }
         }
     }
 
@@ -350,10 +424,12 @@ impl Links {
         let Some((jid, ca, unix)) = self.judge(now, peer) else {
             return;
         };
-        let Some((init, _, tries)) = self
+        let Some(Pending {
+            init, tries, early, ..
+        }) = self
             .links
             .get_mut(&peer)
-            .and_then(|l| l.session.initiating.take_if(|(i, ..)| i.index() == receiver))
+            .and_then(|l| l.session.initiating.take_if(|p| p.init.index() == receiver))
         else {
             self.counters.secure_dropped += 1;
             return;
@@ -369,6 +445,12 @@ impl Links {
             Ok((est, finale)) => {
                 if let Some(packet) = finale {
                     self.send_handshake(peer, packet);
+                }
+                // The frames that rode in the init arrived with it.
+                if let Some(link) = self.links.get_mut(&peer) {
+                    let n = early.min(link.session.queued.len());
+                    link.session.queued.drain(..n);
+                    self.counters.early_out += n as u64;
                 }
                 self.install(now, peer, est, true);
             }
@@ -410,6 +492,10 @@ impl Links {
             jid: Some(&jid),
         };
         match responding.on_final(now, noise, member_check(&ca, unix, expect)) {
+            Ok(est) if !self.fresh_init(peer, est.peer.timestamp) => {
+                self.session_index.remove(&est.local_index);
+                self.counters.secure_dropped += 1;
+            }
             Ok(est) => self.install(now, peer, est, false),
             Err(e) => {
                 self.session_index.remove(&receiver);
@@ -510,8 +596,8 @@ impl Links {
                 .session
                 .initiating
                 .as_ref()
-                .filter(|(_, sent, tries)| now >= *sent + FIRST_RESEND * 2u32.pow(*tries))
-                .map(|(.., tries)| *tries);
+                .filter(|p| now >= p.sent + FIRST_RESEND * 2u32.pow(p.tries))
+                .map(|p| p.tries);
             match due {
                 Some(tries) if tries + 1 >= HANDSHAKE_TRIES => {
                     self.drop_initiating(peer);
@@ -532,7 +618,7 @@ impl Links {
             .into_iter()
             .flatten()
             .map(|e| e.local_index)
-            .chain(session.initiating.as_ref().map(|(i, ..)| i.index()))
+            .chain(session.initiating.as_ref().map(|p| p.init.index()))
             .chain(session.responding.as_ref().map(|r| r.index()));
         for i in indices {
             self.session_index.remove(&i);

@@ -52,11 +52,16 @@ pub enum HandshakeError {
     Step,
 }
 
-/// Our side: static key, group, and the hello we present.
+/// Most early frames an IK init carries, and their total size.
+pub const MAX_EARLY: usize = 4;
+pub const MAX_EARLY_BYTES: usize = 8 * 1024;
+
+/// Our side: static key, group, and what our hello presents.
 pub struct Local {
     secret: Zeroizing<[u8; 32]>,
     ca: [u8; 32],
-    hello: Vec<u8>,
+    cert: Vec<u8>,
+    crl_version: u64,
 }
 
 impl Local {
@@ -64,8 +69,13 @@ impl Local {
         Local {
             secret: Zeroizing::new(secret),
             ca: cert.ca,
-            hello: Hello::emit(&cert.emit(), crl_version),
+            cert: cert.emit(),
+            crl_version,
         }
+    }
+
+    fn hello(&self, timestamp: u64, early: &[Vec<u8>]) -> Vec<u8> {
+        Hello::emit(&self.cert, self.crl_version, timestamp, early)
     }
 
     fn builder(
@@ -111,19 +121,33 @@ impl Local {
     }
 }
 
-/// The handshake payload: `u8 version · u16 length + certificate · u64 CRL version`.
-struct Hello;
+/// The handshake payload: `u8 version · u16 length + certificate · u64 CRL version ·
+/// u64 timestamp (ms; a responder refuses inits not newer than the last it took, so a
+/// replayed init cannot replace a session) · u8 count · (u16 length + frame)*` (early frames:
+/// what the initiator had queued, delivered with the init so that it costs no round trip).
+struct Hello {
+    cert: MemberCert,
+    crl_version: u64,
+    timestamp: u64,
+    early: Vec<Vec<u8>>,
+}
 
 impl Hello {
-    fn emit(cert: &[u8], crl_version: u64) -> Vec<u8> {
+    fn emit(cert: &[u8], crl_version: u64, timestamp: u64, early: &[Vec<u8>]) -> Vec<u8> {
         let mut out = vec![HELLO_VERSION];
         out.extend_from_slice(&(cert.len() as u16).to_be_bytes());
         out.extend_from_slice(cert);
         out.extend_from_slice(&crl_version.to_be_bytes());
+        out.extend_from_slice(&timestamp.to_be_bytes());
+        out.push(early.len() as u8);
+        for f in early {
+            out.extend_from_slice(&(f.len() as u16).to_be_bytes());
+            out.extend_from_slice(f);
+        }
         out
     }
 
-    fn parse(bytes: &[u8]) -> Result<(MemberCert, u64), HandshakeError> {
+    fn parse(bytes: &[u8]) -> Result<Hello, HandshakeError> {
         let mut r = Reader::new(bytes);
         let bad = |_| HandshakeError::Hello;
         if r.u8().map_err(bad)? != HELLO_VERSION {
@@ -131,10 +155,23 @@ impl Hello {
         }
         let cert = MemberCert::parse(r.bytes16().map_err(bad)?).map_err(|_| HandshakeError::Hello)?;
         let crl_version = r.u64().map_err(bad)?;
-        if !r.is_empty() {
+        let timestamp = r.u64().map_err(bad)?;
+        let count = usize::from(r.u8().map_err(bad)?);
+        if count > MAX_EARLY {
             return Err(HandshakeError::Hello);
         }
-        Ok((cert, crl_version))
+        let early = (0..count)
+            .map(|_| r.bytes16().map(<[u8]>::to_vec).map_err(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !r.is_empty() || early.iter().map(Vec::len).sum::<usize>() > MAX_EARLY_BYTES {
+            return Err(HandshakeError::Hello);
+        }
+        Ok(Hello {
+            cert,
+            crl_version,
+            timestamp,
+            early,
+        })
     }
 }
 
@@ -145,6 +182,10 @@ pub struct Peer {
     pub key: [u8; 32],
     pub cert: MemberCert,
     pub crl_version: u64,
+    /// When the peer says it sent its hello (ms; only ever compared with its own earlier ones).
+    pub timestamp: u64,
+    /// Frames the initiator sent with its IK init (empty otherwise).
+    pub early: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -160,25 +201,45 @@ pub struct Initiating {
     hs: HandshakeState,
     pattern: u8,
     index: u32,
+    timestamp: u64,
 }
 
 impl Initiating {
     /// IK when `remote` (the peer's static key) is known, else XX. Returns the init packet.
+    /// An IK init carries `early` frames (at most [`MAX_EARLY`], [`MAX_EARLY_BYTES`]); XX
+    /// cannot (its first message is not encrypted) and ignores them.
     pub fn start(
         local: &Local,
         purpose: Purpose,
         remote: Option<&[u8; 32]>,
         index: u32,
         seed: [u8; 32],
+        timestamp: u64,
+        early: &[Vec<u8>],
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         let pattern = if remote.is_some() { PATTERN_IK } else { PATTERN_XX };
         let mut hs = local.build(pattern, purpose, seed, remote, true)?;
-        let payload: &[u8] = if pattern == PATTERN_IK { &local.hello } else { &[] };
-        let noise = write(&mut hs, payload)?;
-        Ok((
-            Initiating { hs, pattern, index },
-            wire::init(pattern, index, &noise),
-        ))
+        let payload = if pattern == PATTERN_IK {
+            if early.len() > MAX_EARLY || early.iter().map(Vec::len).sum::<usize>() > MAX_EARLY_BYTES {
+                return Err(HandshakeError::Hello);
+            }
+            local.hello(timestamp, early)
+        } else {
+            Vec::new()
+        };
+        let noise = write(&mut hs, &payload)?;
+        let init = Initiating {
+            hs,
+            pattern,
+            index,
+            timestamp,
+        };
+        Ok((init, wire::init(pattern, index, &noise)))
+    }
+
+    /// Whether the init carried the early frames (IK) or left them queued (XX).
+    pub fn carries_early(&self) -> bool {
+        self.pattern == PATTERN_IK
     }
 
     pub fn index(&self) -> u32 {
@@ -198,7 +259,7 @@ impl Initiating {
         // IK and XX alike: the responder's certificate came in this message.
         let peer = judge(&self.hs, &payload, verify)?;
         let packet = if self.pattern == PATTERN_XX {
-            let noise = write(&mut self.hs, &local.hello)?;
+            let noise = write(&mut self.hs, &local.hello(self.timestamp, &[]))?;
             Some(wire::final_message(sender, &noise))
         } else {
             None
@@ -241,7 +302,7 @@ pub fn respond(
     let payload = read(&mut hs, noise)?;
     if pattern == PATTERN_IK {
         let peer = judge(&hs, &payload, verify)?;
-        let noise = write(&mut hs, &local.hello)?;
+        let noise = write(&mut hs, &local.hello(0, &[]))?;
         let transport = split(now, hs, false)?;
         let est = Established {
             transport,
@@ -257,7 +318,7 @@ pub fn respond(
     if !payload.is_empty() {
         return Err(HandshakeError::Hello);
     }
-    let noise = write(&mut hs, &local.hello)?;
+    let noise = write(&mut hs, &local.hello(0, &[]))?;
     Ok(Responded::Awaiting(
         Box::new(Responding {
             hs,
@@ -325,7 +386,12 @@ fn judge(
     payload: &[u8],
     verify: impl FnOnce(&Peer) -> Result<(), CertError>,
 ) -> Result<Peer, HandshakeError> {
-    let (cert, crl_version) = Hello::parse(payload)?;
+    let Hello {
+        cert,
+        crl_version,
+        timestamp,
+        early,
+    } = Hello::parse(payload)?;
     let key: [u8; 32] = hs
         .get_remote_static()
         .and_then(|k| k.try_into().ok())
@@ -337,6 +403,8 @@ fn judge(
         key,
         cert,
         crl_version,
+        timestamp,
+        early,
     };
     verify(&peer)?;
     Ok(peer)

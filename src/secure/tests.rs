@@ -43,7 +43,9 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
     let (la, lb) = (a.local(), b.local());
     let (ca_a, ca_b) = (a.cert.ca, b.cert.ca);
     let remote = b.key.public_bytes();
-    let (init, packet) = Initiating::start(&la, Purpose::Link, ik.then_some(&remote), 11, [1; 32])?;
+    let early = [b"offer".to_vec()];
+    let (init, packet) =
+        Initiating::start(&la, Purpose::Link, ik.then_some(&remote), 11, [1; 32], 7, &early)?;
     let Ok(Packet::Init {
         pattern,
         sender,
@@ -81,12 +83,21 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
     let (est_a, finale) =
         init.on_response(now, &la, sender, noise, member_check(&ca_a, NOW_UNIX, a_expects))?;
     match (done, pending, finale) {
-        (Some(est_b), None, None) => Ok((est_a, est_b)),
+        (Some(est_b), None, None) => {
+            assert_eq!(est_b.peer.early, early, "IK carries what waited");
+            assert_eq!(est_b.peer.timestamp, 7);
+            Ok((est_a, est_b))
+        }
         (None, Some(responding), Some(finale)) => {
             let Ok(Packet::Final { noise, .. }) = Packet::parse(&finale) else {
                 panic!("not a final message");
             };
             let est_b = responding.on_final(now, noise, member_check(&ca_b, NOW_UNIX, b_expects))?;
+            assert!(
+                est_b.peer.early.is_empty(),
+                "XX sends nothing before it is encrypted"
+            );
+            assert_eq!(est_b.peer.timestamp, 7);
             Ok((est_a, est_b))
         }
         _ => panic!("IK takes one round trip, XX ends with a final message"),
@@ -172,7 +183,8 @@ fn a_tampered_init_is_refused_without_a_response() {
         Member::new(&ca, 2, "bob@b.example"),
     );
     let remote = bob.key.public_bytes();
-    let (_, packet) = Initiating::start(&alice.local(), Purpose::Link, Some(&remote), 1, [1; 32]).unwrap();
+    let (_, packet) =
+        Initiating::start(&alice.local(), Purpose::Link, Some(&remote), 1, [1; 32], 1, &[]).unwrap();
     for i in (6..packet.len()).step_by(7) {
         let mut p = packet.clone();
         p[i] ^= 0x20;
@@ -198,7 +210,16 @@ fn a_tampered_init_is_refused_without_a_response() {
         assert!(r.is_err(), "byte {i} flipped and the init was accepted");
     }
     // An end-to-end init is no link init: the prologue differs.
-    let (_, e2e) = Initiating::start(&alice.local(), Purpose::EndToEnd, Some(&remote), 1, [1; 32]).unwrap();
+    let (_, e2e) = Initiating::start(
+        &alice.local(),
+        Purpose::EndToEnd,
+        Some(&remote),
+        1,
+        [1; 32],
+        1,
+        &[],
+    )
+    .unwrap();
     let Ok(Packet::Init {
         pattern,
         sender,

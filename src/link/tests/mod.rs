@@ -53,8 +53,9 @@ struct World {
     sent: (usize, usize),
     held: usize,
     wire: Wire<Packet>,
-    /// Every frame delivered (relay and UDP; STUN left out), as it travelled.
+    /// Every frame delivered (relay and UDP; STUN left out), as it travelled, and to whom.
     seen: Vec<Vec<u8>>,
+    seen_to: Vec<usize>,
     /// A man in the middle of the relay: may rewrite each relayed datagram.
     relay_mitm: Option<fn(&mut Vec<u8>)>,
 }
@@ -137,6 +138,7 @@ fn world_of(now: Instant, nodes: Vec<Node>) -> World {
         held: 0,
         wire: Wire::default(),
         seen: Vec::new(),
+        seen_to: Vec::new(),
         relay_mitm: None,
     };
     for i in 0..2 {
@@ -147,6 +149,15 @@ fn world_of(now: Instant, nodes: Vec<Node>) -> World {
 }
 
 impl World {
+    /// The frames node `i` received.
+    fn seen_by(&self, i: usize) -> impl Iterator<Item = &Vec<u8>> {
+        self.seen
+            .iter()
+            .zip(&self.seen_to)
+            .filter(move |(_, to)| **to == i)
+            .map(|(f, _)| f)
+    }
+
     fn path(&self, i: usize) -> Option<Path> {
         self.nodes[i].links.path(&self.nodes[1 - i].id)
     }
@@ -257,6 +268,7 @@ impl World {
                     mitm(&mut data);
                 }
                 self.seen.push(data.clone());
+                self.seen_to.push(to);
                 let from = self.nodes[1 - to].id;
                 self.nodes[to].links.handle_relay(now, from, &data);
             }
@@ -280,6 +292,7 @@ impl World {
                     }
                     PacketKind::Frame => {
                         self.seen.push(data.clone());
+                        self.seen_to.push(to);
                         n.links.handle_frame(now, socket, from, &data)
                     }
                     PacketKind::Unknown => {}

@@ -24,8 +24,11 @@ const MEMBER_1: Grant = Grant {
 };
 
 fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
+    secure_world_with(a, b, grants, &Config::default())
+}
+
+fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> World {
     let now = Instant::now();
-    let cfg = Config::default();
     let nodes: Vec<Node> = grants
         .iter()
         .enumerate()
@@ -46,7 +49,7 @@ fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
                 epoch: now,
                 epoch_unix: UNIX,
             };
-            node_with(now, i, [a, b][i], &cfg, key.node_id().0, Some(security))
+            node_with(now, i, [a, b][i], cfg, key.node_id().0, Some(security))
         })
         .collect();
     let mut w = world_of(now, nodes);
@@ -228,4 +231,37 @@ fn a_relay_that_tampers_with_handshakes_gets_no_session_and_learns_no_address() 
         .map(|i| w.nodes[i].links.counters().handshakes_refused)
         .sum();
     assert!(dropped + refused > 0, "tampering was not noticed");
+}
+
+#[test]
+fn a_replayed_init_does_not_replace_the_session() {
+    // Links on demand: nothing starts before the first datagram, when both keys are known,
+    // so the handshake is IK (whose init alone sets up the responder's session).
+    let cfg = Config {
+        on_demand: true,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1], &cfg);
+    w.send(0, b"hello");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    // An init node 1 took from node 0 (its own inits are sealed to node 0's key).
+    let init = w
+        .seen_by(1)
+        .find(|f| kind_of(f) == 9 && f.get(10) == Some(&1))
+        .expect("node 0 sent an init")
+        .clone();
+    assert_eq!(init[11], crate::secure::wire::PATTERN_IK);
+    let from = w.nodes[0].id;
+    let now = w.now;
+    w.nodes[1].links.handle_relay(now, from, &init);
+    w.flush();
+    assert_eq!(
+        w.nodes[1].links.counters().secure_dropped,
+        1,
+        "the replay was not refused"
+    );
+    assert_eq!(w.nodes[1].links.counters().handshakes, 1);
+    w.send(1, b"still here");
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.nodes[0].got, vec![b"still here".to_vec()], "the session broke");
 }
