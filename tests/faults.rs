@@ -249,6 +249,8 @@ async fn malformed_relay_payloads_are_rejected_without_crashing() {
         OverlayTag {
             ns: names::overlay_ns("alpha"),
             node: [0xb0; 20],
+            key: None,
+            cert: None,
         }
         .emit(),
     );

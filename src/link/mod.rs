@@ -225,6 +225,8 @@ struct Link {
     app_until: Option<Instant>,
     /// The peer's static key, from rendezvous (lets the handshake be IK).
     key: Option<[u8; 32]>,
+    /// A key whose certificate (sent with the peer's addresses) we checked.
+    verified_key: Option<[u8; 32]>,
     session: secure::Session,
 }
 
@@ -300,6 +302,7 @@ impl Links {
             ring_wants: false,
             app_until: None,
             key: None,
+            verified_key: None,
             session: secure::Session::default(),
         };
         self.links.insert(peer, link);

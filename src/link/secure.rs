@@ -20,7 +20,10 @@ use ringlet_xmpp::NodeIdBytes;
 use super::frame::{Body, Frame};
 use super::{Links, Transmit};
 use crate::identity::NodeId;
-use crate::secure::noise::{respond, Established, Initiating, Local, Purpose, Responded, Responding};
+use crate::secure::cert::MemberCert;
+use crate::secure::noise::{
+    respond, Established, Initiating, Local, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
+};
 use crate::secure::transport::REKEY_AFTER_TIME;
 use crate::secure::wire::{self, Packet};
 use crate::secure::{member_check, Expect};
@@ -106,14 +109,31 @@ impl Links {
     }
 
     /// The peer's static key as rendezvous announced it (its NodeId is the key's hash): the
-    /// handshake can then be IK, one round trip. Ignored when it does not match.
-    pub fn set_member_key(&mut self, peer: &NodeIdBytes, key: [u8; 32]) {
+    /// handshake can then be IK, one round trip. Ignored when it does not match. With the
+    /// peer's certificate, checked here against our group, its key and its JID, what waits
+    /// for the handshake rides in the init: the key is known to be a member's.
+    pub fn set_member_identity(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        key: [u8; 32],
+        cert: Option<&[u8]>,
+    ) {
         if NodeId::of_public_key(&key).0 != *peer {
             return;
         }
-        if let Some(link) = self.links.get_mut(peer) {
-            link.key = Some(key);
-        }
+        let unix = self.unix_now(now);
+        let ca = self.security.as_ref().map(|s| s.ca);
+        let Some(link) = self.links.get_mut(peer) else {
+            return;
+        };
+        link.key = Some(key);
+        let jid = link.jid.to_bare();
+        let verified = match (cert.map(MemberCert::parse), ca) {
+            (Some(Ok(cert)), Some(ca)) => cert.verify_peer(&ca, unix, &key, Some(&jid)).is_ok(),
+            _ => false,
+        };
+        link.verified_key = verified.then_some(key);
     }
 
     /// Frames `body` for `peer` over its current path, or the relay with `relay`; sealed when
@@ -193,9 +213,19 @@ impl Links {
         let (Some(sec), Some(link)) = (self.security.as_ref(), self.links.get_mut(&peer)) else {
             return;
         };
-        // Nothing rides in the init yet: an IK init is encrypted to a key the XMPP server
-        // handed us, whose certificate we have not seen (it comes in the response).
-        let early: Vec<Vec<u8>> = Vec::new();
+        // What waits rides in the init (IK), but only to a key whose certificate we checked
+        // before: an init is encrypted to whatever key the XMPP server handed us.
+        let mut early = Vec::new();
+        if link.key.is_some() && link.verified_key == link.key {
+            let mut bytes = 0;
+            for (frame, _) in link.session.queued.iter().take(MAX_EARLY) {
+                if bytes + frame.len() > MAX_EARLY_BYTES {
+                    break;
+                }
+                bytes += frame.len();
+                early.push(frame.clone());
+            }
+        }
         match Initiating::start(
             &sec.local,
             Purpose::Link,

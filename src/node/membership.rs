@@ -23,8 +23,9 @@ pub enum MembershipError {
     Wrong { path: String, reason: String },
 }
 
-/// Loads and checks this node's certificate; returns the link layer's security settings.
-pub fn security(config: &Config, key: &NodeKey) -> Result<Security, MembershipError> {
+/// Loads and checks this node's certificate; returns the link layer's security settings and
+/// the certificate's bytes (rendezvous hands them out with our addresses).
+pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>), MembershipError> {
     let path = config.group_cert.display().to_string();
     let cert = files::read_cert(&config.group_cert).map_err(|e| MembershipError::Missing {
         path: path.clone(),
@@ -52,10 +53,11 @@ pub fn security(config: &Config, key: &NodeKey) -> Result<Security, MembershipEr
         .map_or(0, |d| d.as_secs());
     cert.verify(&cert.ca, unix)
         .map_err(|e| wrong(format!("is not valid: {e}")))?;
-    Ok(Security {
+    let security = Security {
         local: Local::new(key.secret_bytes(), &cert, 0),
         ca: cert.ca,
         epoch: Instant::now(),
         epoch_unix: unix,
-    })
+    };
+    Ok((security, cert.emit()))
 }

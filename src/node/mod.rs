@@ -288,7 +288,7 @@ pub async fn start_with_key(
         }
     };
     let node_id = key.node_id();
-    let security = membership::security(config, &key)?;
+    let (security, cert) = membership::security(config, &key)?;
     let ns = names::overlay_ns(&config.overlay);
     let instance = (seed as u32).to_le_bytes();
     let resource = names::resource(&ns, instance);
@@ -336,6 +336,7 @@ pub async fn start_with_key(
         config.friends.iter().cloned().collect(),
     );
     rendezvous.seek_interval = config.seek_interval;
+    rendezvous.cert = Some(cert);
     rendezvous.seek_jitter = config.seek_interval / 2;
     let core = core::Core::new(
         core::Config {

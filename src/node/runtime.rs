@@ -475,9 +475,7 @@ impl Runtime {
                 tracing::info!(peer = %NodeId(node), "peer online");
                 tracing::debug!(peer = %NodeId(node), %jid, "peer resource");
                 self.reach.links.member_up(now, node, jid.clone());
-                if let Some(a) = self.core.member(&jid).and_then(|m| m.addresses.as_ref()) {
-                    self.reach.links.set_member_key(&node, a.key);
-                }
+                self.member_identity(now, &jid);
                 self.ring_members(now, None);
                 self.emit(AppEvent::PeerUp {
                     node: NodeId(node),
@@ -495,11 +493,7 @@ impl Runtime {
             core::Event::AddressesLearned { jid } => {
                 tracing::debug!(%jid, "learned addresses");
                 // The member's static key: its link handshake can be IK (one round trip).
-                if let Some(m) = self.core.member(&jid) {
-                    if let Some(a) = &m.addresses {
-                        self.reach.links.set_member_key(&m.node, a.key);
-                    }
-                }
+                self.member_identity(now, &jid);
             }
             core::Event::Datagram { from, node, data } => match node {
                 Some(node) => self.reach.links.handle_relay(now, node, &data),
@@ -534,6 +528,23 @@ impl Runtime {
                 tracing::info!(count = services.len(), "XEP-0215 external services");
                 self.reach.on_services(&services);
             }
+        }
+    }
+
+    /// Hands the link layer a member's static key and certificate (from its presence, or from
+    /// the address exchange): its handshake can be IK and carry what waits.
+    fn member_identity(&mut self, now: Instant, jid: &FullJid) {
+        let Some(m) = self.core.member(jid) else {
+            return;
+        };
+        let from_addresses = m.addresses.as_ref().map(|a| (a.key, a.cert.as_deref()));
+        let from_presence = m.key.map(|k| (k, m.cert.as_deref()));
+        if let Some((key, cert)) = from_addresses.or(from_presence) {
+            let node = m.node;
+            let cert = cert.map(<[u8]>::to_vec);
+            self.reach
+                .links
+                .set_member_identity(now, &node, key, cert.as_deref());
         }
     }
 

@@ -29,6 +29,7 @@ fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
 
 fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> World {
     let now = Instant::now();
+    let mut certs = Vec::new();
     let nodes: Vec<Node> = grants
         .iter()
         .enumerate()
@@ -42,6 +43,7 @@ fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> Worl
                 0,
                 UNIX + 86_400,
             );
+            certs.push(cert.clone());
             let security = Security {
                 local: Local::new(key.secret_bytes(), &cert, 0),
                 // Every node believes in CA 1: the group.
@@ -53,10 +55,13 @@ fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> Worl
         })
         .collect();
     let mut w = world_of(now, nodes);
+    // What rendezvous hands out: each peer's key and certificate.
     for i in 0..2 {
         let key = NodeKey::from_secret([(1 - i) as u8 + 1; 32]).public_bytes();
+        let cert = certs[1 - i].emit();
         let peer = w.nodes[1 - i].id;
-        w.nodes[i].links.set_member_key(&peer, key);
+        let now = w.now;
+        w.nodes[i].links.set_member_identity(now, &peer, key, Some(&cert));
     }
     w
 }
@@ -67,7 +72,18 @@ fn kind_of(frame: &[u8]) -> u8 {
 
 #[test]
 fn members_handshake_punch_and_carry_everything_sealed() {
-    let mut w = secure_world(Kind::PortRestricted, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
+    // As in the daemon: links on demand, the peer's key and certificate known (from its
+    // presence) before anything is sent.
+    let cfg = Config {
+        on_demand: true,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(
+        Kind::PortRestricted,
+        Kind::PortRestricted,
+        [MEMBER_0, MEMBER_1],
+        &cfg,
+    );
     w.send(0, b"early");
     assert_eq!(w.held, 1, "the first datagram waits for the handshake");
     assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
@@ -77,6 +93,11 @@ fn members_handshake_punch_and_carry_everything_sealed() {
     }
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.nodes[1].got[0], b"early");
+    // Node 0's offer rode in its IK init: the peer's certificate came with its addresses.
+    assert!(
+        w.nodes[0].links.counters().early_out >= 1,
+        "nothing rode in the init"
+    );
     assert_eq!(w.nodes[1].got.len(), 6, "every datagram arrived once");
     assert_eq!(w.nodes[0].got.len(), 5);
     assert!(w.sent.0 >= 10, "datagrams went direct");
@@ -157,12 +178,22 @@ fn a_member_certificate_for_another_user_is_refused() {
         ca: 1,
         user: "eve@example.test",
     };
-    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, impostor]);
+    // On demand: both keys and certificates are known before the first datagram, so an init
+    // would carry it early — but only to a peer whose certificate checked out.
+    let cfg = Config {
+        on_demand: true,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(Kind::Full, Kind::Full, [MEMBER_0, impostor], &cfg);
     w.send(1, b"trust me");
     w.send(0, b"who are you");
     w.run_for(Duration::from_secs(20));
-    assert!(w.nodes[0].got.is_empty() && w.nodes[1].got.is_empty());
+    assert!(
+        w.nodes[0].got.is_empty() && w.nodes[1].got.is_empty(),
+        "data crossed"
+    );
     assert!(w.nodes[0].links.counters().handshakes_refused >= 1);
+    assert_eq!(w.nodes[0].links.counters().early_out, 0);
 }
 
 #[test]

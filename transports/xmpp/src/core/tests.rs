@@ -167,6 +167,8 @@ fn strangers_get_no_answer_at_all() {
         OverlayTag {
             ns: names::overlay_ns("alpha"),
             node: [5; 20],
+            key: None,
+            cert: None,
         }
         .emit(),
     );

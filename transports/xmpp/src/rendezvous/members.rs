@@ -11,6 +11,8 @@ pub struct Addresses {
     pub key: PublicKeyBytes,
     pub endpoints: Vec<Endpoint>,
     pub learned: Instant,
+    /// The member's group certificate, if it sent one (checked by the link layer).
+    pub cert: Option<Vec<u8>>,
 }
 
 /// One resource online in our overlay.
@@ -23,6 +25,9 @@ pub struct Member {
     pub addresses: Option<Addresses>,
     /// Round trip of the last address exchange (through the XMPP server).
     pub rtt: Option<Duration>,
+    /// Static key and group certificate from its presence, when it sent them.
+    pub key: Option<crate::PublicKeyBytes>,
+    pub cert: Option<Vec<u8>>,
 }
 
 impl Member {
@@ -32,6 +37,8 @@ impl Member {
             node,
             since,
             addresses: None,
+            key: None,
+            cert: None,
             rtt: None,
         }
     }

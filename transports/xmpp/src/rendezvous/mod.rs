@@ -51,6 +51,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Presence priority; negative so chat messages to the bare JID never land here.
     pub priority: i8,
+    /// Our group certificate, handed out with our addresses (opaque here).
+    pub cert: Option<Vec<u8>>,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             max_requests_per_round: 10,
             request_timeout: Duration::from_secs(10),
             priority: -1,
+            cert: None,
         }
     }
 }
@@ -245,6 +248,8 @@ impl Rendezvous {
             OverlayTag {
                 ns: self.cfg.ns.clone(),
                 node: self.cfg.node,
+                key: Some(self.cfg.key),
+                cert: self.cfg.cert.clone(),
             }
             .emit(),
         );
@@ -299,8 +304,10 @@ impl Rendezvous {
             }
             self.remove_member(&jid);
         }
-        self.members
-            .insert(jid.clone(), Member::new(jid.clone(), tag.node, now));
+        let mut member = Member::new(jid.clone(), tag.node, now);
+        member.key = tag.key;
+        member.cert = tag.cert;
+        self.members.insert(jid.clone(), member);
         self.events.push_back(Event::MemberUp {
             jid: jid.clone(),
             node: tag.node,
@@ -389,6 +396,7 @@ impl Rendezvous {
             node: self.cfg.node,
             key: self.cfg.key,
             endpoints: self.endpoints(),
+            cert: self.cfg.cert.clone(),
         };
         self.transmits
             .push_back(stanzas::result_with(from, id, reply.emit()).into());
@@ -430,6 +438,7 @@ impl Rendezvous {
                         key: r.key,
                         endpoints: r.endpoints,
                         learned: now,
+                        cert: r.cert,
                     });
                     m.rtt = Some(now.duration_since(sent));
                     self.events.push_back(Event::AddressesLearned { jid: asked });

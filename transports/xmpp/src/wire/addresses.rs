@@ -2,10 +2,13 @@
 //! for its addresses; the reply carries its NodeId, static public key and endpoint URIs:
 //!
 //! ```xml
-//! <addresses xmlns="urn:ringlet:rendezvous:0" ns="…" node="<40 hex>" key="<64 hex>">
+//! <addresses xmlns="urn:ringlet:rendezvous:0" ns="…" node="<40 hex>" key="<64 hex>"
+//!            cert="<base64>">
 //!   <endpoint uri="xmpp://alice@example.org/ringlet.…" priority="1"/>
 //! </addresses>
 //! ```
+//! `cert` (optional) is the member's group certificate, opaque here: a peer that checks it
+//! before the link handshake can send what waits with the handshake's first message.
 
 use super::{ncname, parse_node_id, required, WireError, NS_RENDEZVOUS};
 use crate::{names, Element, NodeIdBytes, PublicKeyBytes};
@@ -14,6 +17,8 @@ use crate::{names, Element, NodeIdBytes, PublicKeyBytes};
 pub const MAX_ENDPOINTS: usize = 32;
 /// Longest accepted endpoint URI (`xmpp://` plus a full JID of up to 3071 bytes).
 pub const MAX_URI_LEN: usize = 3200;
+/// Largest accepted certificate (decoded).
+pub const MAX_CERT_LEN: usize = 1024;
 
 /// One way to reach a node, e.g. `udp://203.0.113.7:4000` or `xmpp://alice@example.org/r`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +41,7 @@ pub struct AddressReply {
     pub node: NodeIdBytes,
     pub key: PublicKeyBytes,
     pub endpoints: Vec<Endpoint>,
+    pub cert: Option<Vec<u8>>,
 }
 
 fn check_root(elem: &Element) -> Result<String, WireError> {
@@ -89,11 +95,28 @@ impl AddressReply {
                 priority,
             });
         }
+        let cert = match elem.attr("cert") {
+            None => None,
+            Some(b64) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| WireError::BadBase64)?;
+                if bytes.len() > MAX_CERT_LEN {
+                    return Err(WireError::Oversized {
+                        len: bytes.len(),
+                        limit: MAX_CERT_LEN,
+                    });
+                }
+                Some(bytes)
+            }
+        };
         Ok(Self {
             ns,
             node,
             key,
             endpoints,
+            cert,
         })
     }
 
@@ -102,6 +125,13 @@ impl AddressReply {
             .attr(ncname!("ns"), self.ns.as_str())
             .attr(ncname!("node"), hex::encode(self.node))
             .attr(ncname!("key"), hex::encode(self.key));
+        if let Some(cert) = &self.cert {
+            use base64::Engine;
+            builder = builder.attr(
+                ncname!("cert"),
+                base64::engine::general_purpose::STANDARD.encode(cert),
+            );
+        }
         for ep in &self.endpoints {
             builder = builder.append(
                 Element::builder("endpoint", NS_RENDEZVOUS)
@@ -133,13 +163,24 @@ mod tests {
                     priority: 100,
                 },
             ],
+            cert: Some(vec![7; 200]),
         }
     }
 
     #[test]
     fn round_trips() {
         let r = reply();
-        assert_eq!(AddressReply::parse(&r.emit()), Ok(r));
+        assert_eq!(AddressReply::parse(&r.emit()), Ok(r.clone()));
+        let without = AddressReply { cert: None, ..r };
+        assert_eq!(AddressReply::parse(&without.emit()), Ok(without));
+        let big = AddressReply {
+            cert: Some(vec![0; MAX_CERT_LEN + 1]),
+            ..reply()
+        };
+        assert!(matches!(
+            AddressReply::parse(&big.emit()),
+            Err(WireError::Oversized { .. })
+        ));
         let q = AddressRequest {
             ns: names::overlay_ns("alpha"),
         };

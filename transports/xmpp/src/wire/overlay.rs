@@ -1,14 +1,21 @@
-//! `<overlay xmlns="urn:ringlet:overlay:0" ns="<16 hex>" node="<40 hex>"/>`, carried in
-//! presence so membership survives servers that rewrite resources.
+//! `<overlay xmlns="urn:ringlet:overlay:0" ns="<16 hex>" node="<40 hex>" key="<64 hex>"
+//! cert="<base64>"/>`, carried in presence so membership survives servers that rewrite
+//! resources. `key` (whose hash must be `node`) and `cert` are optional: with them a peer can
+//! open a link handshake, and send what waits with its first message, as soon as it sees us.
 
+use base64::Engine;
+
+use super::addresses::MAX_CERT_LEN;
 use super::{ncname, parse_node_id, required, WireError, NS_OVERLAY};
-use crate::{names, Element, NodeIdBytes};
+use crate::{names, node_id_of, Element, NodeIdBytes, PublicKeyBytes};
 
 /// The overlay tag of one presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayTag {
     pub ns: String,
     pub node: NodeIdBytes,
+    pub key: Option<PublicKeyBytes>,
+    pub cert: Option<Vec<u8>>,
 }
 
 impl OverlayTag {
@@ -24,9 +31,37 @@ impl OverlayTag {
             return Err(WireError::BadAttr("ns"));
         }
         let node = parse_node_id(required(elem, "node")?, "node")?;
+        let key = match elem.attr("key") {
+            None => None,
+            Some(hex_key) => {
+                let mut key = [0u8; 32];
+                hex::decode_to_slice(hex_key, &mut key).map_err(|_| WireError::BadAttr("key"))?;
+                if node_id_of(&key) != node {
+                    return Err(WireError::BadAttr("key"));
+                }
+                Some(key)
+            }
+        };
+        let cert = match elem.attr("cert") {
+            None => None,
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| WireError::BadBase64)?;
+                if bytes.len() > MAX_CERT_LEN {
+                    return Err(WireError::Oversized {
+                        len: bytes.len(),
+                        limit: MAX_CERT_LEN,
+                    });
+                }
+                Some(bytes)
+            }
+        };
         Ok(Self {
             ns: ns.to_owned(),
             node,
+            key,
+            cert,
         })
     }
 
@@ -39,10 +74,19 @@ impl OverlayTag {
     }
 
     pub fn emit(&self) -> Element {
-        Element::builder("overlay", NS_OVERLAY)
+        let mut b = Element::builder("overlay", NS_OVERLAY)
             .attr(ncname!("ns"), self.ns.as_str())
-            .attr(ncname!("node"), hex::encode(self.node))
-            .build()
+            .attr(ncname!("node"), hex::encode(self.node));
+        if let Some(key) = &self.key {
+            b = b.attr(ncname!("key"), hex::encode(key));
+        }
+        if let Some(cert) = &self.cert {
+            b = b.attr(
+                ncname!("cert"),
+                base64::engine::general_purpose::STANDARD.encode(cert),
+            );
+        }
+        b.build()
     }
 }
 
@@ -55,8 +99,24 @@ mod tests {
         let tag = OverlayTag {
             ns: names::overlay_ns("alpha"),
             node: [7; 20],
+            key: None,
+            cert: None,
         };
         assert_eq!(OverlayTag::parse(&tag.emit()), Ok(tag));
+        let key = [9; 32];
+        let full = OverlayTag {
+            ns: names::overlay_ns("alpha"),
+            node: node_id_of(&key),
+            key: Some(key),
+            cert: Some(vec![1; 300]),
+        };
+        assert_eq!(OverlayTag::parse(&full.emit()), Ok(full.clone()));
+        // A key that is not the node's is refused: the NodeId is the key's hash.
+        let lying = OverlayTag {
+            node: [7; 20],
+            ..full
+        };
+        assert_eq!(OverlayTag::parse(&lying.emit()), Err(WireError::BadAttr("key")));
     }
 
     #[test]
