@@ -237,6 +237,13 @@ impl Links {
         ) {
             Ok((init, packet)) => {
                 let early = if init.carries_early() { early.len() } else { 0 };
+                tracing::debug!(
+                    peer = %NodeId(peer),
+                    ik = init.carries_early(),
+                    early,
+                    verified = link.verified_key.is_some(),
+                    "link handshake started"
+                );
                 let pending = Pending {
                     init,
                     sent: now,
