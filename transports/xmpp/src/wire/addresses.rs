@@ -95,22 +95,7 @@ impl AddressReply {
                 priority,
             });
         }
-        let cert = match elem.attr("cert") {
-            None => None,
-            Some(b64) => {
-                use base64::Engine;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|_| WireError::BadBase64)?;
-                if bytes.len() > MAX_CERT_LEN {
-                    return Err(WireError::Oversized {
-                        len: bytes.len(),
-                        limit: MAX_CERT_LEN,
-                    });
-                }
-                Some(bytes)
-            }
-        };
+        let cert = super::optional_cert(elem)?;
         Ok(Self {
             ns,
             node,

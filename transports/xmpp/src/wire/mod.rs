@@ -34,6 +34,25 @@ pub enum WireError {
     TooManyChildren(&'static str),
 }
 
+/// The optional `cert` attribute (base64, at most [`addresses::MAX_CERT_LEN`] bytes decoded):
+/// a group certificate, opaque to this crate.
+pub(crate) fn optional_cert(elem: &crate::Element) -> Result<Option<Vec<u8>>, WireError> {
+    use base64::Engine;
+    let Some(b64) = elem.attr("cert") else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| WireError::BadBase64)?;
+    if bytes.len() > addresses::MAX_CERT_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            limit: addresses::MAX_CERT_LEN,
+        });
+    }
+    Ok(Some(bytes))
+}
+
 /// Builds an attribute name; every name used here is a valid XML NCName literal.
 macro_rules! ncname {
     ($name:literal) => {

@@ -5,7 +5,6 @@
 
 use base64::Engine;
 
-use super::addresses::MAX_CERT_LEN;
 use super::{ncname, parse_node_id, required, WireError, NS_OVERLAY};
 use crate::{names, node_id_of, Element, NodeIdBytes, PublicKeyBytes};
 
@@ -42,21 +41,7 @@ impl OverlayTag {
                 Some(key)
             }
         };
-        let cert = match elem.attr("cert") {
-            None => None,
-            Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|_| WireError::BadBase64)?;
-                if bytes.len() > MAX_CERT_LEN {
-                    return Err(WireError::Oversized {
-                        len: bytes.len(),
-                        limit: MAX_CERT_LEN,
-                    });
-                }
-                Some(bytes)
-            }
-        };
+        let cert = super::optional_cert(elem)?;
         Ok(Self {
             ns: ns.to_owned(),
             node,
