@@ -26,7 +26,7 @@ mod secure;
 #[cfg(test)]
 mod tests;
 
-pub use self::secure::{Security, HANDSHAKE_TRIES, QUEUE_MAX};
+pub use self::secure::{Security, HANDSHAKE_TRIES, INIT_BURST, INIT_REFILL, QUEUE_MAX};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -181,6 +181,8 @@ pub struct Counters {
     pub held_out: u64,
     /// Frames that waited for a handshake and rode in its IK init.
     pub early_out: u64,
+    /// Inits left unread: the peer sent more than its allowance (`INIT_BURST`, one a second).
+    pub inits_limited: u64,
 }
 
 impl Link {

@@ -33,6 +33,12 @@ pub const QUEUE_MAX: usize = 64;
 /// Inits sent before a handshake is given up (and its queue dropped).
 pub const HANDSHAKE_TRIES: u32 = 5;
 const FIRST_RESEND: Duration = Duration::from_secs(1);
+/// Inits taken from one peer in a burst, and how fast the allowance comes back: answering
+/// costs Diffie-Hellman work, so a member (or a relay replaying its packets) cannot make us
+/// spin. Strangers never get this far: an init is only read from a member's relay JID or
+/// from the address of a member's path.
+pub const INIT_BURST: u32 = 4;
+pub const INIT_REFILL: Duration = Duration::from_secs(1);
 
 /// Who we are to the group, and the wall clock certificates are judged by.
 pub struct Security {
@@ -56,6 +62,25 @@ pub(super) struct Session {
     queued: VecDeque<(Vec<u8>, bool)>,
     /// The newest init timestamp taken from this peer: older or equal ones are replays.
     last_init: u64,
+    /// Inits this peer may still send now (a token bucket of [`INIT_BURST`]), as of `refilled`.
+    init_allowance: Option<(u32, Instant)>,
+}
+
+impl Session {
+    /// Takes one init from the allowance; false when the peer sent too many too fast.
+    fn allow_init(&mut self, now: Instant) -> bool {
+        let (mut left, mut at) = self.init_allowance.unwrap_or((INIT_BURST, now));
+        while left < INIT_BURST && now >= at + INIT_REFILL {
+            left += 1;
+            at += INIT_REFILL;
+        }
+        if left == INIT_BURST {
+            at = now;
+        }
+        let allowed = left > 0;
+        self.init_allowance = Some((left.saturating_sub(u32::from(allowed)), at));
+        allowed
+    }
 }
 
 /// A handshake we began: when its init went, how often, and how many queued frames rode in it.
@@ -357,6 +382,14 @@ impl Links {
         let Some((jid, ca, unix)) = self.judge(now, peer) else {
             return;
         };
+        let allowed = self
+            .links
+            .get_mut(&peer)
+            .is_some_and(|l| l.session.allow_init(now));
+        if !allowed {
+            self.counters.inits_limited += 1;
+            return;
+        }
         let crossing = self
             .links
             .get(&peer)

@@ -240,6 +240,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_handshake_packets_out", l.handshake_packets_out),
         ("link_held_out", l.held_out),
         ("link_early_out", l.early_out),
+        ("link_inits_limited", l.inits_limited),
         ("link_tunnelled_out", rt.app_tunnelled),
         ("ring_messages_out", rt.ring.stats().messages_out),
         ("ring_bytes_out", rt.ring.stats().bytes_out),

@@ -296,3 +296,37 @@ fn a_replayed_init_does_not_replace_the_session() {
     w.run_for(Duration::from_millis(100));
     assert_eq!(w.nodes[0].got, vec![b"still here".to_vec()], "the session broke");
 }
+
+#[test]
+fn a_flood_of_inits_is_read_at_the_allowed_rate_only() {
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    w.send(0, b"hello");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    let init = w
+        .seen_by(1)
+        .find(|f| kind_of(f) == 9 && f.get(10) == Some(&1))
+        .expect("node 0 sent an init")
+        .clone();
+    let from = w.nodes[0].id;
+    let before = w.nodes[1].links.counters().clone();
+    // 100 copies at once, then one a second for 5 s.
+    let now = w.now;
+    for _ in 0..100 {
+        w.nodes[1].links.handle_relay(now, from, &init);
+    }
+    let c = w.nodes[1].links.counters().clone();
+    let read = (c.handshakes + c.handshakes_refused + c.secure_dropped)
+        - (before.handshakes + before.handshakes_refused + before.secure_dropped);
+    assert!(read <= u64::from(INIT_BURST), "{read} inits read in a burst");
+    assert!(c.inits_limited - before.inits_limited >= 100 - u64::from(INIT_BURST));
+    for s in 1..=5 {
+        let at = now + INIT_REFILL * s;
+        w.nodes[1].links.handle_relay(at, from, &init);
+    }
+    let limited = w.nodes[1].links.counters().inits_limited - c.inits_limited;
+    assert!(limited <= 1, "{limited} of 5 paced inits refused");
+    // And the session still carries data.
+    w.send(1, b"still here");
+    w.run_for(Duration::from_millis(200));
+    assert!(w.nodes[0].got.contains(&b"still here".to_vec()));
+}
