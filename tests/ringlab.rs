@@ -296,3 +296,80 @@ async fn a_roster_member_of_another_group_gets_no_link_route_or_dht() {
         assert_eq!(to_stranger.path, "xmpp", "m{i} opened a path to the stranger");
     }
 }
+
+/// A man in the middle of one peer's XMPP connection swaps a member's NodeId and static key,
+/// in presence and in the address exchange, for its own — what a hostile server could do to
+/// stand between two members. Neither side completes a handshake with anyone but who they
+/// are: the fooled peer refuses the real member's handshake (its key does not hash to the id
+/// it was told), the real member cannot read inits sealed to the impostor's key, and the
+/// rest of the group is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_man_in_the_middle_who_swaps_keys_completes_no_handshake() {
+    use ringlet_lab::natlab::PUBLIC_IP;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, OnceLock};
+    use support::mitm;
+    use support::NodeSpec;
+
+    let peers = [("a", NatType::Full), ("b", NatType::Full), ("c", NatType::Full)];
+    let keys: Vec<NodeKey> = (0..3).map(|_| NodeKey::generate().unwrap()).collect();
+    let impostor = NodeKey::generate().unwrap();
+    let swaps = vec![
+        (
+            keys[1].node_id().to_string().into_bytes(),
+            impostor.node_id().to_string().into_bytes(),
+        ),
+        (
+            hex::encode(keys[1].public_bytes()).into_bytes(),
+            hex::encode(impostor.public_bytes()).into_bytes(),
+        ),
+    ];
+    let swapped: OnceLock<Arc<std::sync::atomic::AtomicU64>> = OnceLock::new();
+    let tweak = |lab: &ringlet_lab::NatLab, i: usize, spec: &mut NodeSpec| {
+        if i == 0 {
+            let proxy = std::net::SocketAddr::from((PUBLIC_IP, 5223));
+            let upstream = std::net::SocketAddr::from((PUBLIC_IP, 5222));
+            let count = mitm::start(lab, proxy, upstream, swaps.clone(), Duration::from_secs(90));
+            let _ = swapped.set(count);
+            spec.server = proxy.to_string();
+        }
+    };
+    let scene = Scene::start_custom("mitm", &peers, LabOptions::default(), &keys, &tweak).await;
+    let fake = impostor.node_id().to_string();
+    // a believes b is the impostor.
+    let fooled = wait(Duration::from_secs(15), || async {
+        let s = scene.status(0).await?;
+        s.peers
+            .iter()
+            .find(|p| p.jid.starts_with("b@"))
+            .filter(|p| p.node_id == fake)
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        fooled.is_some(),
+        "the swap did not take: {:?}",
+        scene.status(0).await.map(|s| s.peers)
+    );
+    assert!(swapped.get().unwrap().load(Ordering::Relaxed) > 0);
+    // a and c, untouched, link and talk.
+    let ac = wait(Duration::from_secs(20), || async { scene.ping(0, 2).ok() }).await;
+    assert!(ac.is_some(), "a and c cannot talk");
+    // Give a and b time to try each other (handshakes retry with backoff).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (sa, sb) = (scene.status(0).await.unwrap(), scene.status(1).await.unwrap());
+    let to_fake = sa
+        .peers
+        .iter()
+        .find(|p| p.node_id == fake)
+        .expect("a lists the impostor id");
+    assert_eq!(to_fake.path, "xmpp", "a opened a path to the impostor id");
+    assert!(scene.ping(1, 0).is_err(), "b's ping reached a through the swap");
+    let refused = sa.counters["link_handshakes_refused"] + sb.counters["link_handshakes_refused"];
+    assert!(
+        refused >= 1,
+        "no handshake was refused: a {:?} b {:?}",
+        sa.counters,
+        sb.counters
+    );
+}

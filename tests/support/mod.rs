@@ -32,6 +32,9 @@ pub enum Membership {
 #[allow(dead_code)] // only the NAT lab tests use scenes
 pub mod scene;
 
+#[allow(dead_code)] // only the NAT lab's man-in-the-middle test uses it
+pub mod mitm;
+
 /// One node's settings.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

@@ -59,6 +59,23 @@ impl Scene {
         keys: &[ringlet::identity::NodeKey],
         strangers: &[usize],
     ) -> Scene {
+        let tweak = |_: &NatLab, i: usize, spec: &mut NodeSpec| {
+            if strangers.contains(&i) {
+                spec.membership = Membership::OtherGroup;
+            }
+        };
+        Scene::start_custom(tag, peers, options, keys, &tweak).await
+    }
+
+    /// Like [`Scene::start_with_keys`]; `tweak` may change each peer's spec before it starts
+    /// (and use the lab, e.g. to put something on its path).
+    pub async fn start_custom(
+        tag: &str,
+        peers: &[(&str, NatType)],
+        options: LabOptions,
+        keys: &[ringlet::identity::NodeKey],
+        tweak: &dyn Fn(&NatLab, usize, &mut NodeSpec),
+    ) -> Scene {
         let mut lab =
             NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
         let dir = tempdir("ringlet-lab-");
@@ -89,9 +106,7 @@ impl Scene {
                 "lab",
                 &friends,
             );
-            if strangers.contains(&i) {
-                spec.membership = Membership::OtherGroup;
-            }
+            tweak(&lab, i, &mut spec);
             let ns = &lab.peer(name).ns;
             nodes.push(NodeProcess::spawn(name, &spec, &dir.path().join(name), Some(ns)));
         }
