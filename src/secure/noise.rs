@@ -1,6 +1,7 @@
 //! The Noise handshake (sans-IO, over the `snow` crate): IK when the peer's static key is
 //! known (rendezvous publishes it; one round trip), XX otherwise (one and a half). Both carry
-//! a hello — the member certificate and CRL version — as encrypted payload, and the
+//! a hello — member certificate, CRL version, timestamp, and (IK inits) early frames — as
+//! encrypted payload, and the
 //! prologue binds the group's CA key and the purpose (link or end-to-end), so nodes of
 //! another group fail to decrypt rather than reach certificate checks.
 //!
