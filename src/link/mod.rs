@@ -690,15 +690,15 @@ impl Links {
                 None,
             ),
         };
-        let Some(id) = self.peer_at(socket, from) else {
-            self.counters.unknown_source += 1;
-            return;
+        // A session proves who sealed the frame, wherever it came from (a path one side has
+        // just closed, a NAT that rebound the port); unsealed frames need a known address.
+        let id = match (sealed_by, self.peer_at(socket, from)) {
+            (Some(peer), _) | (None, Some(peer)) => peer,
+            (None, None) => {
+                self.counters.unknown_source += 1;
+                return;
+            }
         };
-        // A session proves who sealed the frame; the address must be that peer's too.
-        if sealed_by.is_some_and(|p| p != id) {
-            self.counters.secure_dropped += 1;
-            return;
-        }
         if let Some(a) = self.links.get_mut(&id).and_then(|l| l.attempt.as_mut()) {
             a.agent.heard(now, socket, from);
         }
