@@ -226,3 +226,87 @@ fn group_init_sign_join_and_show() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `group revoke` signs a revocation with the CA key, adds it to the node's list once, and a
+/// node whose own certificate is revoked refuses to start; a bad target is refused.
+#[test]
+fn group_revoke_fills_the_list_and_a_revoked_node_does_not_start() {
+    let dir = tempdir("ringlet-cli-");
+    let mut spec = NodeSpec::new("alice@one.test", "127.0.0.1:1", "alpha", &[]);
+    spec.membership = Membership::None;
+    let config = spec.write(dir.path());
+    let config = config.to_str().unwrap();
+    let ca = dir.path().join("friends.ca.key");
+    let ca = ca.to_str().unwrap();
+    assert!(ringlet(&["group", "init", "friends", "--ca", ca])
+        .status
+        .success());
+    let out = ringlet(&["id", "--config", config]);
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("node-key").map(|k| k.trim().to_owned()))
+        .unwrap();
+    let cert = dir.path().join("alice.cert");
+    let signed = ringlet(&[
+        "group",
+        "sign",
+        "--ca",
+        ca,
+        "--node-key",
+        &key,
+        "--user",
+        "alice@one.test",
+        "--out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    assert!(
+        ringlet(&["group", "join", "--config", config, cert.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    let out = ringlet(&[
+        "group",
+        "revoke",
+        "--ca",
+        ca,
+        "--user",
+        "mallory@one.test",
+        "--config",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ringlet-revocation "));
+    assert!(stderr(&out).contains("now 1 revocations"), "{}", stderr(&out));
+    let again = ringlet(&[
+        "group",
+        "revoke",
+        "--ca",
+        ca,
+        "--user",
+        "mallory@one.test",
+        "--config",
+        config,
+    ]);
+    assert!(stderr(&again).contains("already in"), "{}", stderr(&again));
+    let bad = ringlet(&["group", "revoke", "--ca", ca, "--serial", "xyz"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let none = ringlet(&["group", "revoke", "--ca", ca]);
+    assert!(stderr(&none).contains("name what to revoke"), "{}", stderr(&none));
+
+    let out = ringlet(&[
+        "group",
+        "revoke",
+        "--ca",
+        ca,
+        "--node-key",
+        &key,
+        "--config",
+        config,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let up = ringlet(&["up", "--config", config]);
+    assert_eq!(up.status.code(), Some(1));
+    assert!(stderr(&up).contains("revoked"), "{}", stderr(&up));
+}

@@ -1,4 +1,4 @@
-//! `ringlet id` and `ringlet group init | sign | join | show`: the node's identity and the
+//! `ringlet id` and `ringlet group init | sign | join | revoke | show`: the node's identity and the
 //! group's certificates, handled offline (no running node needed).
 
 #![allow(clippy::disallowed_methods)] // the command line reads the wall clock for expiries
@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use ringlet::config::Config;
 use ringlet::identity::NodeKey;
+use ringlet::secure::revocation::{Crl, Revocation, Target};
 use ringlet::secure::{admin, files};
 
 #[derive(Subcommand)]
@@ -45,6 +46,24 @@ pub enum GroupOp {
         config: PathBuf,
         /// The certificate file `group sign` wrote
         cert: PathBuf,
+    },
+    /// Revoke a user (all their nodes), one certificate or one node key, signed with the CA key;
+    /// prints the revocation and, with --config, adds it to that node's revocation list
+    Revoke {
+        /// The group's CA key file (default: the only *.ca.key in this directory)
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A user's bare JID: every node of theirs
+        #[arg(long, conflicts_with_all = ["serial", "node_key"])]
+        user: Option<String>,
+        /// One certificate, by the serial `group show` prints (16 hex digits)
+        #[arg(long, conflicts_with = "node_key")]
+        serial: Option<String>,
+        /// One node, by the public key `ringlet id` prints
+        #[arg(long)]
+        node_key: Option<String>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
     /// Show the installed certificate
     Show {
@@ -129,6 +148,34 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
                 cert.group, cert.user, cert.serial
             );
         }
+        GroupOp::Revoke {
+            ca,
+            user,
+            serial,
+            node_key,
+            config,
+        } => {
+            let ca_path = match ca {
+                Some(p) => p,
+                None => only_ca_key_here()?,
+            };
+            let ca = files::read_ca(&ca_path)?;
+            let target = revocation_target(user, serial, node_key)?;
+            let rev = Revocation::sign(&ca, target, unix_now());
+            if let Some(config) = config {
+                let config = Config::load(&config)?;
+                let mut crl = Crl::load(&config.group_crl, &ca.public())?;
+                let added = crl.add(&ca.public(), rev.clone());
+                crl.save(&config.group_crl)?;
+                eprintln!(
+                    "{} {} (now {} revocations)",
+                    if added { "added to" } else { "already in" },
+                    config.group_crl.display(),
+                    crl.version()
+                );
+            }
+            print!("{}", rev.to_line());
+        }
         GroupOp::Show { config } => {
             let config = Config::load(&config)?;
             let cert = files::read_cert(&config.group_cert)
@@ -143,6 +190,33 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn revocation_target(
+    user: Option<String>,
+    serial: Option<String>,
+    node_key: Option<String>,
+) -> anyhow::Result<Target> {
+    Ok(match (user, serial, node_key) {
+        (Some(user), None, None) => {
+            let jid: ringlet_xmpp::BareJid = user
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--user: '{user}' is not a bare JID"))?;
+            anyhow::ensure!(jid.node().is_some(), "--user: '{user}' has no local part");
+            Target::User(jid.to_string())
+        }
+        (None, Some(serial), None) => Target::Serial(
+            u64::from_str_radix(serial.trim(), 16)
+                .map_err(|_| anyhow::anyhow!("--serial: expected 16 hex digits, as `group show` prints"))?,
+        ),
+        (None, None, Some(key)) => {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(key.trim(), &mut k)
+                .map_err(|_| anyhow::anyhow!("--node-key: expected 64 hex digits, as `ringlet id` prints"))?;
+            Target::NodeKey(k)
+        }
+        _ => anyhow::bail!("name what to revoke: one of --user, --serial, --node-key"),
+    })
 }
 
 fn only_ca_key_here() -> anyhow::Result<PathBuf> {

@@ -37,6 +37,7 @@ pub fn exercises() -> Vec<(&'static str, Exercise, Vec<Vec<u8>>)> {
         ("secure_packet", secure_packet, seeds::secure_packets()),
         ("handshake", handshake, seeds::secure_packets()),
         ("member_cert", member_cert, seeds::member_certs()),
+        ("revocation", revocation, seeds::revocations()),
         (
             "stun",
             stun,
@@ -75,6 +76,16 @@ pub fn member_cert(data: &[u8]) {
             cert.emit(),
             data,
             "a certificate decoded from bytes it does not encode to"
+        );
+    }
+}
+
+pub fn revocation(data: &[u8]) {
+    if let Ok(r) = crate::secure::revocation::Revocation::parse(data) {
+        assert_eq!(
+            r.emit(),
+            data,
+            "a revocation decoded from bytes it does not encode to"
         );
     }
 }

@@ -207,3 +207,16 @@ pub fn xmpp_payloads() -> Vec<Vec<u8>> {
         b"<overlay xmlns='urn:ringlet:overlay:0' ns='0123456789abcdef' node='0000000000000000000000000000000000000000'/>".to_vec(),
     ]
 }
+
+pub fn revocations() -> Vec<Vec<u8>> {
+    use crate::secure::revocation::{Revocation, Target};
+    let ca = test_ca();
+    [
+        Target::User("alice@example.org".into()),
+        Target::Serial(7),
+        Target::NodeKey([9; 32]),
+    ]
+    .into_iter()
+    .map(|t| Revocation::sign(&ca, t, 1).emit())
+    .collect()
+}

@@ -27,6 +27,7 @@ use crate::secure::cert::MemberCert;
 use crate::secure::noise::{
     respond, Established, Initiating, Local, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
 };
+use crate::secure::revocation::Crl;
 use crate::secure::transport::REKEY_AFTER_TIME;
 use crate::secure::wire::{self, Packet};
 use crate::secure::{member_check, Expect};
@@ -51,6 +52,8 @@ pub struct Security {
     /// Unix seconds at `epoch`.
     pub epoch: Instant,
     pub epoch_unix: u64,
+    /// Revocations: peers they name get no link.
+    pub crl: Crl,
 }
 
 /// A peer's sessions.
@@ -151,14 +154,15 @@ impl Links {
             return;
         }
         let unix = self.unix_now(now);
-        let ca = self.security.as_ref().map(|s| s.ca);
         let Some(link) = self.links.get_mut(peer) else {
             return;
         };
         link.key = Some(key);
         let jid = link.jid.to_bare();
-        let verified = match (cert.map(MemberCert::parse), ca) {
-            (Some(Ok(cert)), Some(ca)) => cert.verify_peer(&ca, unix, &key, Some(&jid)).is_ok(),
+        let verified = match (cert.map(MemberCert::parse), self.security.as_ref()) {
+            (Some(Ok(cert)), Some(sec)) => {
+                cert.verify_peer(&sec.ca, unix, &key, Some(&jid)).is_ok() && !sec.crl.revokes(&cert)
+            }
             _ => false,
         };
         link.verified_key = verified.then_some(key);
@@ -406,6 +410,7 @@ impl Links {
         let expect = Expect {
             node: Some(NodeId(peer)),
             jid: Some(&jid),
+            crl: self.security.as_ref().map(|s| &s.crl),
         };
         let answered = respond(
             now,
@@ -513,6 +518,7 @@ impl Links {
         let expect = Expect {
             node: Some(NodeId(peer)),
             jid: Some(&jid),
+            crl: self.security.as_ref().map(|s| &s.crl),
         };
         match init.on_response(now, &sec.local, sender, noise, member_check(&ca, unix, expect)) {
             Ok((est, finale)) => {
@@ -563,6 +569,7 @@ impl Links {
         let expect = Expect {
             node: Some(NodeId(peer)),
             jid: Some(&jid),
+            crl: self.security.as_ref().map(|s| &s.crl),
         };
         match responding.on_final(now, noise, member_check(&ca, unix, expect)) {
             Ok(est) if !self.fresh_init(peer, est.peer.timestamp) => {

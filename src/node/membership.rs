@@ -11,6 +11,7 @@ use crate::identity::NodeKey;
 use crate::link::Security;
 use crate::secure::files;
 use crate::secure::noise::Local;
+use crate::secure::revocation::Crl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -21,6 +22,8 @@ pub enum MembershipError {
     Missing { path: String, reason: String },
     #[error("the group certificate at {path} {reason}")]
     Wrong { path: String, reason: String },
+    #[error("the revocation list cannot be used: {0}")]
+    Crl(String),
 }
 
 /// Loads and checks this node's certificate; returns the link layer's security settings and
@@ -53,11 +56,16 @@ pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>), M
         .map_or(0, |d| d.as_secs());
     cert.verify(&cert.ca, unix)
         .map_err(|e| wrong(format!("is not valid: {e}")))?;
+    let crl = Crl::load(&config.group_crl, &cert.ca).map_err(|e| MembershipError::Crl(e.to_string()))?;
+    if crl.revokes(&cert) {
+        return Err(wrong("is revoked (see the revocation list)".into()));
+    }
     let security = Security {
-        local: Local::new(key.secret_bytes(), &cert, 0),
+        local: Local::new(key.secret_bytes(), &cert, crl.version()),
         ca: cert.ca,
         epoch: Instant::now(),
         epoch_unix: unix,
+        crl,
     };
     Ok((security, cert.emit()))
 }

@@ -57,6 +57,8 @@ pub enum CertError {
     OtherNode,
     #[error("certificate is for {cert}, the peer speaks as {seen}")]
     OtherUser { cert: String, seen: String },
+    #[error("certificate revoked")]
+    Revoked,
 }
 
 impl From<Truncated> for CertError {

@@ -28,6 +28,12 @@ pub enum FileError {
     NotCertText,
     #[error("bad certificate: {0}")]
     Cert(#[from] CertError),
+    #[error("{path} line {line}: {reason}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 pub fn ca_to_text(ca: &Ca) -> String {

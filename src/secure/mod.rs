@@ -8,13 +8,15 @@
 //!   limits; [`replay`]: the window;
 //! - [`wire`]: the secure packet format;
 //! - [`files`]: the CA key file and the certificate's text form.
-//! - [`admin`]: what `ringlet group init | sign | join` do.
+//! - [`admin`]: what `ringlet group init | sign | join` do;
+//! - [`revocation`]: signed revocations and the CRL a node keeps.
 
 pub mod admin;
 pub mod cert;
 pub mod files;
 pub mod noise;
 pub mod replay;
+pub mod revocation;
 #[cfg(test)]
 mod tests;
 pub mod transport;
@@ -32,6 +34,8 @@ use crate::identity::NodeId;
 pub struct Expect<'a> {
     pub node: Option<NodeId>,
     pub jid: Option<&'a BareJid>,
+    /// Revocations to honour.
+    pub crl: Option<&'a revocation::Crl>,
 }
 
 /// Judges a handshake's peer: a certificate of group `ca`, valid at `unix_now`, for the key
@@ -45,6 +49,10 @@ pub fn member_check<'a>(
         if expect.node.is_some_and(|n| n != NodeId::of_public_key(&peer.key)) {
             return Err(CertError::OtherNode);
         }
-        peer.cert.verify_peer(ca, unix_now, &peer.key, expect.jid)
+        peer.cert.verify_peer(ca, unix_now, &peer.key, expect.jid)?;
+        if expect.crl.is_some_and(|crl| crl.revokes(&peer.cert)) {
+            return Err(CertError::Revoked);
+        }
+        Ok(())
     }
 }

@@ -57,6 +57,7 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
     let b_expects = Expect {
         node: None,
         jid: Some(&a.jid),
+        crl: None,
     };
     let responded = respond(
         now,
@@ -72,6 +73,7 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
     let a_expects = Expect {
         node: Some(b.key.node_id()),
         jid: Some(&b.jid),
+        crl: None,
     };
     let (done, pending, response) = match responded {
         Responded::Done(est_b, response) => (Some(*est_b), None, response),

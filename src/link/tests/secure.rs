@@ -5,6 +5,7 @@ use super::*;
 use crate::identity::NodeKey;
 use crate::secure::cert::Ca;
 use crate::secure::noise::Local;
+use crate::secure::revocation::{Crl, Revocation, Target};
 
 const UNIX: u64 = 1_800_000_000;
 
@@ -28,7 +29,20 @@ fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
 }
 
 fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> World {
+    secure_world_revoking(a, b, grants, cfg, &[])
+}
+
+/// Every node's CRL revokes the certificates with these serials (node `i`'s serial is `i`).
+fn secure_world_revoking(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config, revoked: &[u64]) -> World {
     let now = Instant::now();
+    let group = Ca::from_seed("friends", [1; 32]).unwrap();
+    let mut crl = Crl::default();
+    for serial in revoked {
+        assert!(crl.add(
+            &group.public(),
+            Revocation::sign(&group, Target::Serial(*serial), UNIX)
+        ));
+    }
     let mut certs = Vec::new();
     let nodes: Vec<Node> = grants
         .iter()
@@ -50,6 +64,7 @@ fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> Worl
                 ca: Ca::from_seed("friends", [1; 32]).unwrap().public(),
                 epoch: now,
                 epoch_unix: UNIX,
+                crl: crl.clone(),
             };
             node_with(now, i, [a, b][i], cfg, key.node_id().0, Some(security))
         })
@@ -329,4 +344,28 @@ fn a_flood_of_inits_is_read_at_the_allowed_rate_only() {
     w.send(1, b"still here");
     w.run_for(Duration::from_millis(200));
     assert!(w.nodes[0].got.contains(&b"still here".to_vec()));
+}
+
+#[test]
+fn a_revoked_member_gets_no_session() {
+    // Node 1's certificate (serial 1) is on node 0's revocation list.
+    let cfg = Config {
+        on_demand: true,
+        ..Config::default()
+    };
+    let mut w = secure_world_revoking(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1], &cfg, &[1]);
+    w.send(0, b"to a revoked node");
+    w.send(1, b"from a revoked node");
+    w.run_for(Duration::from_secs(20));
+    assert!(
+        w.nodes[0].got.is_empty() && w.nodes[1].got.is_empty(),
+        "data crossed"
+    );
+    assert_eq!(w.nodes[0].links.counters().handshakes, 0);
+    assert!(w.nodes[0].links.counters().handshakes_refused >= 1);
+    assert_eq!(
+        w.nodes[0].links.counters().early_out,
+        0,
+        "early frames to a revoked key"
+    );
 }
