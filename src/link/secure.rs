@@ -23,9 +23,9 @@ use ringlet_xmpp::NodeIdBytes;
 use super::frame::{Body, Frame};
 use super::{Links, Transmit};
 use crate::identity::NodeId;
-use crate::secure::cert::MemberCert;
+use crate::secure::cert::{CertError, MemberCert};
 use crate::secure::noise::{
-    respond, Established, Initiating, Local, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
+    respond, Established, Initiating, Local, Peer, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
 };
 use crate::secure::revocation::Crl;
 use crate::secure::transport::REKEY_AFTER_TIME;
@@ -379,16 +379,30 @@ impl Links {
         }
     }
 
-    fn judge(&self, now: Instant, peer: NodeIdBytes) -> Option<(ringlet_xmpp::BareJid, [u8; 32], u64)> {
+    /// How a handshake judges `peer`: a certificate of our group, valid now, not revoked, for
+    /// the key it proves, the NodeId we know it by and the JID it speaks as.
+    fn peer_check(
+        &self,
+        now: Instant,
+        peer: NodeIdBytes,
+    ) -> Option<impl FnOnce(&Peer) -> Result<(), CertError> + '_> {
         let sec = self.security.as_ref()?;
-        let link = self.links.get(&peer)?;
-        Some((link.jid.to_bare(), sec.ca, self.unix_now(now)))
+        let jid = self.links.get(&peer)?.jid.to_bare();
+        let unix = self.unix_now(now);
+        Some(move |p: &Peer| {
+            let expect = Expect {
+                node: Some(NodeId(peer)),
+                jid: Some(&jid),
+                crl: Some(&sec.crl),
+            };
+            member_check(&sec.ca, unix, expect)(p)
+        })
     }
 
     fn on_init(&mut self, now: Instant, peer: NodeIdBytes, pattern: u8, sender: u32, noise: &[u8]) {
-        let Some((jid, ca, unix)) = self.judge(now, peer) else {
+        if self.security.is_none() || !self.links.contains_key(&peer) {
             return;
-        };
+        }
         let allowed = self
             .links
             .get_mut(&peer)
@@ -404,13 +418,8 @@ impl Links {
         let ours_wins = crossing && self.own < peer;
         let index = self.fresh_index(peer);
         let seed: [u8; 32] = self.rng.random();
-        let Some(sec) = self.security.as_ref() else {
+        let (Some(sec), Some(check)) = (self.security.as_ref(), self.peer_check(now, peer)) else {
             return;
-        };
-        let expect = Expect {
-            node: Some(NodeId(peer)),
-            jid: Some(&jid),
-            crl: self.security.as_ref().map(|s| &s.crl),
         };
         let answered = respond(
             now,
@@ -421,7 +430,7 @@ impl Links {
             noise,
             index,
             seed,
-            member_check(&ca, unix, expect),
+            check,
         );
         match answered {
             // Crossing inits: ours wins and the peer answers it. Its init is still read, so
@@ -499,9 +508,6 @@ impl Links {
             self.counters.secure_dropped += 1;
             return;
         };
-        let Some((jid, ca, unix)) = self.judge(now, peer) else {
-            return;
-        };
         let Some(Pending {
             init, tries, early, ..
         }) = self
@@ -512,15 +518,10 @@ impl Links {
             self.counters.secure_dropped += 1;
             return;
         };
-        let Some(sec) = self.security.as_ref() else {
+        let (Some(sec), Some(check)) = (self.security.as_ref(), self.peer_check(now, peer)) else {
             return;
         };
-        let expect = Expect {
-            node: Some(NodeId(peer)),
-            jid: Some(&jid),
-            crl: self.security.as_ref().map(|s| &s.crl),
-        };
-        match init.on_response(now, &sec.local, sender, noise, member_check(&ca, unix, expect)) {
+        match init.on_response(now, &sec.local, sender, noise, check) {
             Ok((est, finale)) => {
                 if let Some(packet) = finale {
                     self.send_handshake(peer, packet);
@@ -555,9 +556,6 @@ impl Links {
             self.counters.secure_dropped += 1;
             return;
         };
-        let Some((jid, ca, unix)) = self.judge(now, peer) else {
-            return;
-        };
         let Some(responding) = self
             .links
             .get_mut(&peer)
@@ -566,12 +564,10 @@ impl Links {
             self.counters.secure_dropped += 1;
             return;
         };
-        let expect = Expect {
-            node: Some(NodeId(peer)),
-            jid: Some(&jid),
-            crl: self.security.as_ref().map(|s| &s.crl),
+        let Some(check) = self.peer_check(now, peer) else {
+            return;
         };
-        match responding.on_final(now, noise, member_check(&ca, unix, expect)) {
+        match responding.on_final(now, noise, check) {
             Ok(est) if !self.fresh_init(peer, est.peer.timestamp) => {
                 self.session_index.remove(&est.local_index);
                 self.counters.secure_dropped += 1;

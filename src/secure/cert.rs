@@ -189,27 +189,15 @@ impl MemberCert {
     /// Decodes a certificate; checks its form only (see [`MemberCert::verify`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, CertError> {
         let mut r = Reader::new(bytes);
-        if r.array::<2>()? != MAGIC {
-            return Err(CertError::Magic);
-        }
-        match r.u8()? {
-            VERSION => {}
-            v => return Err(CertError::Version(v)),
-        }
-        match r.u8()? {
+        match read_header(&mut r, MAGIC, VERSION)? {
             KIND_MEMBER => {}
             k => return Err(CertError::Kind(k)),
         }
-        let ca = r.array()?;
-        let group = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::GroupName)?;
-        check_group_name(group)?;
-        let node_key = r.array()?;
-        let user = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::User)?;
         let cert = MemberCert {
-            ca,
-            group: group.to_owned(),
-            node_key,
-            user: parse_bare_jid(user)?.to_string(),
+            ca: r.array()?,
+            group: read_group(&mut r)?,
+            node_key: r.array()?,
+            user: read_user(&mut r)?,
             serial: r.u64()?,
             not_before: r.u64()?,
             expires: r.u64()?,
@@ -217,10 +205,6 @@ impl MemberCert {
         };
         if !r.is_empty() {
             return Err(CertError::Trailing);
-        }
-        // Only the canonical spelling of the JID is accepted: what was signed is what we read.
-        if cert.user != user {
-            return Err(CertError::User);
         }
         Ok(cert)
     }
@@ -267,6 +251,32 @@ impl MemberCert {
         }
         Ok(())
     }
+}
+
+/// Reads a signed object's magic and version; returns its kind byte.
+pub(super) fn read_header(r: &mut Reader, magic: [u8; 2], version: u8) -> Result<u8, CertError> {
+    if r.array::<2>()? != magic {
+        return Err(CertError::Magic);
+    }
+    match r.u8()? {
+        v if v == version => Ok(r.u8()?),
+        v => Err(CertError::Version(v)),
+    }
+}
+
+pub(super) fn read_group(r: &mut Reader) -> Result<String, CertError> {
+    let group = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::GroupName)?;
+    check_group_name(group)?;
+    Ok(group.to_owned())
+}
+
+/// A u8-length bare JID, in its canonical spelling only: what was signed is what we read.
+pub(super) fn read_user(r: &mut Reader) -> Result<String, CertError> {
+    let user = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::User)?;
+    if parse_bare_jid(user)?.to_string() != user {
+        return Err(CertError::User);
+    }
+    Ok(user.to_owned())
 }
 
 fn parse_bare_jid(s: &str) -> Result<BareJid, CertError> {

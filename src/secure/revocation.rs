@@ -17,9 +17,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use base64::Engine;
-use ringlet_xmpp::BareJid;
 
-use super::cert::{check_group_name, verify_bytes, Ca, CertError, MemberCert};
+use super::cert::{read_group, read_header, read_user, verify_bytes, Ca, CertError, MemberCert};
 use super::files::{self, FileError};
 use crate::codec::Reader;
 
@@ -86,33 +85,18 @@ impl Revocation {
     /// Decodes a revocation; checks its form only (see [`Revocation::verify`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, CertError> {
         let mut r = Reader::new(bytes);
-        if r.array::<2>()? != MAGIC {
-            return Err(CertError::Magic);
-        }
-        match r.u8()? {
-            VERSION => {}
-            v => return Err(CertError::Version(v)),
-        }
-        let kind = r.u8()?;
+        let kind = read_header(&mut r, MAGIC, VERSION)?;
         let ca = r.array()?;
-        let group = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::GroupName)?;
-        check_group_name(group)?;
+        let group = read_group(&mut r)?;
         let target = match kind {
-            1 => {
-                let user = std::str::from_utf8(r.short_bytes()?).map_err(|_| CertError::User)?;
-                let jid: BareJid = user.parse().map_err(|_| CertError::User)?;
-                if jid.node().is_none() || jid.to_string() != user {
-                    return Err(CertError::User);
-                }
-                Target::User(user.to_owned())
-            }
+            1 => Target::User(read_user(&mut r)?),
             2 => Target::Serial(r.u64()?),
             3 => Target::NodeKey(r.array()?),
             k => return Err(CertError::Kind(k)),
         };
         let rev = Revocation {
             ca,
-            group: group.to_owned(),
+            group,
             target,
             issued: r.u64()?,
             signature: r.array()?,
