@@ -4,6 +4,8 @@
 //! `{"id":3,"cmd":"dht-put","key":"…","value":"…","lease_s":3600}` (lease optional),
 //! `{"id":4,"cmd":"dht-get","key":"…"}` (result `{"values":["…"]}`) and
 //! `{"id":5,"cmd":"dht-remove","key":"…","value":"…"}`; DHT values are UTF-8 text here.
+//! `{"id":6,"cmd":"revoke","value":"ringlet-revocation …"}` publishes a revocation (result
+//! `{"outcome":"added"|"known"}`).
 //! Response: `{"id":1,"ok":true,"result":{…}}` or
 //! `{"id":1,"ok":false,"error":"…"}`. Lines are limited to 64 KiB, connections to 32 at a time,
 //! and an idle connection is closed after 60 s.
@@ -228,6 +230,21 @@ async fn handle(req: Request, controller: &Controller) -> Response {
                 done(serde_json::json!({ "values": values }))
             }
             Err(e) => fail(e.to_string()),
+        },
+        "revoke" => match crate::secure::revocation::Revocation::from_line(
+            &req.args.value.clone().unwrap_or_default(),
+        ) {
+            Err(e) => fail(format!("revoke needs a revocation line: {e}")),
+            Ok(rev) => match controller.revoke(rev).await {
+                Ok(outcome) => {
+                    let outcome = match outcome {
+                        crate::link::Revoked::Added => "added",
+                        _ => "known",
+                    };
+                    done(serde_json::json!({ "outcome": outcome }))
+                }
+                Err(e) => fail(e),
+            },
         },
         "status" => match controller.status().await {
             Some(status) => Response {

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Subcommand;
 use ringlet::config::Config;
+use ringlet::control::{self, ControlError};
 use ringlet::identity::NodeKey;
+use ringlet::secure::cert::Ca;
 use ringlet::secure::revocation::{Crl, Revocation, Target};
 use ringlet::secure::{admin, files};
 
@@ -48,7 +50,8 @@ pub enum GroupOp {
         cert: PathBuf,
     },
     /// Revoke a user (all their nodes), one certificate or one node key, signed with the CA key;
-    /// prints the revocation and, with --config, adds it to that node's revocation list
+    /// prints the revocation and, with --config, has that node publish it to the group (or, when
+    /// it is not running, adds it to its revocation list)
     Revoke {
         /// The group's CA key file (default: the only *.ca.key in this directory)
         #[arg(long)]
@@ -163,16 +166,7 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
             let target = revocation_target(user, serial, node_key)?;
             let rev = Revocation::sign(&ca, target, unix_now());
             if let Some(config) = config {
-                let config = Config::load(&config)?;
-                let mut crl = Crl::load(&config.group_crl, &ca.public())?;
-                let added = crl.add(&ca.public(), rev.clone());
-                crl.save(&config.group_crl)?;
-                eprintln!(
-                    "{} {} (now {} revocations)",
-                    if added { "added to" } else { "already in" },
-                    config.group_crl.display(),
-                    crl.version()
-                );
+                publish(&Config::load(&config)?, &ca, &rev)?;
             }
             print!("{}", rev.to_line());
         }
@@ -190,6 +184,39 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hands a revocation to the node of `config`: a running one publishes it to the group at once
+/// (broadcast, DHT, its CRL file); otherwise it goes into the CRL file, and peers learn it when
+/// the node next shakes hands with them.
+fn publish(config: &Config, ca: &Ca, rev: &Revocation) -> anyhow::Result<()> {
+    let args = control::Args {
+        value: Some(rev.to_line().trim_end().to_owned()),
+        ..control::Args::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(control::request_with(&config.control_socket, "revoke", args)) {
+        Ok(result) => {
+            let outcome = result["outcome"].as_str().unwrap_or("?");
+            eprintln!("published by the running node ({outcome}); members close their links to it now");
+            Ok(())
+        }
+        Err(ControlError::NotRunning { .. }) => {
+            let mut crl = Crl::load(&config.group_crl, &ca.public())?;
+            let added = crl.add(&ca.public(), rev.clone());
+            crl.save(&config.group_crl)?;
+            eprintln!(
+                "no node running: {} {} (now {} revocations); members learn it when the node next links to them",
+                if added { "added to" } else { "already in" },
+                config.group_crl.display(),
+                crl.version()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn revocation_target(

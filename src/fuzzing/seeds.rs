@@ -136,6 +136,7 @@ pub fn link_frames() -> Vec<Frame> {
         Body::Overlay(vec![0, 1, 2]),
         Body::Close,
         Body::Secure(wire::data_header(1, 2).to_vec()),
+        Body::Revocation(b"RR".to_vec()),
     ];
     bodies.into_iter().map(|body| Frame { path, body }).collect()
 }

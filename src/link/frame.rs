@@ -60,6 +60,8 @@ pub enum Body {
     Close,
     /// A secure packet (`secure::wire`): a handshake message, or another frame sealed.
     Secure(Vec<u8>),
+    /// A revocation (`secure::revocation`) a peer with a newer CRL hands us after a handshake.
+    Revocation(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,7 @@ impl Frame {
             Body::Overlay(m) => (7, m.clone()),
             Body::Close => (8, Vec::new()),
             Body::Secure(p) => (9, p.clone()),
+            Body::Revocation(r) => (10, r.clone()),
         };
         out.push(kind);
         out.extend_from_slice(&self.path);
@@ -156,9 +159,14 @@ impl Frame {
             7 => Body::Overlay(bytes[HEADER_LEN..].to_vec()),
             8 => Body::Close,
             9 => Body::Secure(bytes[HEADER_LEN..].to_vec()),
+            10 => Body::Revocation(bytes[HEADER_LEN..].to_vec()),
             k => return Err(FrameError::Kind(k)),
         };
-        if !matches!(body, Body::Data(_) | Body::Overlay(_) | Body::Secure(_)) && !r.0.is_empty() {
+        let opaque = matches!(
+            body,
+            Body::Data(_) | Body::Overlay(_) | Body::Secure(_) | Body::Revocation(_)
+        );
+        if !opaque && !r.0.is_empty() {
             return Err(FrameError::Body);
         }
         Ok(Self { path, body })

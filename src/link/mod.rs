@@ -22,10 +22,12 @@
 
 pub mod frame;
 mod punching;
+mod revoke;
 mod secure;
 #[cfg(test)]
 mod tests;
 
+pub use self::revoke::{Revoked, CRL_PUSH_MAX};
 pub use self::secure::{Security, HANDSHAKE_TRIES, INIT_BURST, INIT_REFILL, QUEUE_MAX};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -140,6 +142,13 @@ pub enum Event {
     AttemptFailed {
         peer: NodeIdBytes,
     },
+    /// A revocation names `peer`: its sessions and direct path are closed, and it is refused
+    /// from now on.
+    Revoked {
+        peer: NodeIdBytes,
+    },
+    /// A peer handed us a revocation we did not have (now in the CRL; keep it).
+    CrlGrew(crate::secure::revocation::Revocation),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,6 +192,12 @@ pub struct Counters {
     pub early_out: u64,
     /// Inits left unread: the peer sent more than its allowance (`INIT_BURST`, one a second).
     pub inits_limited: u64,
+    /// Revocations refused: not our CA's, malformed.
+    pub revocations_refused: u64,
+    /// Links closed because a revocation named the peer.
+    pub links_revoked: u64,
+    /// Frames not sent because the peer is revoked.
+    pub revoked_refused: u64,
 }
 
 impl Link {
@@ -230,6 +245,8 @@ struct Link {
     /// A key whose certificate (sent with the peer's addresses) we checked.
     verified_key: Option<[u8; 32]>,
     session: secure::Session,
+    /// A revocation names the peer: nothing goes to it or comes from it.
+    revoked: bool,
 }
 
 pub struct Links {
@@ -306,8 +323,10 @@ impl Links {
             key: None,
             verified_key: None,
             session: secure::Session::default(),
+            revoked: false,
         };
         self.links.insert(peer, link);
+        self.recheck_revoked(peer);
         if !self.cfg.on_demand {
             self.open(now, peer);
         }
@@ -322,7 +341,7 @@ impl Links {
         let Some(link) = self.links.get_mut(&peer) else {
             return;
         };
-        if link.path != Path::Xmpp || link.attempt.is_some() || link.retry_at.is_some() {
+        if link.revoked || link.path != Path::Xmpp || link.attempt.is_some() || link.retry_at.is_some() {
             return;
         }
         if self.own < peer {
@@ -335,7 +354,7 @@ impl Links {
     /// The ring wants (or no longer wants) a direct path to `peer`. Returns false when `peer`
     /// is not a member. Unwanted paths close at once unless application traffic keeps them.
     pub fn want(&mut self, now: Instant, peer: &NodeIdBytes, wanted: bool) -> bool {
-        let Some(link) = self.links.get_mut(peer) else {
+        let Some(link) = self.links.get_mut(peer).filter(|l| !l.revoked || !wanted) else {
             return false;
         };
         link.ring_wants = wanted;
@@ -540,7 +559,8 @@ impl Links {
             }
             Body::Ping(nonce) => self.pong(now, peer, nonce),
             Body::Pong(nonce) => self.events.push_back(Event::Pong { peer, nonce }),
-            Body::Secure(_) => self.counters.malformed_frames += 1,
+            Body::Revocation(rev) if self.is_secure() => self.on_revocation_frame(peer, &rev),
+            Body::Secure(_) | Body::Revocation(_) => self.counters.malformed_frames += 1,
         }
     }
 
@@ -715,6 +735,7 @@ impl Links {
                 relayed: false,
             }),
             Body::Close => self.on_close(now, id),
+            Body::Revocation(rev) => self.on_revocation_frame(id, &rev),
             // Signalling travels over the relay only.
             Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } | Body::Secure(_) => {}
         }

@@ -111,6 +111,15 @@ impl Session {
         resend.into_iter().chain(expiry).min()
     }
 
+    pub(super) fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// The certificate the peer showed in the current session's handshake.
+    pub(super) fn peer_cert(&self) -> Option<&MemberCert> {
+        self.current.as_ref().map(|e| &e.peer.cert)
+    }
+
     fn live(&mut self, now: Instant) -> Option<&mut Established> {
         self.current.as_mut().filter(|e| !e.transport.expired(now))
     }
@@ -166,6 +175,7 @@ impl Links {
             _ => false,
         };
         link.verified_key = verified.then_some(key);
+        self.recheck_revoked(*peer);
     }
 
     /// Frames `body` for `peer` over its current path, or the relay with `relay`; sealed when
@@ -202,6 +212,10 @@ impl Links {
         }
         let path = self.path_id;
         let link = self.links.get_mut(&peer)?;
+        if link.revoked {
+            self.counters.revoked_refused += 1;
+            return None;
+        }
         let began = link.session.began_current;
         let Some(est) = link.session.live(now) else {
             if link.session.queued.len() >= QUEUE_MAX {
@@ -403,6 +417,10 @@ impl Links {
         if self.security.is_none() || !self.links.contains_key(&peer) {
             return;
         }
+        if self.is_revoked(&peer) {
+            self.counters.handshakes_refused += 1;
+            return;
+        }
         let allowed = self
             .links
             .get_mut(&peer)
@@ -590,6 +608,7 @@ impl Links {
         if let Some(old) = link.session.previous.take() {
             self.session_index.remove(&old.local_index);
         }
+        let peer_crl = est.peer.crl_version;
         link.session.previous = link.session.current.replace(est);
         link.session.began_current = began;
         self.counters.handshakes += 1;
@@ -601,6 +620,7 @@ impl Links {
                 self.counters.held_out += 1;
             }
         }
+        self.push_crl(now, peer, peer_crl);
     }
 
     fn open_data(

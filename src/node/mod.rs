@@ -9,6 +9,7 @@
 pub mod dht;
 pub mod membership;
 mod reach;
+pub mod revocation;
 mod ring;
 mod runtime;
 pub mod status;
@@ -113,6 +114,10 @@ pub(crate) enum Command {
         key: String,
         reply: dht::GetReply,
     },
+    Revoke {
+        revocation: crate::secure::revocation::Revocation,
+        reply: oneshot::Sender<Result<crate::link::Revoked, String>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -184,6 +189,21 @@ impl Controller {
             .await
             .map_err(|_| dht::DhtError::Stopped)?;
         rx.await.map_err(|_| dht::DhtError::Stopped)?
+    }
+
+    /// Publishes a revocation signed by the group's CA: into the CRL, to every member by
+    /// broadcast and into the DHT. Refused when another CA signed it.
+    pub async fn revoke(
+        &self,
+        revocation: crate::secure::revocation::Revocation,
+    ) -> Result<crate::link::Revoked, String> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || "the node has stopped".to_string();
+        self.commands
+            .send(Command::Revoke { revocation, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Asks the node to leave the overlay and stop; returns when it has.
@@ -358,6 +378,7 @@ pub async fn start_with_key(
         node_id,
         overlay: config.overlay.clone(),
         stun_fallback: config.stun_servers.clone(),
+        crl_path: Some(config.group_crl.clone()),
     });
     Ok(NodeHandle {
         controller: Controller { commands },

@@ -97,8 +97,15 @@ impl Runtime {
         if let Some(peer) = gone {
             self.ring.handle_link_down(now, addr(peer));
         }
-        let online: Vec<RingAddr> = self.core.members().map(|m| addr(m.node)).collect();
+        // Revoked members are online but no longer part of the ring.
+        let online: Vec<RingAddr> = self
+            .core
+            .members()
+            .filter(|m| !self.reach.links.is_revoked(&m.node))
+            .map(|m| addr(m.node))
+            .collect();
         self.ring.handle_rendezvous(now, &online);
+        self.start_revocation_lookups(now);
     }
 
     /// Whether an app datagram to `to` should ride a ring tunnel (no direct path, a tunnel).
@@ -165,12 +172,19 @@ impl Runtime {
                     from: NodeId::from(src),
                     data: payload,
                 }),
+                Event::TunnelUp { peer, .. } if self.reach.links.is_revoked(&peer.to_bytes()) => {
+                    self.ring.handle_link_down(now, peer)
+                }
                 Event::TunnelUp { peer, via } => {
                     tracing::info!(peer = %NodeId::from(peer), via = %NodeId::from(via), "tunnel up")
                 }
                 Event::TunnelDown { peer } => tracing::info!(peer = %NodeId::from(peer), "tunnel down"),
-                Event::DhtFound(found) => self.dht_found(found),
-                Event::Broadcast { .. } => {}
+                Event::DhtFound(found) => {
+                    if !self.revocation_found(&found) {
+                        self.dht_found(found)
+                    }
+                }
+                Event::Broadcast { origin, payload } => self.on_broadcast(origin, &payload),
             }
         }
         moved

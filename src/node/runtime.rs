@@ -36,6 +36,8 @@ pub(super) struct Parts {
     pub node_id: NodeId,
     pub overlay: String,
     pub stun_fallback: Vec<String>,
+    /// Where the CRL is kept (written when a revocation arrives).
+    pub crl_path: Option<std::path::PathBuf>,
 }
 
 pub(super) fn spawn(parts: Parts) -> JoinHandle<Result<(), NodeError>> {
@@ -72,6 +74,10 @@ pub(super) struct Runtime {
     pub ring_rendezvous_at: Instant,
     /// DHT gets waiting for the ring's answer, by lookup id.
     pub dht_gets: BTreeMap<u32, super::dht::GetReply>,
+    pub crl_path: Option<std::path::PathBuf>,
+    pub revocation_lookups: super::revocation::Lookups,
+    /// Revocations (broadcast or from the DHT) that did not parse.
+    pub revocations_malformed: u64,
 }
 
 /// An overlay ping waiting for its pong.
@@ -97,6 +103,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         node_id,
         overlay,
         stun_fallback,
+        crl_path,
     } = parts;
     let sender = session.sender();
     let mut rt = Runtime {
@@ -121,6 +128,9 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         app_tunnelled: 0,
         ring_rendezvous_at: Instant::now(),
         dht_gets: BTreeMap::new(),
+        crl_path,
+        revocation_lookups: Default::default(),
+        revocations_malformed: 0,
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -251,6 +261,9 @@ impl Runtime {
                 let _ = reply.send(done);
             }
             Command::DhtGet { key, reply } => self.dht_get(Instant::now(), &key, reply),
+            Command::Revoke { revocation, reply } => {
+                let _ = reply.send(self.publish_revocation(Instant::now(), revocation));
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -466,6 +479,8 @@ impl Runtime {
                     self.reach.close_socket(id);
                 }
             }
+            link::Event::Revoked { peer } => self.on_peer_revoked(now, peer),
+            link::Event::CrlGrew(_) => self.save_crl(),
         }
     }
 
@@ -476,6 +491,7 @@ impl Runtime {
                 tracing::debug!(peer = %NodeId(node), %jid, "peer resource");
                 self.reach.links.member_up(now, node, jid.clone());
                 self.member_identity(now, &jid);
+                self.check_revocations_of(node);
                 self.ring_members(now, None);
                 self.emit(AppEvent::PeerUp {
                     node: NodeId(node),

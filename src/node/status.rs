@@ -35,7 +35,7 @@ pub struct Status {
 pub struct Peer {
     pub node_id: String,
     pub jid: String,
-    /// `direct`, `tunnel` or `xmpp`.
+    /// `direct`, `tunnel` or `xmpp`; `revoked` for a member the CRL cuts off.
     pub path: String,
     /// The NodeId relaying a `tunnel` path (a neighbour both ends link to directly).
     pub via: Option<String>,
@@ -89,6 +89,7 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
                 _ => None,
             };
             let (path, remote, rtt) = match (links.path(&m.node), &via) {
+                _ if links.is_revoked(&m.node) => ("revoked", format!("xmpp://{}", m.jid), None),
                 (Some(Path::Direct { remote, rtt, .. }), _) => {
                     ("direct", format!("udp://{remote}"), Some(rtt))
                 }
@@ -241,6 +242,13 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_held_out", l.held_out),
         ("link_early_out", l.early_out),
         ("link_inits_limited", l.inits_limited),
+        ("link_revoked", l.links_revoked),
+        ("link_revoked_refused", l.revoked_refused),
+        (
+            "revocations_refused",
+            l.revocations_refused + rt.revocations_malformed,
+        ),
+        ("crl_version", rt.reach.links.crl().map_or(0, |c| c.version())),
         ("link_tunnelled_out", rt.app_tunnelled),
         ("ring_messages_out", rt.ring.stats().messages_out),
         ("ring_bytes_out", rt.ring.stats().bytes_out),

@@ -75,6 +75,11 @@ impl Local {
         }
     }
 
+    /// The CRL version our hellos carry from now on.
+    pub fn set_crl_version(&mut self, version: u64) {
+        self.crl_version = version;
+    }
+
     fn hello(&self, timestamp: u64, early: &[Vec<u8>]) -> Vec<u8> {
         Hello::emit(&self.cert, self.crl_version, timestamp, early)
     }

@@ -169,6 +169,13 @@ impl Crl {
         self.revocations.iter().any(|r| r.covers(cert))
     }
 
+    /// Whether a revocation names this user (bare JID) or this node key: what can be judged
+    /// before a handshake shows the certificate.
+    pub fn names(&self, user: &str, key: Option<&[u8; 32]>) -> bool {
+        self.targets.contains(&Target::User(user.to_owned()))
+            || key.is_some_and(|k| self.targets.contains(&Target::NodeKey(*k)))
+    }
+
     pub fn revocations(&self) -> &[Revocation] {
         &self.revocations
     }

@@ -31,6 +31,9 @@ struct Node {
     paths: Vec<Path>,
     /// Attempts reported failed.
     failed: u32,
+    /// Peers reported revoked, and revocations learnt from peers.
+    revoked: u32,
+    crl_grew: u32,
 }
 
 enum Packet {
@@ -118,6 +121,8 @@ fn node_with(
         got: Vec::new(),
         paths: Vec::new(),
         failed: 0,
+        revoked: 0,
+        crl_grew: 0,
     }
 }
 
@@ -224,6 +229,8 @@ impl World {
                         }
                         Event::Reflexive(_) => {}
                         Event::AttemptFailed { .. } => self.nodes[i].failed += 1,
+                        Event::Revoked { .. } => self.nodes[i].revoked += 1,
+                        Event::CrlGrew(_) => self.nodes[i].crl_grew += 1,
                         Event::Overlay { data, .. } => self.nodes[i].got.push(data),
                         Event::Pong { nonce, .. } => {
                             self.nodes[i].got.push(format!("pong {nonce}").into_bytes())

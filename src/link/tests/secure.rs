@@ -369,3 +369,112 @@ fn a_revoked_member_gets_no_session() {
         "early frames to a revoked key"
     );
 }
+
+fn group_revokes(target: Target) -> Revocation {
+    Revocation::sign(&Ca::from_seed("friends", [1; 32]).unwrap(), target, UNIX)
+}
+
+#[test]
+fn a_revocation_closes_a_live_link_at_once_and_refuses_the_peer_after() {
+    let mut w = secure_world(Kind::PortRestricted, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    w.send(1, b"before");
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.nodes[0].got, [b"before".to_vec()]);
+
+    let foreign = Revocation::sign(
+        &Ca::from_seed("friends", [9; 32]).unwrap(),
+        Target::Serial(1),
+        UNIX,
+    );
+    assert_eq!(w.nodes[0].links.revoke(foreign), Revoked::Refused);
+    assert_eq!(w.nodes[0].links.counters().revocations_refused, 1);
+    assert!(w.direct(), "a foreign revocation changed something");
+
+    assert_eq!(
+        w.nodes[0].links.revoke(group_revokes(Target::Serial(1))),
+        Revoked::Added
+    );
+    assert_eq!(
+        w.nodes[0].links.revoke(group_revokes(Target::Serial(1))),
+        Revoked::Known
+    );
+    let peer = w.nodes[1].id;
+    assert!(w.nodes[0].links.is_revoked(&peer));
+    assert_eq!(w.path(0), Some(Path::Xmpp), "the direct path stayed open");
+    w.run_for(Duration::from_millis(10));
+    assert_eq!(w.nodes[0].revoked, 1);
+
+    // Whatever the revoked peer still sends (its session is gone on our side) is dropped, and
+    // nothing goes to it.
+    let now = w.now;
+    assert_eq!(w.nodes[0].links.send(now, &peer, b"to revoked"), Ok(None));
+    assert!(w.nodes[0].links.counters().revoked_refused >= 1);
+    for _ in 0..3 {
+        w.send(1, b"after");
+    }
+    w.run_for(Duration::from_secs(20));
+    assert_eq!(
+        w.nodes[0].got,
+        [b"before".to_vec()],
+        "data from a revoked peer arrived"
+    );
+    assert_eq!(
+        w.path(0),
+        Some(Path::Xmpp),
+        "a direct path to a revoked peer came back"
+    );
+    assert!(
+        !w.nodes[0].links.want(now, &peer, true),
+        "the ring may still link to it"
+    );
+}
+
+#[test]
+fn a_peer_with_a_newer_crl_hands_it_over_in_the_handshake() {
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    // Node 0 learnt of revocations node 1 missed (of users neither of them is).
+    for user in ["gone@example.test", "left@example.test"] {
+        let rev = group_revokes(Target::User(user.into()));
+        assert_eq!(w.nodes[0].links.revoke(rev), Revoked::Added);
+    }
+    assert_eq!(w.nodes[1].links.crl().map(Crl::version), Some(0));
+    w.send(1, b"hello");
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.nodes[0].got, [b"hello".to_vec()]);
+    assert_eq!(w.nodes[1].links.crl().map(Crl::version), Some(2));
+    assert_eq!(w.nodes[1].crl_grew, 2);
+    assert_eq!(w.nodes[0].crl_grew, 0);
+}
+
+#[test]
+fn a_revocation_a_peer_sends_in_its_session_is_taken_and_a_malformed_one_counted() {
+    // Node 1 hands node 0 a revocation of node 1's own key (as a stale copy of a CRL would):
+    // node 0 checks it, keeps it and cuts node 1 off.
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    w.send(1, b"x");
+    w.run_for(Duration::from_secs(2));
+    let (peer0, peer1) = (w.nodes[0].id, w.nodes[1].id);
+    let key1 = NodeKey::from_secret([2; 32]).public_bytes();
+    let sealed = |w: &mut World, body: Body| {
+        let now = w.now;
+        match w.nodes[1].links.out(now, peer0, body, true) {
+            Some(Transmit::Relay { data, .. }) => data,
+            other => panic!("no sealed relay frame: {other:?}"),
+        }
+    };
+    let bad = sealed(&mut w, Body::Revocation(vec![b'R', b'R', 0, 3]));
+    let now = w.now;
+    w.nodes[0].links.handle_relay(now, peer1, &bad);
+    assert_eq!(w.nodes[0].links.counters().revocations_refused, 1);
+    assert!(!w.nodes[0].links.is_revoked(&peer1));
+
+    let good = sealed(
+        &mut w,
+        Body::Revocation(group_revokes(Target::NodeKey(key1)).emit()),
+    );
+    w.nodes[0].links.handle_relay(now, peer1, &good);
+    assert!(w.nodes[0].links.is_revoked(&peer1));
+    w.run_for(Duration::from_millis(10));
+    assert_eq!((w.nodes[0].crl_grew, w.nodes[0].revoked), (1, 1));
+}
