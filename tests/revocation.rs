@@ -124,8 +124,8 @@ async fn every_member_cuts_a_revoked_node_off_within_5_s_and_one_that_was_offlin
     for &i in &members {
         let s = st[i].as_ref().unwrap();
         assert!(s.counters["link_revoked"] <= 1);
-        let crl = std::fs::read_to_string(scene.dir.path().join(PEERS[i].0).join("group.crl"))
-            .unwrap_or_default();
+        let crl =
+            std::fs::read_to_string(scene.dir.path().join(PEERS[i].0).join("group.crl")).unwrap_or_default();
         assert_eq!(crl.lines().count(), 1, "r{i} did not keep the revocation");
     }
 
@@ -157,12 +157,24 @@ async fn every_member_cuts_a_revoked_node_off_within_5_s_and_one_that_was_offlin
             scene.nodes[OFFLINE].log()
         );
     };
-    eprintln!("the member that was offline refused r7 {:?} after it started again", back.elapsed());
+    eprintln!(
+        "the member that was offline refused r7 {:?} after it started again",
+        back.elapsed()
+    );
     let log = scene.nodes[OFFLINE].log();
-    eprintln!("{}", log.lines().filter(|l| l.contains("revo")).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains("revo"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         s.counters["link_handshakes"] >= 1,
         "it learnt nothing from its peers"
     );
-    assert!(scene.ping(OFFLINE, REVOKED).is_err(), "it still reaches the revoked node");
+    assert!(
+        scene.ping(OFFLINE, REVOKED).is_err(),
+        "it still reaches the revoked node"
+    );
 }

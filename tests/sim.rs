@@ -85,3 +85,37 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(a.dht_lookup_ms_p50, b.dht_lookup_ms_p50);
     assert_eq!(a.idle_bytes_per_node_s, b.idle_bytes_per_node_s);
 }
+
+/// Revocation in a 20-node ring, on several seeds: every member (but the one offline) learns
+/// it and every link to the revoked node is closed within 5 s of the publish (virtual time);
+/// the member that was offline knows it and has no link to the revoked node after it comes
+/// back. The broadcast also reaches the nodes behind the revoked one.
+#[test]
+fn a_revocation_reaches_every_member_of_a_20_node_ring_within_5_s_and_the_offline_one_later() {
+    for seed in 1..=5 {
+        let mut o = Options::new(20, seed, "revocation");
+        o.samples = 100;
+        let r = run(&o);
+        let rev = r.revocation.expect("the revocation scenario reports");
+        eprintln!("seed {seed}: {}", serde_json::to_string(&rev).unwrap());
+        assert_eq!(
+            rev.members, 18,
+            "seed {seed}: 20 nodes less the offline and revoked ones"
+        );
+        assert_eq!(rev.learnt, rev.members, "seed {seed}: not every member learnt it");
+        assert!(
+            rev.learnt_ms_max <= 5000.0,
+            "seed {seed}: {} ms",
+            rev.learnt_ms_max
+        );
+        assert!(
+            rev.links_cut >= 2,
+            "seed {seed}: the revoked node had no links to cut"
+        );
+        assert!(rev.cut_ms_max <= 5000.0, "seed {seed}: {} ms", rev.cut_ms_max);
+        assert!(
+            rev.offline_member_refuses,
+            "seed {seed}: the member that was offline"
+        );
+    }
+}

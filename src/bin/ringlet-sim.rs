@@ -5,7 +5,14 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use ringlet::sim::{run, Options};
 
-const SCENARIOS: &[&str] = &["steady", "churn", "crash20", "partition-merge", "broadcast"];
+const SCENARIOS: &[&str] = &[
+    "steady",
+    "churn",
+    "crash20",
+    "partition-merge",
+    "broadcast",
+    "revocation",
+];
 
 #[derive(Parser)]
 #[command(about = "Simulate a ringlet ring of N nodes on a virtual clock")]
@@ -83,7 +90,14 @@ fn main() -> Result<()> {
     println!("{:<28} value", "metric");
     if let Some(map) = value.as_object() {
         for (k, v) in map {
-            println!("{k:<28} {v}");
+            match v.as_object() {
+                Some(inner) => {
+                    for (ik, iv) in inner {
+                        println!("{:<28} {iv}", format!("{k}.{ik}"));
+                    }
+                }
+                None => println!("{k:<28} {v}"),
+            }
         }
     }
     Ok(())

@@ -146,6 +146,8 @@ pub enum Event {
     /// from now on.
     Revoked {
         peer: NodeIdBytes,
+        /// The revocation that just arrived (None: one we held named a peer coming online).
+        by: Option<crate::secure::revocation::Revocation>,
     },
     /// A peer handed us a revocation we did not have (now in the CRL; keep it).
     CrlGrew(crate::secure::revocation::Revocation),

@@ -38,7 +38,7 @@ impl Links {
             self.counters.revocations_refused += 1;
             return Revoked::Refused;
         }
-        if !sec.crl.add(&sec.ca, rev) {
+        if !sec.crl.add(&sec.ca, rev.clone()) {
             return Revoked::Known;
         }
         sec.local.set_crl_version(sec.crl.version());
@@ -49,7 +49,7 @@ impl Links {
             .map(|(id, _)| *id)
             .collect();
         for peer in named {
-            self.cut_off(peer);
+            self.cut_off(peer, Some(rev.clone()));
         }
         Revoked::Added
     }
@@ -71,12 +71,12 @@ impl Links {
             _ => false,
         };
         if named {
-            self.cut_off(peer);
+            self.cut_off(peer, None);
         }
     }
 
     /// Closes everything we have with `peer` and refuses it from now on.
-    fn cut_off(&mut self, peer: NodeIdBytes) {
+    fn cut_off(&mut self, peer: NodeIdBytes, by: Option<Revocation>) {
         self.retire_attempt(&peer);
         let Some(link) = self.links.get_mut(&peer) else {
             return;
@@ -89,7 +89,7 @@ impl Links {
         self.forget_sessions(session);
         self.counters.links_revoked += 1;
         tracing::info!(peer = %NodeId(peer), "link closed: the peer is revoked");
-        self.events.push_back(Event::Revoked { peer });
+        self.events.push_back(Event::Revoked { peer, by });
     }
 
     /// After a handshake with a peer whose CRL is older than ours: send it what we hold.

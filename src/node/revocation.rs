@@ -34,6 +34,13 @@ pub fn dht_name(target: &Target) -> String {
     }
 }
 
+/// A revocation as a broadcast carries it.
+pub fn broadcast_payload(rev: &Revocation) -> Vec<u8> {
+    let mut payload = vec![BROADCAST_REVOCATION];
+    payload.extend_from_slice(&rev.emit());
+    payload
+}
+
 fn node_name(node: &NodeIdBytes) -> String {
     format!("ringlet revoked node {}", NodeId(*node))
 }
@@ -58,11 +65,9 @@ impl Runtime {
         if outcome == Revoked::Refused {
             return Err("the revocation is not signed by this group's CA".into());
         }
-        let mut payload = vec![BROADCAST_REVOCATION];
-        payload.extend_from_slice(&rev.emit());
         let me = self.ring.me();
         self.ring
-            .broadcast(now, me, me, payload)
+            .broadcast(now, me, me, broadcast_payload(&rev))
             .map_err(|e| format!("cannot broadcast: {e}"))?;
         let key = key_addr(&dht_name(&rev.target));
         if let Err(e) = self.ring.dht_put(now, key, rev.emit(), DHT_LEASE_S) {
@@ -159,8 +164,17 @@ impl Runtime {
         true
     }
 
-    /// The link layer cut `peer` off: so does the ring.
-    pub(super) fn on_peer_revoked(&mut self, now: Instant, peer: NodeIdBytes) {
-        self.ring.handle_link_down(now, RingAddr::from(NodeId(peer)));
+    /// The link layer cut `peer` off: so does the ring, which passes a revocation that just
+    /// arrived on to the nodes behind the revoked one (see `Ring::cut_off`).
+    pub(super) fn on_peer_revoked(&mut self, now: Instant, peer: NodeIdBytes, by: Option<Revocation>) {
+        let peer = RingAddr::from(NodeId(peer));
+        match by {
+            Some(rev) => {
+                if let Err(e) = self.ring.cut_off(now, peer, broadcast_payload(&rev)) {
+                    tracing::warn!(error = %e, "revocation not passed on");
+                }
+            }
+            None => self.ring.handle_link_down(now, peer),
+        }
     }
 }

@@ -479,7 +479,7 @@ impl Runtime {
                     self.reach.close_socket(id);
                 }
             }
-            link::Event::Revoked { peer } => self.on_peer_revoked(now, peer),
+            link::Event::Revoked { peer, by } => self.on_peer_revoked(now, peer, by),
             link::Event::CrlGrew(_) => self.save_crl(),
         }
     }

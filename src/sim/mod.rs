@@ -14,6 +14,7 @@
 pub mod baseline;
 mod debug;
 pub mod queue;
+pub mod revoke;
 pub mod scenario;
 pub mod world;
 

@@ -1,5 +1,5 @@
-//! Named scenarios (`steady`, `churn`, `crash20`, `partition-merge`, `broadcast`) and the
-//! numbers they report.
+//! Named scenarios (`steady`, `churn`, `crash20`, `partition-merge`, `broadcast`,
+//! `revocation`) and the numbers they report.
 
 use std::time::{Duration, Instant};
 
@@ -86,8 +86,32 @@ pub struct Report {
     pub tunnels: u64,
     pub broadcast_reached: Option<usize>,
     pub broadcast_messages: Option<u64>,
+    pub revocation: Option<RevocationReport>,
     pub wall_s: f64,
     pub peak_rss_mib: f64,
+}
+
+/// What the `revocation` scenario measured: one member (offline meanwhile) misses the
+/// broadcast; times are virtual ms after the publishing node took the revocation.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RevocationReport {
+    /// Alive nodes other than the revoked one, and how many learnt it within 10 s.
+    pub members: usize,
+    pub learnt: usize,
+    pub learnt_ms_p50: f64,
+    pub learnt_ms_max: f64,
+    /// Nodes that had a link to the revoked node, and when the last of them closed it.
+    pub links_cut: usize,
+    pub cut_ms_max: f64,
+    /// Broadcast messages (the whole-ring one and the hand-ons past the revoked node) and
+    /// their bytes on the wire, plus the catch-up hand-overs after link-ups.
+    pub broadcast_messages: u64,
+    pub broadcast_bytes: u64,
+    pub handovers: u64,
+    /// The member that was offline, 60 s after it came back: knows the revocation, and has no
+    /// link to the revoked node.
+    pub offline_member_refuses: bool,
+    pub offline_member_learnt_ms: Option<f64>,
 }
 
 /// Waits (in 1 s virtual steps) until the ring is consistent; returns the seconds it took.
@@ -327,6 +351,7 @@ pub fn run(opts: &Options) -> Report {
             report.broadcast_reached = Some((world.record.broadcasts - b0) as usize);
             report.broadcast_messages = Some(forwarded(&world) - f0);
         }
+        "revocation" => report.revocation = Some(revocation(&mut world)),
         _ => {}
     }
     phase("scenario");
@@ -374,6 +399,103 @@ pub fn run(opts: &Options) -> Report {
     report.tunnels = world.record.tunnels_up;
     report.wall_s = started.elapsed().as_secs_f64();
     report.peak_rss_mib = peak_rss_mib();
+    report
+}
+
+/// Revokes a random routing node from another one while a third is offline; brings the
+/// third back after the broadcast.
+fn revocation(world: &mut World) -> RevocationReport {
+    use crate::node::revocation::{broadcast_payload, dht_name};
+    use crate::overlay::wire::Message;
+    use crate::secure::revocation::{Revocation, Target};
+
+    let routing = |w: &mut World| loop {
+        let ix = w.random_alive();
+        if !w.leaf(ix) {
+            return ix;
+        }
+    };
+    let offline = world.random_alive();
+    world.crash(offline);
+    let target = routing(world);
+    let origin = loop {
+        let ix = routing(world);
+        if ix != target {
+            break ix;
+        }
+    };
+    // Let the ring notice the crash before the revocation goes out.
+    world.run_until(world.elapsed() + Duration::from_secs(30));
+    let ca = crate::secure::cert::Ca::from_seed("sim", [7; 32])
+        .unwrap_or_else(|_| unreachable!("a valid group name"));
+    let rev = Revocation::sign(&ca, Target::User(format!("n{target}@sim.test")), 1);
+    world.revocation = Some(super::revoke::Spread::new(ca.public(), rev.clone(), target));
+    let f0 = forwarded(world);
+    let t0 = world.elapsed();
+    world.learn(origin);
+    let payload = broadcast_payload(&rev);
+    let key = crate::node::dht::key_addr(&dht_name(&rev.target));
+    world
+        .with_node(origin, |ring, now| {
+            let me = ring.me();
+            ring.broadcast(now, me, me, payload.clone())?;
+            ring.dht_put(now, key, rev.emit(), 3600)
+        })
+        .ok();
+    world.run_until(t0 + Duration::from_secs(10));
+    let one_message = Message::Broadcast {
+        origin: key,
+        seq: 0,
+        start: key,
+        end: key,
+        payload,
+    }
+    .emit()
+    .len() as u64
+        + super::world::LINK_OVERHEAD;
+    let broadcast_messages = forwarded(world) - f0;
+    let spread = world
+        .revocation
+        .as_ref()
+        .unwrap_or_else(|| unreachable!("set above"));
+    let members: Vec<u32> = (0..world.nodes.len() as u32)
+        .filter(|&i| world.alive(i) && i != target)
+        .collect();
+    let mut ms: Vec<f64> = members
+        .iter()
+        .filter_map(|i| spread.learnt.get(i))
+        .map(|t| (*t - t0).as_secs_f64() * 1000.0)
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let cut_ms_max = spread
+        .cut
+        .values()
+        .map(|t| (*t - t0).as_secs_f64() * 1000.0)
+        .fold(0.0, f64::max);
+    let mut report = RevocationReport {
+        members: members.len(),
+        learnt: ms.len(),
+        learnt_ms_p50: percentile(&ms, 0.5),
+        learnt_ms_max: ms.last().copied().unwrap_or(f64::NAN),
+        links_cut: spread.cut.len(),
+        cut_ms_max,
+        broadcast_messages,
+        broadcast_bytes: broadcast_messages * one_message,
+        ..RevocationReport::default()
+    };
+    let back = world.elapsed();
+    world.revive(offline);
+    world.run_until(back + Duration::from_secs(60));
+    let spread = world
+        .revocation
+        .as_ref()
+        .unwrap_or_else(|| unreachable!("set above"));
+    report.offline_member_learnt_ms = spread
+        .learnt
+        .get(&offline)
+        .map(|t| (*t - back).as_secs_f64() * 1000.0);
+    report.offline_member_refuses = spread.knows(offline) && !world.linked(offline, target);
+    report.handovers = spread.handovers;
     report
 }
 

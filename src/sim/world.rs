@@ -65,6 +65,10 @@ enum Ev {
     Rendezvous {
         node: NodeIx,
     },
+    /// A revocation handed over after a handshake reaches `node`.
+    Learn {
+        node: NodeIx,
+    },
 }
 
 pub struct SimNode {
@@ -111,6 +115,8 @@ pub struct World {
     /// Messages sent by (message kind, routed body kind), when `count_kinds` is set.
     pub kinds: std::collections::BTreeMap<(u8, u8), u64>,
     pub count_kinds: bool,
+    /// A revocation spreading (the `revocation` scenario).
+    pub revocation: Option<super::revoke::Spread>,
 }
 
 fn pair(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
@@ -138,6 +144,7 @@ impl World {
             wakes: 0,
             kinds: Default::default(),
             count_kinds: std::env::var("SIM_DEBUG").is_ok(),
+            revocation: None,
         }
     }
 
@@ -254,8 +261,10 @@ impl World {
                         self.nodes[x as usize].ring.handle_link_up(now, peer, kind, rtt);
                         self.drain(x);
                     }
+                    self.revocation_catch_up(a, b);
                 }
             }
+            Ev::Learn { node } => self.learn(node),
             Ev::LinkFailed { node, peer } => {
                 self.attempts.remove(&pair(node, peer));
                 if self.alive(node) {
@@ -304,14 +313,15 @@ impl World {
             }
             let peer = self.rng.random_range(0..self.nodes.len()) as NodeIx;
             let p = &self.nodes[peer as usize];
-            if peer != node && p.alive && (self.merged || p.group == group) {
+            let refused = self.revocation.as_ref().is_some_and(|s| s.refuses(node, peer));
+            if peer != node && p.alive && (self.merged || p.group == group) && !refused {
                 out.push(p.ring.me());
             }
         }
         out
     }
 
-    fn drain(&mut self, ix: NodeIx) {
+    pub(super) fn drain(&mut self, ix: NodeIx) {
         let now = self.now();
         while let Some(t) = self.nodes[ix as usize].ring.poll_transmit() {
             self.messages += 1;
@@ -329,6 +339,10 @@ impl World {
             let Some(&to) = self.index.get(&t.peer) else {
                 continue;
             };
+            // The revoked node, at its worst, forwards nothing once it is revoked.
+            if self.revocation.as_ref().is_some_and(|s| s.target == ix) {
+                continue;
+            }
             if !self.links.contains(&pair(ix, to)) || (self.loss > 0.0 && self.rng.random_bool(self.loss)) {
                 continue;
             }
@@ -347,10 +361,7 @@ impl World {
                 Event::Connect { peer, .. } => self.connect(ix, peer),
                 Event::Disconnect { peer } => {
                     if let Some(&p) = self.index.get(&peer) {
-                        if self.links.remove(&pair(ix, p)) {
-                            let lat = self.latency(ix, p);
-                            self.schedule(lat, Ev::LinkDown { node: p, peer: ix });
-                        }
+                        self.unlink(ix, p);
                     }
                 }
                 Event::Deliver { hops, .. } => {
@@ -361,8 +372,20 @@ impl World {
                     let took = now.saturating_duration_since(found.started);
                     self.record.found.push((ix, found, took));
                 }
-                Event::Broadcast { .. } => self.record.broadcasts += 1,
-                Event::TunnelUp { .. } => self.record.tunnels_up += 1,
+                Event::Broadcast { payload, .. } => {
+                    self.record.broadcasts += 1;
+                    self.revocation_broadcast(ix, &payload);
+                }
+                Event::TunnelUp { peer, .. } => {
+                    self.record.tunnels_up += 1;
+                    let refused = self
+                        .revocation
+                        .as_ref()
+                        .is_some_and(|s| s.knows(ix) && self.index.get(&peer) == Some(&s.target));
+                    if refused {
+                        self.nodes[ix as usize].ring.handle_link_down(now, peer);
+                    }
+                }
                 Event::TunnelDown { .. } => {}
             }
         }
@@ -385,7 +408,9 @@ impl World {
         if a == b || self.links.contains(&key) || !self.attempts.insert(key) {
             return;
         }
+        let refused = self.revocation.as_ref().is_some_and(|s| s.refuses(a, b));
         let reachable = self.alive(b)
+            && !refused
             && !(self.nodes[a as usize].class == Class::Symmetric
                 && self.nodes[b as usize].class == Class::Symmetric);
         if reachable {
@@ -397,6 +422,39 @@ impl World {
                 self.schedule(PUNCH_TIMEOUT, Ev::LinkFailed { node: b, peer: a });
             }
         }
+    }
+
+    pub fn linked(&self, a: NodeIx, b: NodeIx) -> bool {
+        self.links.contains(&pair(a, b))
+    }
+
+    /// Removes the link between `a` and `b` (the other end hears of it after a latency);
+    /// false if there was none.
+    pub(super) fn unlink(&mut self, a: NodeIx, b: NodeIx) -> bool {
+        if !self.links.remove(&pair(a, b)) {
+            return false;
+        }
+        let lat = self.latency(a, b);
+        self.schedule(lat, Ev::LinkDown { node: b, peer: a });
+        true
+    }
+
+    pub(super) fn schedule_learn(&mut self, after: Duration, node: NodeIx) {
+        self.schedule(after, Ev::Learn { node });
+    }
+
+    /// Starts a crashed node again with the same address and a fresh ring core (a restarted
+    /// daemon): it asks rendezvous at once.
+    pub fn revive(&mut self, ix: NodeIx) {
+        let now = self.now();
+        let seed = self.rng.random();
+        let n = &mut self.nodes[ix as usize];
+        let addr = n.ring.me();
+        n.ring = Ring::new(now, addr, self.cfg.clone(), seed);
+        n.alive = true;
+        n.timer = None;
+        self.sorted.replace(None);
+        self.schedule(Duration::ZERO, Ev::Rendezvous { node: ix });
     }
 
     /// Kills a node without a word: its peers find out by silence.

@@ -179,6 +179,8 @@ pub struct Ring {
     puts: Puts,
     lookups: Lookups,
     seen: Seen,
+    /// Sub-ranges we handed links in recent broadcasts, for `cut_off`.
+    handed: services::Handed,
     broadcast_seq: u32,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -211,6 +213,7 @@ impl Ring {
             puts: Puts::default(),
             lookups: Lookups::default(),
             seen: Seen::default(),
+            handed: Default::default(),
             broadcast_seq: 0,
             outbox: VecDeque::new(),
             events: VecDeque::new(),

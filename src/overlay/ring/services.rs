@@ -1,7 +1,9 @@
 //! What the ring offers above routing: app messages, the DHT (put, get, replication to the
 //! root's neighbours, re-puts at half the lease) and bounded broadcast.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -19,6 +21,39 @@ pub enum Error {
     PayloadTooBig(usize),
     #[error("too many puts or lookups in flight")]
     Busy,
+}
+
+/// Broadcast sub-ranges handed to links: (when, link, start, end, payload hash), newest last.
+#[derive(Default)]
+pub(super) struct Handed(VecDeque<(Instant, RingAddr, RingAddr, RingAddr, u64)>);
+
+/// How many hand-outs, and for how long, `cut_off` can look back on.
+const HANDED_MAX: usize = 32;
+const HANDED_FOR: Duration = Duration::from_secs(30);
+
+fn payload_hash(payload: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+impl Handed {
+    fn record(&mut self, now: Instant, peer: RingAddr, start: RingAddr, end: RingAddr, payload: &[u8]) {
+        while self.0.len() >= HANDED_MAX || self.0.front().is_some_and(|e| now >= e.0 + HANDED_FOR) {
+            self.0.pop_front();
+        }
+        self.0.push_back((now, peer, start, end, payload_hash(payload)));
+    }
+
+    /// The sub-ranges `peer` got from us in broadcasts of `payload`.
+    fn to(&self, peer: RingAddr, payload: &[u8]) -> Vec<(RingAddr, RingAddr)> {
+        let hash = payload_hash(payload);
+        self.0
+            .iter()
+            .filter(|e| e.1 == peer && e.4 == hash)
+            .map(|e| (e.2, e.3))
+            .collect()
+    }
 }
 
 impl Ring {
@@ -58,6 +93,27 @@ impl Ring {
         Ok(())
     }
 
+    /// `peer` is cut off (its certificate revoked): its link goes, and if we handed it part of
+    /// the ring in a broadcast of `payload` (the news of its revocation), we cover that part
+    /// ourselves, so a revoked node cannot swallow the news on its way to the nodes behind it.
+    pub fn cut_off(&mut self, now: Instant, peer: RingAddr, payload: Vec<u8>) -> Result<(), Error> {
+        self.handle_link_down(now, peer);
+        let mut one = [0u8; 20];
+        one[19] = 1;
+        for (start, end) in self.handed.to(peer, &payload) {
+            // The range began at the peer itself (it was in it): start just past it.
+            let start = if start == peer {
+                peer.wrapping_add(RingAddr::from_bytes(one))
+            } else {
+                start
+            };
+            if start != end {
+                self.broadcast(now, start, end, payload.clone())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Covers [start, end): deliver here if inside, hand each link in range its sub-range.
     pub(super) fn cover(
         &mut self,
@@ -82,6 +138,7 @@ impl Ring {
         }
         for (peer, s, e) in hand {
             self.stats.broadcasts_forwarded += 1;
+            self.handed.record(now, peer, s, e, &payload);
             let msg = Message::Broadcast {
                 origin,
                 seq,
