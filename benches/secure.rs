@@ -134,6 +134,7 @@ fn handshake(runs: usize) {
                 pattern,
                 sender,
                 noise,
+                ..
             }) = Packet::parse(&packet)
             else {
                 panic!("init");

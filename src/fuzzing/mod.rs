@@ -120,6 +120,7 @@ pub fn handshake(data: &[u8]) {
         pattern,
         sender,
         noise,
+        ..
     }) = Packet::parse(data)
     else {
         return;

@@ -187,6 +187,10 @@ pub fn secure_packets() -> Vec<Vec<u8>> {
     out.push(data);
     out.push(wire::response(1, 2, &[0; 48]));
     out.push(wire::final_message(1, &[0; 64]));
+    out.push(wire::cookie(1, &[7; wire::COOKIE_LEN]));
+    if let Some(init) = out.first().cloned() {
+        out.push(wire::with_cookie(&init, &[7; wire::COOKIE_LEN]));
+    }
     out
 }
 

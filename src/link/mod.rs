@@ -20,6 +20,7 @@
 //! 2. call [`Links::handle_timeout`] when [`Links::poll_timeout`] is due;
 //! 3. drain [`Links::poll_transmit`] and [`Links::poll_event`].
 
+mod cookie;
 pub mod frame;
 mod punching;
 mod revoke;
@@ -67,6 +68,8 @@ pub struct Config {
     /// are punched and kept; offers from peers are answered either way.
     pub on_demand: bool,
     pub app_idle: Duration,
+    /// Inits a second above which inits must carry a cookie (see `cookie`).
+    pub cookie_after: u32,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             direct: true,
             on_demand: false,
             app_idle: Duration::from_secs(300),
+            cookie_after: 32,
         }
     }
 }
@@ -198,6 +202,9 @@ pub struct Counters {
     pub revocations_refused: u64,
     /// Links closed because a revocation named the peer.
     pub links_revoked: u64,
+    /// Cookies sent instead of reading an init (under load), and inits resent with one.
+    pub cookies_sent: u64,
+    pub cookie_inits: u64,
     /// Frames not sent because the peer is revoked.
     pub revoked_refused: u64,
 }
@@ -269,6 +276,7 @@ pub struct Links {
     last_timestamp: u64,
     /// Frames that came early, in an IK init, waiting to be handled.
     early_in: Vec<(NodeIdBytes, Frame)>,
+    cookies: cookie::Cookies,
 }
 
 impl Links {
@@ -288,6 +296,7 @@ impl Links {
             session_index: BTreeMap::new(),
             last_timestamp: 0,
             early_in: Vec::new(),
+            cookies: cookie::Cookies::default(),
         }
     }
 

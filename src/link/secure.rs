@@ -70,6 +70,8 @@ pub(super) struct Session {
     last_init: u64,
     /// Inits this peer may still send now (a token bucket of [`INIT_BURST`]), as of `refilled`.
     init_allowance: Option<(u32, Instant)>,
+    /// A cookie the peer gave us (it is busy), and when: our inits carry it for a while.
+    cookie: Option<([u8; wire::COOKIE_LEN], Instant)>,
 }
 
 impl Session {
@@ -95,6 +97,8 @@ struct Pending {
     sent: Instant,
     tries: u32,
     early: usize,
+    /// The init carried a cookie (a second cookie for it is not taken).
+    cookie_sent: bool,
 }
 
 impl Session {
@@ -290,11 +294,21 @@ impl Links {
                     verified = link.verified_key.is_some(),
                     "link handshake started"
                 );
+                let cookie = link
+                    .session
+                    .cookie
+                    .filter(|(_, at)| now < *at + super::cookie::COOKIE_FOR)
+                    .map(|(c, _)| c);
+                let packet = match &cookie {
+                    Some(c) => wire::with_cookie(&packet, c),
+                    None => packet,
+                };
                 let pending = Pending {
                     init,
                     sent: now,
                     tries,
                     early,
+                    cookie_sent: cookie.is_some(),
                 };
                 if let Some(old) = link.session.initiating.replace(pending) {
                     self.session_index.remove(&old.init.index());
@@ -360,16 +374,27 @@ impl Links {
             Packet::Init {
                 pattern,
                 sender,
+                cookie,
                 noise,
             } => {
                 let peer = match via {
                     Via::Relay(peer) => Some(peer),
                     Via::Udp(socket, from) => self.peer_at(socket, from),
                 };
+                let busy = self.cookies.busy(now, self.cfg.cookie_after);
                 match peer {
+                    Some(peer)
+                        if busy && !cookie.is_some_and(|c| self.cookies.check(now, &peer, via, &c)) =>
+                    {
+                        self.send_cookie(now, peer, via, sender)
+                    }
                     Some(peer) => self.on_init(now, peer, pattern, sender, noise),
                     None => self.counters.secure_dropped += 1,
                 }
+                None
+            }
+            Packet::Cookie { receiver, cookie } => {
+                self.on_cookie(now, receiver, cookie);
                 None
             }
             Packet::Response {
@@ -411,6 +436,50 @@ impl Links {
             };
             member_check(&sec.ca, unix, expect)(p)
         })
+    }
+
+    /// Under load: answers an init with a cookie, on the path it came by, and keeps nothing.
+    fn send_cookie(&mut self, now: Instant, peer: NodeIdBytes, via: Via, sender: u32) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        let cookie = self.cookies.make(now, &mut self.rng, &peer, via);
+        let data = Frame {
+            path: self.path_id,
+            body: Body::Secure(wire::cookie(sender, &cookie)),
+        }
+        .emit();
+        let t = match via {
+            Via::Relay(_) => link.relay(data),
+            Via::Udp(socket, to) => Transmit::Udp { socket, to, data },
+        };
+        self.transmits.push_back(t);
+        self.counters.cookies_sent += 1;
+    }
+
+    /// A busy peer sent a cookie for our init: the init goes again, carrying it (once per init:
+    /// the index it names must be our pending one's, which only the peer saw).
+    fn on_cookie(&mut self, now: Instant, receiver: u32, cookie: [u8; wire::COOKIE_LEN]) {
+        let Some(&peer) = self.session_index.get(&receiver) else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let Some(pending) = link
+            .session
+            .initiating
+            .as_ref()
+            .filter(|p| p.init.index() == receiver && !p.cookie_sent)
+        else {
+            self.counters.secure_dropped += 1;
+            return;
+        };
+        let tries = pending.tries;
+        link.session.cookie = Some((cookie, now));
+        self.counters.cookie_inits += 1;
+        self.start_handshake(now, peer, tries);
     }
 
     fn on_init(&mut self, now: Instant, peer: NodeIdBytes, pattern: u8, sender: u32, noise: &[u8]) {

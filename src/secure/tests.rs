@@ -50,6 +50,7 @@ fn handshake(a: &Member, b: &Member, ik: bool) -> Result<(Established, Establish
         pattern,
         sender,
         noise,
+        ..
     }) = Packet::parse(&packet)
     else {
         panic!("not an init packet");
@@ -194,6 +195,7 @@ fn a_tampered_init_is_refused_without_a_response() {
             pattern,
             sender,
             noise,
+            ..
         }) = Packet::parse(&p)
         else {
             panic!("header untouched");
@@ -226,6 +228,7 @@ fn a_tampered_init_is_refused_without_a_response() {
         pattern,
         sender,
         noise,
+        ..
     }) = Packet::parse(&e2e)
     else {
         panic!("init");

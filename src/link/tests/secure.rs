@@ -314,7 +314,12 @@ fn a_replayed_init_does_not_replace_the_session() {
 
 #[test]
 fn a_flood_of_inits_is_read_at_the_allowed_rate_only() {
-    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    // The per-peer allowance alone (no cookies: see the busy-node test for those).
+    let cfg = Config {
+        cookie_after: u32::MAX,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1], &cfg);
     w.send(0, b"hello");
     assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
     let init = w
@@ -477,4 +482,82 @@ fn a_revocation_a_peer_sends_in_its_session_is_taken_and_a_malformed_one_counted
     assert!(w.nodes[0].links.is_revoked(&peer1));
     w.run_for(Duration::from_millis(10));
     assert_eq!((w.nodes[0].crl_grew, w.nodes[0].revoked), (1, 1));
+}
+
+#[test]
+fn a_busy_node_answers_inits_with_a_cookie_first_and_keeps_nothing() {
+    // Every init counts as load: each must come back with a cookie before it is read.
+    let cfg = Config {
+        on_demand: true,
+        cookie_after: 0,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1], &cfg);
+    w.send(0, b"hello");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| !w.nodes[1].got.is_empty()));
+    assert_eq!(w.nodes[1].got[0], b"hello");
+    let (c0, c1) = (
+        w.nodes[0].links.counters().clone(),
+        w.nodes[1].links.counters().clone(),
+    );
+    assert!(c1.cookies_sent >= 1 && c0.cookie_inits >= 1, "{c0:?} / {c1:?}");
+
+    // A flood of cookieless inits (a replayed one) costs the busy node no key work and no
+    // state: each gets a cookie, nothing more.
+    let init = w
+        .seen_by(1)
+        .find(|f| kind_of(f) == 9 && f.get(10) == Some(&1) && f.get(11).is_some_and(|p| p & 0x80 == 0))
+        .expect("node 0 sent a cookieless init")
+        .clone();
+    let from = w.nodes[0].id;
+    let now = w.now + Duration::from_secs(10);
+    for _ in 0..100 {
+        w.nodes[1].links.handle_relay(now, from, &init);
+    }
+    let c = w.nodes[1].links.counters().clone();
+    assert_eq!(c.cookies_sent - c1.cookies_sent, 100);
+    assert_eq!(
+        (
+            c.handshakes,
+            c.handshakes_refused,
+            c.secure_dropped,
+            c.inits_limited
+        ),
+        (
+            c1.handshakes,
+            c1.handshakes_refused,
+            c1.secure_dropped,
+            c1.inits_limited
+        ),
+        "an init without a cookie was read"
+    );
+    // A forged cookie is no better.
+    let forged = crate::secure::wire::with_cookie(&init[10..], &[0; 16]);
+    let mut frame = init[..10].to_vec();
+    frame.extend_from_slice(&forged);
+    w.nodes[1].links.handle_relay(now, from, &frame);
+    assert_eq!(w.nodes[1].links.counters().cookies_sent - c.cookies_sent, 1);
+    // The session still carries data both ways.
+    w.send(1, b"still here");
+    w.run_for(Duration::from_millis(200));
+    assert!(w.nodes[0].got.contains(&b"still here".to_vec()));
+}
+
+#[test]
+fn a_cookie_for_an_init_that_is_not_pending_is_dropped() {
+    let mut w = secure_world(Kind::Full, Kind::Full, [MEMBER_0, MEMBER_1]);
+    w.send(0, b"hello");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    let path = w.nodes[1].links.path_id;
+    let cookie = Frame {
+        path,
+        body: Body::Secure(crate::secure::wire::cookie(12345, &[1; 16])),
+    }
+    .emit();
+    let (from, now) = (w.nodes[1].id, w.now);
+    let before = w.nodes[0].links.counters().clone();
+    w.nodes[0].links.handle_relay(now, from, &cookie);
+    let c = w.nodes[0].links.counters();
+    assert_eq!(c.secure_dropped, before.secure_dropped + 1);
+    assert_eq!(c.cookie_inits, before.cookie_inits);
 }
