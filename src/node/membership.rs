@@ -28,7 +28,8 @@ pub enum MembershipError {
 
 /// Loads and checks this node's certificate; returns the link layer's security settings and
 /// the certificate's bytes (rendezvous hands them out with our addresses).
-pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>), MembershipError> {
+/// (The third part is our side of end-to-end sessions: the same key and certificate.)
+pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>, Local), MembershipError> {
     let path = config.group_cert.display().to_string();
     let cert = files::read_cert(&config.group_cert).map_err(|e| MembershipError::Missing {
         path: path.clone(),
@@ -60,6 +61,7 @@ pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>), M
     if crl.revokes(&cert) {
         return Err(wrong("is revoked (see the revocation list)".into()));
     }
+    let e2e = Local::new(key.secret_bytes(), &cert, crl.version());
     let security = Security {
         local: Local::new(key.secret_bytes(), &cert, crl.version()),
         ca: cert.ca,
@@ -67,5 +69,5 @@ pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>), M
         epoch_unix: unix,
         crl,
     };
-    Ok((security, cert.emit()))
+    Ok((security, cert.emit(), e2e))
 }

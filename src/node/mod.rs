@@ -7,6 +7,7 @@
 //! socket uses one).
 
 pub mod dht;
+mod e2e;
 pub mod membership;
 mod reach;
 pub mod revocation;
@@ -308,7 +309,15 @@ pub async fn start_with_key(
         }
     };
     let node_id = key.node_id();
-    let (security, cert) = membership::security(config, &key)?;
+    let (security, cert, e2e_local) = membership::security(config, &key)?;
+    let e2e = crate::secure::e2e::EndToEnd::new(
+        e2e_local,
+        security.ca,
+        node_id.0,
+        security.epoch,
+        security.epoch_unix,
+        seed ^ 0xe2e,
+    );
     let ns = names::overlay_ns(&config.overlay);
     let instance = (seed as u32).to_le_bytes();
     let resource = names::resource(&ns, instance);
@@ -379,6 +388,7 @@ pub async fn start_with_key(
         overlay: config.overlay.clone(),
         stun_fallback: config.stun_servers.clone(),
         crl_path: Some(config.group_crl.clone()),
+        e2e,
     });
     Ok(NodeHandle {
         controller: Controller { commands },

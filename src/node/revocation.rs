@@ -104,11 +104,13 @@ impl Runtime {
         outcome
     }
 
-    /// Writes the CRL file (a failure is logged: the list is still enforced in memory).
+    /// Writes the CRL file (a failure is logged: the list is still enforced in memory), and
+    /// tells end-to-end hellos its new version.
     pub(super) fn save_crl(&mut self) {
         let (Some(crl), Some(path)) = (self.reach.links.crl(), self.crl_path.as_ref()) else {
             return;
         };
+        self.e2e.set_crl_version(crl.version());
         if let Err(e) = crl.save(path) {
             tracing::error!(error = %e, "cannot write the revocation list");
         }
@@ -167,6 +169,7 @@ impl Runtime {
     /// The link layer cut `peer` off: so does the ring, which passes a revocation that just
     /// arrived on to the nodes behind the revoked one (see `Ring::cut_off`).
     pub(super) fn on_peer_revoked(&mut self, now: Instant, peer: NodeIdBytes, by: Option<Revocation>) {
+        self.e2e.forget(&peer);
         let peer = RingAddr::from(NodeId(peer));
         match by {
             Some(rev) => {

@@ -1,6 +1,6 @@
 //! The ring in the daemon: the runtime feeds the ring core (`overlay::Ring`) what links and
-//! rendezvous see, carries its messages on direct paths, and turns its deliveries into
-//! application datagrams. The ring decides which members get a direct path: its `Connect`
+//! rendezvous see, carries its messages on direct paths, and turns its deliveries (sealed end
+//! to end, `node::e2e`) into application datagrams. The ring decides which members get a direct path: its `Connect`
 //! makes the link layer punch (both ends dial, as the CTM asks), its `Disconnect` lets the
 //! path go; application traffic keeps its own paths (links are `on_demand`). Where punching
 //! fails the ring tunnels through a common neighbour, so the path order is
@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use ringlet_xmpp::NodeIdBytes;
 
 use super::runtime::Runtime;
-use super::AppEvent;
 use crate::identity::NodeId;
 use crate::link::{self, Path};
 use crate::overlay::{self, Event, LinkKind, RingAddr};
@@ -168,10 +167,7 @@ impl Runtime {
                     tracing::debug!(peer = %NodeId::from(peer), "ring released a link");
                     self.reach.links.want(now, &peer.to_bytes(), false);
                 }
-                Event::Deliver { src, payload, .. } => self.emit(AppEvent::Datagram {
-                    from: NodeId::from(src),
-                    data: payload,
-                }),
+                Event::Deliver { src, payload, .. } => self.e2e_deliver(now, src, &payload),
                 Event::TunnelUp { peer, .. } if self.reach.links.is_revoked(&peer.to_bytes()) => {
                     self.ring.handle_link_down(now, peer)
                 }

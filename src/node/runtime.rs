@@ -38,6 +38,7 @@ pub(super) struct Parts {
     pub stun_fallback: Vec<String>,
     /// Where the CRL is kept (written when a revocation arrives).
     pub crl_path: Option<std::path::PathBuf>,
+    pub e2e: crate::secure::e2e::EndToEnd,
 }
 
 pub(super) fn spawn(parts: Parts) -> JoinHandle<Result<(), NodeError>> {
@@ -78,6 +79,8 @@ pub(super) struct Runtime {
     pub revocation_lookups: super::revocation::Lookups,
     /// Revocations (broadcast or from the DHT) that did not parse.
     pub revocations_malformed: u64,
+    /// End-to-end sessions with members reached through the ring.
+    pub e2e: crate::secure::e2e::EndToEnd,
 }
 
 /// An overlay ping waiting for its pong.
@@ -104,6 +107,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         overlay,
         stun_fallback,
         crl_path,
+        e2e,
     } = parts;
     let sender = session.sender();
     let mut rt = Runtime {
@@ -131,6 +135,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         crl_path,
         revocation_lookups: Default::default(),
         revocations_malformed: 0,
+        e2e,
     };
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
@@ -150,6 +155,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
             rt.core.poll_timeout(),
             rt.reach.poll_timeout(),
             rt.ring.poll_timeout(),
+            rt.e2e.poll_timeout(),
             Some(rt.ring_rendezvous_due()),
             ping_deadline,
         ]
@@ -190,6 +196,8 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 rt.core.handle_timeout(now);
                 rt.reach.handle_timeout(now);
                 rt.ring.handle_timeout(now);
+                rt.e2e.handle_timeout(now);
+                rt.drain_e2e(now);
                 if now >= rt.ring_rendezvous_due() {
                     rt.ring_members(now, None);
                 }
@@ -279,9 +287,7 @@ impl Runtime {
             return Err(SendError::Relay(err.into()));
         }
         if self.tunnel_to(&to.0, data.len()) {
-            self.ring
-                .send(Instant::now(), to.into(), data.to_vec())
-                .map_err(|_| SendError::UnknownPeer(to))?;
+            self.e2e_send(Instant::now(), to.0, data);
             self.app_tunnelled += 1;
             return Ok(());
         }
@@ -561,6 +567,7 @@ impl Runtime {
             self.reach
                 .links
                 .set_member_identity(now, &node, key, cert.as_deref());
+            self.e2e.set_key(node, key);
         }
     }
 

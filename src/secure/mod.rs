@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod cert;
+pub mod e2e;
 pub mod files;
 pub mod noise;
 pub mod replay;
