@@ -331,13 +331,7 @@ impl Links {
     }
 
     fn fresh_index(&mut self, peer: NodeIdBytes) -> u32 {
-        loop {
-            let i: u32 = self.rng.random();
-            if let std::collections::btree_map::Entry::Vacant(e) = self.session_index.entry(i) {
-                e.insert(peer);
-                return i;
-            }
-        }
+        crate::secure::fresh_index(&mut self.session_index, &mut self.rng, peer)
     }
 
     /// Handshake packets go over the link's current path.

@@ -186,13 +186,7 @@ impl EndToEnd {
     }
 
     fn fresh_index(&mut self, peer: NodeIdBytes) -> u32 {
-        loop {
-            let i: u32 = self.rng.random();
-            if let std::collections::btree_map::Entry::Vacant(e) = self.index.entry(i) {
-                e.insert(peer);
-                return i;
-            }
-        }
+        super::fresh_index(&mut self.index, &mut self.rng, peer)
     }
 
     /// A routed payload from `from` (the source the ring message claims).
@@ -244,12 +238,7 @@ impl EndToEnd {
         }
         let index = self.fresh_index(from);
         let seed: [u8; 32] = self.rng.random();
-        let expect = Expect {
-            node: Some(NodeId(from)),
-            jid: None,
-            crl,
-        };
-        let check = member_check(&self.ca, self.unix_now(now), expect);
+        let check = self.peer_check(now, from, crl);
         match respond(
             now,
             &self.local,
@@ -262,13 +251,10 @@ impl EndToEnd {
             check,
         ) {
             Ok(Responded::Done(est, response)) => {
-                let last = self.peers.get(&from).map_or(0, |p| p.last_init);
-                if est.peer.timestamp <= last {
+                if !self.fresh_init(from, est.peer.timestamp) {
                     self.index.remove(&index);
-                    self.counters.dropped += 1;
                     return;
                 }
-                self.peers.entry(from).or_default().last_init = est.peer.timestamp;
                 self.drop_initiating(&from);
                 self.transmits.push_back((from, response));
                 self.install(now, from, *est, false);
@@ -286,6 +272,33 @@ impl EndToEnd {
                 self.counters.refused += 1;
             }
         }
+    }
+
+    /// How a handshake judges the peer: a certificate of our group, valid now, not revoked,
+    /// for the key it proves, which must be the one behind the source the ring message claims.
+    fn peer_check<'a>(
+        &'a self,
+        now: Instant,
+        from: NodeIdBytes,
+        crl: Option<&'a Crl>,
+    ) -> impl FnOnce(&super::noise::Peer) -> Result<(), super::cert::CertError> + 'a {
+        let expect = Expect {
+            node: Some(NodeId(from)),
+            jid: None,
+            crl,
+        };
+        member_check(&self.ca, self.unix_now(now), expect)
+    }
+
+    /// Takes an init's timestamp; false (and counted) for a replay: not newer than the last.
+    fn fresh_init(&mut self, from: NodeIdBytes, timestamp: u64) -> bool {
+        let peer = self.peers.entry(from).or_default();
+        if timestamp <= peer.last_init {
+            self.counters.dropped += 1;
+            return false;
+        }
+        peer.last_init = timestamp;
+        true
     }
 
     fn drop_initiating(&mut self, peer: &NodeIdBytes) {
@@ -316,12 +329,7 @@ impl EndToEnd {
             self.counters.dropped += 1;
             return;
         };
-        let expect = Expect {
-            node: Some(NodeId(from)),
-            jid: None,
-            crl,
-        };
-        let check = member_check(&self.ca, self.unix_now(now), expect);
+        let check = self.peer_check(now, from, crl);
         match init.on_response(now, &self.local, sender, noise, check) {
             Ok((est, final_packet)) => {
                 if let Some(p) = final_packet {
@@ -345,21 +353,13 @@ impl EndToEnd {
             self.counters.dropped += 1;
             return;
         };
-        let expect = Expect {
-            node: Some(NodeId(from)),
-            jid: None,
-            crl,
-        };
-        let check = member_check(&self.ca, self.unix_now(now), expect);
+        let check = self.peer_check(now, from, crl);
         match responding.on_final(now, noise, check) {
             Ok(est) => {
-                let last = self.peers.get(&from).map_or(0, |p| p.last_init);
-                if est.peer.timestamp <= last {
+                if !self.fresh_init(from, est.peer.timestamp) {
                     self.index.remove(&receiver);
-                    self.counters.dropped += 1;
                     return;
                 }
-                self.peers.entry(from).or_default().last_init = est.peer.timestamp;
                 self.install(now, from, est, false);
             }
             Err(_) => {

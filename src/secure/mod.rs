@@ -39,6 +39,22 @@ pub struct Expect<'a> {
     pub crl: Option<&'a revocation::Crl>,
 }
 
+/// A session index not yet in `index`, taken for `peer`: how packets find their session
+/// without trusting addresses.
+pub fn fresh_index(
+    index: &mut std::collections::BTreeMap<u32, ringlet_xmpp::NodeIdBytes>,
+    rng: &mut impl rand::RngExt,
+    peer: ringlet_xmpp::NodeIdBytes,
+) -> u32 {
+    loop {
+        let i: u32 = rng.random();
+        if let std::collections::btree_map::Entry::Vacant(e) = index.entry(i) {
+            e.insert(peer);
+            return i;
+        }
+    }
+}
+
 /// Judges a handshake's peer: a certificate of group `ca`, valid at `unix_now`, for the key
 /// the peer proved, for the node and user we expected.
 pub fn member_check<'a>(
