@@ -31,6 +31,9 @@ use crate::identity::NodeId;
 
 /// Datagrams held per peer while its handshake runs.
 pub const QUEUE_MAX: usize = 64;
+/// Peers with session state at most: an init from a source beyond them is dropped, so inits
+/// claiming made-up sources cannot grow our half-open state without bound.
+pub const PEERS_MAX: usize = 4096;
 const TRIES: u32 = 5;
 const FIRST_RESEND: Duration = Duration::from_secs(1);
 
@@ -128,6 +131,7 @@ impl EndToEnd {
     }
 
     /// Seals `data` for `to`, or holds it for the handshake (which starts if none runs).
+    /// The caller sends only to members (rendezvous knows them), which bounds the peers.
     pub fn send(&mut self, now: Instant, to: NodeIdBytes, data: &[u8]) {
         let peer = self.peers.entry(to).or_default();
         if let Some(est) = peer.current.as_mut().filter(|e| !e.transport.expired(now)) {
@@ -231,6 +235,10 @@ impl EndToEnd {
         noise: &[u8],
         crl: Option<&Crl>,
     ) {
+        if self.peers.len() >= PEERS_MAX && !self.peers.contains_key(&from) {
+            self.counters.dropped += 1;
+            return;
+        }
         let crossing = self.peers.get(&from).is_some_and(|p| p.initiating.is_some());
         if crossing && self.own < from {
             // Ours wins; the peer answers it.
@@ -668,5 +676,22 @@ mod tests {
         assert_eq!(a.counters().queue_dropped, 1);
         // Resent at 1, 3, 7 and 15 s; given up at 31 s.
         assert_eq!(now, base + Duration::from_secs(31));
+    }
+
+    #[test]
+    fn inits_from_made_up_sources_stop_at_the_peer_bound() {
+        let now = Instant::now();
+        // XX inits (anonymous until the final message): each costs a half-open slot.
+        let (mut a, a_id, _) = node(now, 1, 1, "a@x.test");
+        let (mut b, _, _) = node(now, 2, 1, "b@x.test");
+        b.send(now, a_id, b"x");
+        let (_, init) = b.poll_transmit().unwrap();
+        for i in 0..PEERS_MAX as u32 + 10 {
+            let mut fake = [0u8; 20];
+            fake[..4].copy_from_slice(&i.to_be_bytes());
+            a.handle(now, fake, &init, None);
+        }
+        assert_eq!(a.peers.len(), PEERS_MAX);
+        assert_eq!(a.counters().dropped, 10);
     }
 }
