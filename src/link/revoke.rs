@@ -34,12 +34,13 @@ impl Links {
         let Some(sec) = self.security.as_mut() else {
             return Revoked::Refused;
         };
-        if rev.verify(&sec.ca).is_err() {
-            self.counters.revocations_refused += 1;
-            return Revoked::Refused;
-        }
-        if !sec.crl.add(&sec.ca, rev.clone()) {
-            return Revoked::Known;
+        match sec.crl.add_checked(&sec.ca, rev.clone()) {
+            Err(_) => {
+                self.counters.revocations_refused += 1;
+                return Revoked::Refused;
+            }
+            Ok(false) => return Revoked::Known,
+            Ok(true) => {}
         }
         sec.local.set_crl_version(sec.crl.version());
         let named: Vec<NodeIdBytes> = self

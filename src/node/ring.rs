@@ -1,10 +1,10 @@
 //! The ring in the daemon: the runtime feeds the ring core (`overlay::Ring`) what links and
 //! rendezvous see, carries its messages on direct paths, and turns its deliveries (sealed end
-//! to end, `node::e2e`) into application datagrams. The ring decides which members get a direct path: its `Connect`
-//! makes the link layer punch (both ends dial, as the CTM asks), its `Disconnect` lets the
-//! path go; application traffic keeps its own paths (links are `on_demand`). Where punching
-//! fails the ring tunnels through a common neighbour, so the path order is
-//! direct > tunnel > XMPP relay.
+//! to end, `node::e2e`) into application datagrams. The ring decides which members get a
+//! direct path: its `Connect` makes the link layer punch (both ends dial, as the CTM asks),
+//! its `Disconnect` lets the path go; application traffic keeps its own paths (links are
+//! `on_demand`). Where punching fails the ring tunnels through a common neighbour, so the
+//! path order is direct > tunnel > XMPP relay.
 //!
 //! Drive loop (inside the runtime's):
 //! 1. path changes, attempt failures and overlay frames from `Links`, and membership changes

@@ -150,14 +150,18 @@ pub struct Crl {
 impl Crl {
     /// Adds a revocation our CA signed; false if it is not, or already known.
     pub fn add(&mut self, group_ca: &[u8; 32], rev: Revocation) -> bool {
-        if rev.verify(group_ca).is_err() || self.revocations.len() >= MAX_REVOCATIONS {
-            return false;
-        }
-        if !self.targets.insert(rev.target.clone()) {
-            return false;
+        self.add_checked(group_ca, rev).unwrap_or(false)
+    }
+
+    /// Adds a revocation after checking its signature (once): why it is not our CA's, or
+    /// whether it was new (false: known already, or the list is full).
+    pub fn add_checked(&mut self, group_ca: &[u8; 32], rev: Revocation) -> Result<bool, CertError> {
+        rev.verify(group_ca)?;
+        if self.revocations.len() >= MAX_REVOCATIONS || !self.targets.insert(rev.target.clone()) {
+            return Ok(false);
         }
         self.revocations.push(rev);
-        true
+        Ok(true)
     }
 
     /// The CRL version peers compare: how many revocations it holds.
@@ -195,17 +199,13 @@ impl Crl {
         };
         let mut crl = Crl::default();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let rev = Revocation::from_line(line).map_err(|e| FileError::BadLine {
-                path: path.into(),
-                line: n + 1,
-                reason: e.to_string(),
-            })?;
-            rev.verify(group_ca).map_err(|e| FileError::BadLine {
-                path: path.into(),
-                line: n + 1,
-                reason: e.to_string(),
-            })?;
-            crl.add(group_ca, rev);
+            Revocation::from_line(line)
+                .and_then(|rev| crl.add_checked(group_ca, rev))
+                .map_err(|e| FileError::BadLine {
+                    path: path.into(),
+                    line: n + 1,
+                    reason: e.to_string(),
+                })?;
         }
         Ok(crl)
     }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::world::{NodeIx, World, LINK_OVERHEAD};
+use super::world::{NodeIx, World};
 use crate::node::revocation::{broadcast_payload, BROADCAST_REVOCATION};
 use crate::secure::revocation::Revocation;
 
@@ -26,11 +26,8 @@ pub struct Spread {
     pub learnt: HashMap<NodeIx, Duration>,
     /// When each node that had a link to the target closed it.
     pub cut: HashMap<NodeIx, Duration>,
-    /// Revocations that failed the check (forged or foreign).
-    pub refused: u64,
-    /// Catch-up hand-overs after link-ups, and their bytes.
+    /// Catch-up hand-overs after link-ups.
     pub handovers: u64,
-    pub handover_bytes: u64,
 }
 
 impl Spread {
@@ -41,9 +38,7 @@ impl Spread {
             target,
             learnt: HashMap::new(),
             cut: HashMap::new(),
-            refused: 0,
             handovers: 0,
-            handover_bytes: 0,
         }
     }
 
@@ -63,12 +58,12 @@ impl World {
         let Some((&BROADCAST_REVOCATION, bytes)) = payload.split_first() else {
             return;
         };
-        let Some(spread) = self.revocation.as_mut() else {
+        let Some(spread) = self.revocation.as_ref() else {
             return;
         };
-        match Revocation::parse(bytes).and_then(|r| r.verify(&spread.ca).map(|()| r)) {
-            Ok(rev) if rev == spread.revocation => self.learn(ix),
-            _ => spread.refused += 1,
+        let checked = Revocation::parse(bytes).and_then(|r| r.verify(&spread.ca).map(|()| r));
+        if checked.is_ok_and(|rev| rev == spread.revocation) {
+            self.learn(ix);
         }
     }
 
@@ -108,10 +103,8 @@ impl World {
             (false, true) => (b, a),
             _ => return,
         };
-        let bytes = spread.revocation.emit().len() as u64 + LINK_OVERHEAD;
         if let Some(s) = self.revocation.as_mut() {
             s.handovers += 1;
-            s.handover_bytes += bytes;
         }
         let after = self.latency(knows, not);
         self.schedule_learn(after, not);

@@ -31,18 +31,19 @@ pub(super) struct Handed(VecDeque<(Instant, RingAddr, RingAddr, RingAddr, u64)>)
 const HANDED_MAX: usize = 32;
 const HANDED_FOR: Duration = Duration::from_secs(30);
 
-fn payload_hash(payload: &[u8]) -> u64 {
+pub(super) fn payload_hash(payload: &[u8]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     payload.hash(&mut h);
     h.finish()
 }
 
 impl Handed {
-    fn record(&mut self, now: Instant, peer: RingAddr, start: RingAddr, end: RingAddr, payload: &[u8]) {
+    /// `hash`: the broadcast payload's [`payload_hash`].
+    fn record(&mut self, now: Instant, peer: RingAddr, start: RingAddr, end: RingAddr, hash: u64) {
         while self.0.len() >= HANDED_MAX || self.0.front().is_some_and(|e| now >= e.0 + HANDED_FOR) {
             self.0.pop_front();
         }
-        self.0.push_back((now, peer, start, end, payload_hash(payload)));
+        self.0.push_back((now, peer, start, end, hash));
     }
 
     /// The sub-ranges `peer` got from us in broadcasts of `payload`.
@@ -136,9 +137,10 @@ impl Ring {
             // A leaf hands its own broadcast to a router, which covers the range for it.
             hand.push((home, start, end));
         }
+        let hash = payload_hash(&payload);
         for (peer, s, e) in hand {
             self.stats.broadcasts_forwarded += 1;
-            self.handed.record(now, peer, s, e, &payload);
+            self.handed.record(now, peer, s, e, hash);
             let msg = Message::Broadcast {
                 origin,
                 seq,
