@@ -1,0 +1,96 @@
+//! A real TUN device in a private network namespace (this test's thread unshares one, so
+//! nothing is visible to the host and everything goes when the thread ends): a UDP datagram
+//! sent to an address in the device's subnet is read from the device, and a packet written to
+//! the device is delivered to a local socket, also when it is a subnet broadcast. Needs root
+//! (CAP_NET_ADMIN); fails loudly without it.
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
+
+use ringlet_tun::Tun;
+
+fn checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP packet (UDP checksum 0: none, which IPv4 allows).
+fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    p.extend_from_slice(&src.ip().octets());
+    p.extend_from_slice(&dst.ip().octets());
+    let sum = checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&src.port().to_be_bytes());
+    p.extend_from_slice(&dst.port().to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's network namespace.
+        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "unshare(CLONE_NEWNET) failed (this test needs root): {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}
+
+#[test]
+fn packets_cross_a_real_tun_device_both_ways() {
+    in_private_netns(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let tun = Tun::create("rgltest0").expect("create the TUN device");
+            tun.set_ipv4(Ipv4Addr::new(10, 99, 0, 1), 16).unwrap();
+            tun.add_ipv6("fd00:99::1".parse().unwrap(), 64).unwrap();
+            tun.set_mtu(1300).unwrap();
+            tun.up().unwrap();
+            assert!(ringlet_tun::exists("rgltest0"));
+            assert_eq!(tun.mtu().unwrap(), 1300);
+            let taken = Tun::create("rgltest0").err().expect("a second open of a held device must fail");
+            assert!(taken.to_string().contains("in use by another process"), "{taken}");
+
+            // Out: a datagram to a subnet host comes out of the device.
+            let sock = UdpSocket::bind("10.99.0.1:4000").unwrap();
+            sock.send_to(b"out", "10.99.0.2:5000").unwrap();
+            let mut buf = [0u8; 2000];
+            let n = loop {
+                let n = tokio::time::timeout(Duration::from_secs(2), tun.recv(&mut buf))
+                    .await
+                    .expect("nothing came out of the device")
+                    .unwrap();
+                // The kernel may send IPv6 router solicitations first.
+                if buf[0] >> 4 == 4 {
+                    break n;
+                }
+            };
+            assert_eq!(&buf[16..20], &[10, 99, 0, 2], "destination");
+            assert_eq!(&buf[n - 3..n], b"out");
+
+            // In: a packet written to the device reaches a socket, unicast and broadcast (a
+            // broadcast reaches sockets bound to the wildcard address only).
+            let any = UdpSocket::bind("0.0.0.0:4001").unwrap();
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 2), 5000);
+            let cases = [(&sock, Ipv4Addr::new(10, 99, 0, 1), 4000), (&any, Ipv4Addr::new(10, 99, 255, 255), 4001)];
+            for (socket, dst, port) in cases {
+                socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let packet = udp_packet(from, SocketAddrV4::new(dst, port), b"in");
+                assert_eq!(tun.try_send(&packet).unwrap(), packet.len());
+                let (n, src) = socket
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("the packet to {dst} was not delivered: {e}"));
+                assert_eq!((&buf[..n], src), (&b"in"[..], from.into()), "to {dst}");
+            }
+        });
+    });
+    assert!(!ringlet_tun::exists("rgltest0"), "the device must not leak into the test's namespace");
+}
