@@ -12,6 +12,8 @@ use ringlet_xmpp::connect::TlsMode;
 use ringlet_xmpp::BareJid;
 use serde::Deserialize;
 
+use crate::vpn::address::{Cidr4, DEFAULT_SUBNET};
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,7 +44,45 @@ struct File {
     stun: StunSection,
     #[serde(default)]
     group: GroupSection,
+    #[serde(default)]
+    vpn: VpnSection,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct VpnSection {
+    enabled: bool,
+    device: String,
+    address: Option<String>,
+    subnet: Option<String>,
+    mtu: Option<u32>,
+}
+
+impl Default for VpnSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            device: "ringlet0".into(),
+            address: None,
+            subnet: None,
+            mtu: None,
+        }
+    }
+}
+
+/// The `[vpn]` section, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpnConfig {
+    pub device: String,
+    /// A fixed address; `None`: derived from the NodeId inside `subnet`.
+    pub address: Option<Cidr4>,
+    pub subnet: Cidr4,
+    /// `None`: from the underlay's MTU.
+    pub mtu: Option<u32>,
+}
+
+/// The smallest and largest TUN MTU accepted (IPv4's minimum datagram; a jumbo frame).
+pub const VPN_MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -178,6 +218,8 @@ pub struct Config {
     pub group_cert: PathBuf,
     /// The revocations this node knows of.
     pub group_crl: PathBuf,
+    /// `None`: the VPN is off.
+    pub vpn: Option<VpnConfig>,
 }
 
 /// The largest stanza budget accepted: well under the 256 KiB servers allow by default.
@@ -301,6 +343,11 @@ impl Config {
         for s in &file.stun.servers {
             check_host_port(s).map_err(|m| invalid("stun.servers", format!("'{s}': {m}")))?;
         }
+        let vpn = if file.vpn.enabled {
+            Some(vpn_config(&file.vpn).map_err(|(key, m)| invalid(key, m))?)
+        } else {
+            None
+        };
         Ok(Config {
             path: path.into(),
             key_file: resolve(&file.node.key_file),
@@ -320,8 +367,49 @@ impl Config {
             stun_servers: file.stun.servers.clone(),
             group_cert: resolve(&file.group.cert),
             group_crl: resolve(&file.group.crl),
+            vpn,
         })
     }
+}
+
+fn vpn_config(v: &VpnSection) -> Result<VpnConfig, (&'static str, String)> {
+    ringlet_tun::validate_name(&v.device).map_err(|e| ("vpn.device", e.to_string()))?;
+    let address = match &v.address {
+        Some(a) => Some(
+            a.parse::<Cidr4>()
+                .and_then(Cidr4::usable)
+                .map_err(|e| ("vpn.address", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let subnet = match (&v.subnet, address) {
+        (Some(s), _) => s.parse::<Cidr4>().map_err(|e| ("vpn.subnet", e.to_string()))?,
+        (None, Some(a)) => a,
+        (None, None) => DEFAULT_SUBNET.parse().expect("the default subnet parses"),
+    };
+    if let Some(a) = address {
+        if a.prefix != subnet.prefix || !subnet.contains(a.addr) {
+            return Err(("vpn.address", format!("{a} is not inside vpn.subnet {subnet}")));
+        }
+    }
+    if let Some(mtu) = v.mtu {
+        if !VPN_MTU_RANGE.contains(&mtu) {
+            return Err((
+                "vpn.mtu",
+                format!(
+                    "must be between {} and {}",
+                    VPN_MTU_RANGE.start(),
+                    VPN_MTU_RANGE.end()
+                ),
+            ));
+        }
+    }
+    Ok(VpnConfig {
+        device: v.device.clone(),
+        address,
+        subnet,
+        mtu: v.mtu,
+    })
 }
 
 fn parse_bare(s: &str) -> Result<BareJid, String> {
@@ -365,6 +453,40 @@ friends = ["bob@example.org"]
         assert_eq!(c.udp_bind, "0.0.0.0:0".parse().unwrap());
         assert_eq!(c.friends.len(), 1);
         assert!(c.stun_servers.is_empty());
+        assert_eq!(c.vpn, None);
+    }
+
+    #[test]
+    fn vpn_section_defaults_derive_the_address_and_bad_values_name_their_key() {
+        let on = format!("{MINIMAL}\n[vpn]\nenabled = true\n");
+        let v = Config::parse(&on, Path::new("/x/c.toml")).unwrap().vpn.unwrap();
+        assert_eq!(
+            (v.device.as_str(), v.address, v.subnet.to_string()),
+            ("ringlet0", None, "10.77.0.0/16".into())
+        );
+        let fixed = Config::parse(
+            &format!("{on}address = \"10.9.0.5/24\"\n"),
+            Path::new("/x/c.toml"),
+        )
+        .unwrap();
+        assert_eq!(fixed.vpn.unwrap().subnet.to_string(), "10.9.0.5/24");
+        for (extra, key) in [
+            ("device = \"a/b\"", "vpn.device"),
+            ("address = \"10.9.0.0/24\"", "vpn.address"),
+            ("address = \"10.9.0.5\"", "vpn.address"),
+            (
+                "address = \"10.9.0.5/24\"\nsubnet = \"10.8.0.0/24\"",
+                "vpn.address",
+            ),
+            ("subnet = \"10.8.0.0/31\"", "vpn.subnet"),
+            ("mtu = 100", "vpn.mtu"),
+        ] {
+            assert!(
+                err(&format!("{on}{extra}\n")).contains(key),
+                "{extra}: {}",
+                err(&format!("{on}{extra}\n"))
+            );
+        }
     }
 
     fn err(text: &str) -> String {

@@ -5,7 +5,8 @@
 //! - [`identity`]: the node key and its `NodeId`;
 //! - [`node`]: a running node and the API to embed one;
 //! - [`control`]: the local control socket (`ringlet status`);
-//! - [`secure`]: group certificates, the Noise handshake and datagram protection.
+//! - [`secure`]: group certificates, the Noise handshake and datagram protection;
+//! - [`vpn`]: the P2P VPN's addressing and forwarding core.
 //!
 //! The XMPP transport (session, rendezvous, relay) lives in the `ringlet-xmpp` crate.
 
@@ -20,5 +21,6 @@ pub mod overlay;
 pub mod reach;
 pub mod secure;
 pub mod sim;
+pub mod vpn;
 
 pub use identity::NodeId;

@@ -8,7 +8,6 @@ use std::time::Instant;
 use ringlet_xmpp::NodeIdBytes;
 
 use super::runtime::Runtime;
-use super::AppEvent;
 use crate::identity::NodeId;
 use crate::overlay::RingAddr;
 
@@ -34,10 +33,7 @@ impl Runtime {
             }
         }
         while let Some((from, data)) = self.e2e.poll_delivered() {
-            self.emit(AppEvent::Datagram {
-                from: NodeId(from),
-                data,
-            });
+            self.app_datagram(now, from, data);
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod revocation;
 mod ring;
 mod runtime;
 pub mod status;
+mod vpn;
 
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
+    #[error(transparent)]
+    Vpn(#[from] vpn::VpnStartError),
 }
 
 /// Why a running node stopped on its own.
@@ -355,6 +358,12 @@ pub async fn start_with_key(
         })?;
     let mut reach = reach;
     reach.links.set_security(security);
+    #[allow(clippy::disallowed_methods)] // the first tick is due at once
+    let now = std::time::Instant::now();
+    let vpn = match &config.vpn {
+        Some(cfg) => Some(vpn::open(cfg, &config.overlay, &node_id.0, now)?),
+        None => None,
+    };
     tracing::info!(tls = %config.tls, "logging in");
     tracing::debug!(jid = %config.jid, server = %session_cfg.login.server_name(), "login target");
     let session = Session::connect(session_cfg).await?;
@@ -389,6 +398,7 @@ pub async fn start_with_key(
         stun_fallback: config.stun_servers.clone(),
         crl_path: Some(config.group_crl.clone()),
         e2e,
+        vpn,
     });
     Ok(NodeHandle {
         controller: Controller { commands },

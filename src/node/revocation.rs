@@ -78,7 +78,7 @@ impl Runtime {
     }
 
     /// A whole-ring broadcast from a member.
-    pub(super) fn on_broadcast(&mut self, origin: RingAddr, payload: &[u8]) {
+    pub(super) fn on_broadcast(&mut self, now: Instant, origin: RingAddr, payload: &[u8]) {
         match payload.split_first() {
             Some((&BROADCAST_REVOCATION, rev)) => match Revocation::parse(rev) {
                 Ok(rev) => {
@@ -91,6 +91,7 @@ impl Runtime {
                     tracing::debug!(error = %e, "malformed revocation broadcast");
                 }
             },
+            Some((&super::vpn::BROADCAST_VPN, packet)) => self.vpn_datagram(now, origin.to_bytes(), packet),
             _ => tracing::debug!(origin = %NodeId::from(origin), "unknown broadcast dropped"),
         }
     }

@@ -23,7 +23,7 @@ use crate::overlay::{self, Event, LinkKind, RingAddr};
 
 /// App datagrams bigger than this take the XMPP relay rather than a tunnel (a tunnelled
 /// datagram carries ring headers and must stay under the direct-path MTU).
-pub(super) const MAX_TUNNEL_PAYLOAD: usize = 1200;
+pub(super) const MAX_TUNNEL_PAYLOAD: usize = 1300;
 
 /// How often the ring looks at the online members again: while it has no link to route
 /// through (bootstrap attempts may all have failed), and once it has.
@@ -176,11 +176,11 @@ impl Runtime {
                 }
                 Event::TunnelDown { peer } => tracing::info!(peer = %NodeId::from(peer), "tunnel down"),
                 Event::DhtFound(found) => {
-                    if !self.revocation_found(&found) {
+                    if !self.revocation_found(&found) && !self.vpn_found(now, &found) {
                         self.dht_found(found)
                     }
                 }
-                Event::Broadcast { origin, payload } => self.on_broadcast(origin, &payload),
+                Event::Broadcast { origin, payload } => self.on_broadcast(now, origin, &payload),
             }
         }
         moved

@@ -39,6 +39,7 @@ pub(super) struct Parts {
     /// Where the CRL is kept (written when a revocation arrives).
     pub crl_path: Option<std::path::PathBuf>,
     pub e2e: crate::secure::e2e::EndToEnd,
+    pub vpn: Option<super::vpn::VpnState>,
 }
 
 pub(super) fn spawn(parts: Parts) -> JoinHandle<Result<(), NodeError>> {
@@ -81,6 +82,10 @@ pub(super) struct Runtime {
     pub revocations_malformed: u64,
     /// End-to-end sessions with members reached through the ring.
     pub e2e: crate::secure::e2e::EndToEnd,
+    /// The VPN, when the config enables it.
+    pub vpn: Option<super::vpn::VpnState>,
+    /// App datagrams whose channel byte is unknown (or missing).
+    pub app_malformed: u64,
 }
 
 /// An overlay ping waiting for its pong.
@@ -108,6 +113,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         stun_fallback,
         crl_path,
         e2e,
+        vpn,
     } = parts;
     let sender = session.sender();
     let mut rt = Runtime {
@@ -136,7 +142,10 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         revocation_lookups: Default::default(),
         revocations_malformed: 0,
         e2e,
+        vpn,
+        app_malformed: 0,
     };
+    let mut tun_buf = vec![0u8; 65_536];
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
     tracing::info!("online");
@@ -158,6 +167,8 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
             rt.e2e.poll_timeout(),
             Some(rt.ring_rendezvous_due()),
             ping_deadline,
+            rt.vpn_due(),
+            rt.vpn.as_ref().and_then(|v| v.core.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -181,6 +192,15 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 Some(Command::Shutdown(done)) => break Ok(Some(done)),
                 Some(cmd) => rt.on_command(cmd),
             },
+            read = read_tun(&rt.vpn, &mut tun_buf) => match read {
+                Ok(n) => rt.on_tun(Instant::now(), tun_buf[..n].to_vec()),
+                Err(e) => {
+                    if let Some(vpn) = rt.vpn.as_mut() {
+                        vpn.device_errors += 1;
+                    }
+                    tracing::warn!(error = %e, "VPN device read failed");
+                }
+            },
             lookup = resolved.recv() => {
                 if let Some((source, addrs)) = lookup {
                     rt.reach.on_resolved(Instant::now(), source, addrs);
@@ -202,6 +222,12 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                     rt.ring_members(now, None);
                 }
                 rt.expire_pings(now);
+                if rt.vpn_due().is_some_and(|due| now >= due) {
+                    rt.vpn_tick(now);
+                }
+                if let Some(vpn) = rt.vpn.as_mut() {
+                    vpn.core.handle_timeout(now);
+                }
             },
         }
         rt.after_input(&sender);
@@ -221,6 +247,14 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The next packet from the VPN device; never ready without one.
+async fn read_tun(vpn: &Option<super::vpn::VpnState>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match vpn {
+        Some(vpn) => vpn.tun.recv(buf).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -252,7 +286,7 @@ impl Runtime {
                 let _ = reply.send(status::build(self, Instant::now()));
             }
             Command::Send { to, data, reply } => {
-                let _ = reply.send(self.send(to, &data));
+                let _ = reply.send(self.send_on(to, super::vpn::CHANNEL_APP, &data));
             }
             Command::Ping { to, reply } => self.ping(to, reply),
             Command::DhtPut {
@@ -276,7 +310,12 @@ impl Runtime {
         }
     }
 
-    fn send(&mut self, to: NodeId, data: &[u8]) -> Result<(), SendError> {
+    /// Sends an app datagram on `channel` (application or VPN) to member `to`.
+    pub(super) fn send_on(&mut self, to: NodeId, channel: u8, payload: &[u8]) -> Result<(), SendError> {
+        let mut data = Vec::with_capacity(payload.len() + 1);
+        data.push(channel);
+        data.extend_from_slice(payload);
+        let data = &data[..];
         // Relayed datagrams travel as link frames, which add their header.
         let max = self.core.relay_config().max_datagram - link::frame::HEADER_LEN;
         if data.len() > max {
@@ -459,10 +498,7 @@ impl Runtime {
 
     fn on_link_event(&mut self, now: Instant, ev: link::Event) {
         match ev {
-            link::Event::Datagram { from, data } => self.emit(AppEvent::Datagram {
-                from: NodeId(from),
-                data,
-            }),
+            link::Event::Datagram { from, data } => self.app_datagram(now, from, data),
             link::Event::Overlay { from, data, relayed } => self.ring_message(now, from, &data, relayed),
             link::Event::AttemptFailed { peer } => self.ring_attempt_failed(now, peer),
             link::Event::PathChanged { peer, path } => {
@@ -586,6 +622,21 @@ impl Runtime {
                 self.reach.links.member_down(node);
                 self.ring_members(now, Some(*node));
             }
+        }
+    }
+
+    /// An app datagram from a member: to the application or the VPN, by its channel byte.
+    pub(super) fn app_datagram(&mut self, now: Instant, from: NodeIdBytes, mut data: Vec<u8>) {
+        match data.first() {
+            Some(&super::vpn::CHANNEL_APP) => {
+                data.remove(0);
+                self.emit(AppEvent::Datagram {
+                    from: NodeId(from),
+                    data,
+                });
+            }
+            Some(&super::vpn::CHANNEL_VPN) => self.vpn_datagram(now, from, &data[1..]),
+            _ => self.app_malformed += 1,
         }
     }
 

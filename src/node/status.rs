@@ -29,6 +29,18 @@ pub struct Status {
     /// STUN/TURN services: from XEP-0215, else the configured fallback.
     pub services: Vec<Service>,
     pub uptime_s: f64,
+    /// The VPN device, when the VPN is on.
+    #[serde(default)]
+    pub vpn: Option<Vpn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vpn {
+    pub device: String,
+    /// IPv4 CIDR, e.g. `10.77.0.1/16`.
+    pub address: String,
+    pub address6: String,
+    pub mtu: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +57,9 @@ pub struct Peer {
     pub since_s: f64,
     /// Endpoint URIs the peer announced in the address exchange.
     pub endpoints: Vec<String>,
+    /// The peer's VPN IPv4 address, once known (null without a VPN).
+    #[serde(default)]
+    pub vpn_address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +124,11 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
                     .as_ref()
                     .map(|a| a.endpoints.iter().map(|e| e.uri.clone()).collect())
                     .unwrap_or_default(),
+                vpn_address: rt
+                    .vpn
+                    .as_ref()
+                    .and_then(|v| v.core.address_of(&m.node))
+                    .map(|a| a.to_string()),
             }
         })
         .collect();
@@ -154,6 +174,12 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
         counters: counters(rt),
         services,
         uptime_s: now.duration_since(rt.started).as_secs_f64(),
+        vpn: rt.vpn.as_ref().map(|v| Vpn {
+            device: v.tun.name().to_owned(),
+            address: v.core.address().to_string(),
+            address6: v.core.address6().to_string(),
+            mtu: v.mtu,
+        }),
     }
 }
 
@@ -265,6 +291,30 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("ring_links_down", rt.ring.stats().links_down),
     ]
     .into_iter()
+    .chain(vpn_counters(rt))
+    .chain([("app_malformed", rt.app_malformed)])
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// The VPN's counters (zeros without a VPN, so every key is always present).
+fn vpn_counters(rt: &Runtime) -> Vec<(&'static str, u64)> {
+    let (c, conflicts, device_errors) = match &rt.vpn {
+        Some(v) => (v.core.counters.clone(), v.conflicts, v.device_errors),
+        None => Default::default(),
+    };
+    vec![
+        ("vpn_from_tun", c.from_tun),
+        ("vpn_to_tun", c.to_tun),
+        ("vpn_sent", c.sent),
+        ("vpn_broadcast", c.broadcast),
+        ("vpn_lookups", c.lookups),
+        ("vpn_malformed", c.malformed),
+        ("vpn_not_carried", c.not_carried),
+        ("vpn_unresolved", c.unresolved),
+        ("vpn_held_dropped", c.held_dropped),
+        ("vpn_refused", c.refused),
+        ("vpn_address_conflicts", conflicts),
+        ("vpn_device_errors", device_errors),
+    ]
 }

@@ -47,17 +47,22 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
     if raw < 0 {
         let e = io::Error::last_os_error();
-        return Err(context(e, "cannot open /dev/net/tun (needs root or CAP_NET_ADMIN, and the tun module)"));
+        return Err(context(
+            e,
+            "cannot open /dev/net/tun (needs root or CAP_NET_ADMIN, and the tun module)",
+        ));
     }
     // SAFETY: raw is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut req = request(name);
     req.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI;
     // SAFETY: TUNSETIFF reads and writes one ifreq.
-    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) }).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) => context(e, &format!("device {name} is in use by another process")),
-        Some(libc::EINVAL) => context(e, &format!("an interface {name} exists and is not a TUN device")),
-        _ => context(e, &format!("cannot create TUN device {name}")),
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) }).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EBUSY) => context(e, &format!("device {name} is in use by another process")),
+            Some(libc::EINVAL) => context(e, &format!("an interface {name} exists and is not a TUN device")),
+            _ => context(e, &format!("cannot create TUN device {name}")),
+        }
     })?;
     Ok(fd)
 }
@@ -95,7 +100,8 @@ fn sockaddr_v4(addr: Ipv4Addr) -> libc::sockaddr {
 
 fn ifreq_ioctl(sock: &OwnedFd, op: libc::c_ulong, req: &mut libc::ifreq, what: &str) -> io::Result<()> {
     // SAFETY: every SIOC*IF* request used here reads or writes one ifreq.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), op as _, req as *mut libc::ifreq) }).map_err(|e| context(e, what))
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), op as _, req as *mut libc::ifreq) })
+        .map_err(|e| context(e, what))
 }
 
 pub fn set_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr, broadcast: Ipv4Addr) -> io::Result<()> {
@@ -108,7 +114,12 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr, broadcast: Ipv4Addr)
     ifreq_ioctl(&sock, libc::SIOCSIFNETMASK, &mut req, "cannot set the netmask")?;
     let mut req = request(name);
     req.ifr_ifru.ifru_broadaddr = sockaddr_v4(broadcast);
-    ifreq_ioctl(&sock, libc::SIOCSIFBRDADDR, &mut req, "cannot set the broadcast address")
+    ifreq_ioctl(
+        &sock,
+        libc::SIOCSIFBRDADDR,
+        &mut req,
+        "cannot set the broadcast address",
+    )
 }
 
 fn index(sock: &OwnedFd, name: &str) -> io::Result<libc::c_int> {
@@ -121,20 +132,33 @@ fn index(sock: &OwnedFd, name: &str) -> io::Result<libc::c_int> {
 pub fn add_ipv6(name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
     let sock = control_socket(libc::AF_INET6).map_err(|e| context(e, "IPv6 is not available"))?;
     let mut req = In6Ifreq {
-        addr: libc::in6_addr { s6_addr: addr.octets() },
+        addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
         prefixlen: u32::from(prefix),
         ifindex: index(&sock, name)?,
     };
     // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads one in6_ifreq.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR as _, &mut req as *mut In6Ifreq) })
-        .map_err(|e| context(e, "cannot add the IPv6 address"))
+    check(unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFADDR as _,
+            &mut req as *mut In6Ifreq,
+        )
+    })
+    .map_err(|e| context(e, "cannot add the IPv6 address"))
 }
 
 pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
     let sock = control_socket(libc::AF_INET)?;
     let mut req = request(name);
     req.ifr_ifru.ifru_mtu = libc::c_int::try_from(mtu).map_err(|_| io::ErrorKind::InvalidInput)?;
-    ifreq_ioctl(&sock, libc::SIOCSIFMTU, &mut req, &format!("cannot set MTU {mtu}"))
+    ifreq_ioctl(
+        &sock,
+        libc::SIOCSIFMTU,
+        &mut req,
+        &format!("cannot set MTU {mtu}"),
+    )
 }
 
 pub fn mtu(name: &str) -> io::Result<u32> {
@@ -156,11 +180,22 @@ pub fn index_of(name: &str) -> Option<u32> {
 pub fn set_up(name: &str) -> io::Result<()> {
     let sock = control_socket(libc::AF_INET)?;
     let mut req = request(name);
-    ifreq_ioctl(&sock, libc::SIOCGIFFLAGS, &mut req, "cannot read the interface flags")?;
+    ifreq_ioctl(
+        &sock,
+        libc::SIOCGIFFLAGS,
+        &mut req,
+        "cannot read the interface flags",
+    )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING | libc::IFF_MULTICAST) as libc::c_short;
-    ifreq_ioctl(&sock, libc::SIOCSIFFLAGS, &mut req, "cannot bring the interface up")
+    req.ifr_ifru.ifru_flags =
+        flags | (libc::IFF_UP | libc::IFF_RUNNING | libc::IFF_MULTICAST) as libc::c_short;
+    ifreq_ioctl(
+        &sock,
+        libc::SIOCSIFFLAGS,
+        &mut req,
+        "cannot bring the interface up",
+    )
 }
 
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {

@@ -32,8 +32,11 @@ impl Tun {
         let fd = ioctl::open_tun(name)?;
         // A leftover persistent device: make it go with us.
         ioctl::set_persist(&fd, false)?;
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it (and so keeps the same
+        // open descriptor) for its whole life.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
         Ok(Tun {
-            fd: AsyncFd::new(fd)?,
+            fd,
             name: name.to_owned(),
         })
     }
@@ -98,12 +101,15 @@ pub fn exists(name: &str) -> bool {
     validate_name(name).is_ok() && ioctl::index_of(name).is_some()
 }
 
-fn validate_name(name: &str) -> io::Result<()> {
+/// Checks an interface name the way the kernel will (length, characters).
+pub fn validate_name(name: &str) -> io::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= NAME_MAX
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -123,7 +129,14 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked_before_any_syscall() {
-        for bad in ["", "a-name-that-is-too-long", "../etc", "ring let", "ringlet0\n", ".."] {
+        for bad in [
+            "",
+            "a-name-that-is-too-long",
+            "../etc",
+            "ring let",
+            "ringlet0\n",
+            "..",
+        ] {
             let err = Tun::create(bad).err().expect(bad);
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }

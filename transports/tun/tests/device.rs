@@ -10,7 +10,10 @@ use std::time::Duration;
 use ringlet_tun::Tun;
 
 fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -20,7 +23,20 @@ fn checksum(header: &[u8]) -> u16 {
 /// An IPv4/UDP packet (UDP checksum 0: none, which IPv4 allows).
 fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     let total = 28 + payload.len();
-    let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    let mut p = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
     p.extend_from_slice(&src.ip().octets());
     p.extend_from_slice(&dst.ip().octets());
     let sum = checksum(&p);
@@ -37,7 +53,12 @@ fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     std::thread::spawn(move || {
         // SAFETY: unshare only changes this thread's network namespace.
         let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(ret, 0, "unshare(CLONE_NEWNET) failed (this test needs root): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            ret,
+            0,
+            "unshare(CLONE_NEWNET) failed (this test needs root): {}",
+            std::io::Error::last_os_error()
+        );
         f()
     })
     .join()
@@ -47,7 +68,10 @@ fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
 #[test]
 fn packets_cross_a_real_tun_device_both_ways() {
     in_private_netns(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let tun = Tun::create("rgltest0").expect("create the TUN device");
             tun.set_ipv4(Ipv4Addr::new(10, 99, 0, 1), 16).unwrap();
@@ -56,7 +80,9 @@ fn packets_cross_a_real_tun_device_both_ways() {
             tun.up().unwrap();
             assert!(ringlet_tun::exists("rgltest0"));
             assert_eq!(tun.mtu().unwrap(), 1300);
-            let taken = Tun::create("rgltest0").err().expect("a second open of a held device must fail");
+            let taken = Tun::create("rgltest0")
+                .err()
+                .expect("a second open of a held device must fail");
             assert!(taken.to_string().contains("in use by another process"), "{taken}");
 
             // Out: a datagram to a subnet host comes out of the device.
@@ -80,7 +106,10 @@ fn packets_cross_a_real_tun_device_both_ways() {
             // broadcast reaches sockets bound to the wildcard address only).
             let any = UdpSocket::bind("0.0.0.0:4001").unwrap();
             let from = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 2), 5000);
-            let cases = [(&sock, Ipv4Addr::new(10, 99, 0, 1), 4000), (&any, Ipv4Addr::new(10, 99, 255, 255), 4001)];
+            let cases = [
+                (&sock, Ipv4Addr::new(10, 99, 0, 1), 4000),
+                (&any, Ipv4Addr::new(10, 99, 255, 255), 4001),
+            ];
             for (socket, dst, port) in cases {
                 socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let packet = udp_packet(from, SocketAddrV4::new(dst, port), b"in");
@@ -92,5 +121,8 @@ fn packets_cross_a_real_tun_device_both_ways() {
             }
         });
     });
-    assert!(!ringlet_tun::exists("rgltest0"), "the device must not leak into the test's namespace");
+    assert!(
+        !ringlet_tun::exists("rgltest0"),
+        "the device must not leak into the test's namespace"
+    );
 }

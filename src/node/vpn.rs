@@ -1,0 +1,384 @@
+//! The VPN in the daemon: the TUN device, the DHT records behind addressing, and the paths
+//! packets take. `vpn::Vpn` decides; this module moves bytes:
+//! - packets from the device go to a member as app datagrams on channel [`CHANNEL_VPN`] (over
+//!   its direct path, sealed end to end through a ring tunnel, or over the XMPP relay while
+//!   the link layer punches on demand), broadcasts over the whole ring;
+//! - our IPv4 address is claimed in the DHT (`ringlet vpn ipv4 <ip>` → NodeId) and published
+//!   (`ringlet vpn node <id>` → address); when a smaller online NodeId claims the same derived
+//!   address, we move to the next candidate (a fixed address only logs the conflict);
+//! - other members' addresses are looked up when they come online and when a packet needs one.
+//!
+//! Drive loop (inside the runtime's): `on_tun` per packet read, `vpn_datagram` per VPN
+//! datagram or broadcast, `vpn_found` per DHT answer, `vpn_tick` at `vpn_due`; each drains
+//! the core with `drain_vpn`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ringlet_tun::Tun;
+use ringlet_xmpp::NodeIdBytes;
+
+use super::dht::key_addr;
+use super::runtime::Runtime;
+use crate::config::VpnConfig;
+use crate::overlay::dht::Found;
+use crate::vpn::address::{claim_key, ipv6_address, ipv6_prefix, node_key, Cidr4};
+use crate::vpn::{Output, Vpn};
+
+/// App datagram channels: the first byte of every datagram between members.
+pub const CHANNEL_APP: u8 = 0;
+pub const CHANNEL_VPN: u8 = 1;
+/// Whole-ring broadcast payload tag for VPN broadcasts and multicasts.
+pub const BROADCAST_VPN: u8 = 2;
+
+/// Lease of the address records (kept alive by the ring while the node runs).
+const CLAIM_LEASE_S: u32 = 3600;
+/// How long after a claim its check looks (the put must reach the replicas first).
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+/// How often addresses are looked at: while settling, and after.
+const TICK_SETTLING: Duration = Duration::from_secs(1);
+const TICK_SETTLED: Duration = Duration::from_secs(10);
+/// How often a member whose address is unknown is asked again (it may not have published yet).
+const ASK_AGAIN: Duration = Duration::from_secs(2);
+/// Derived addresses tried before giving up on a conflict-free one.
+const MAX_ATTEMPTS: u32 = 32;
+/// What the worst path adds to a VPN packet (ring tunnel: two link frames, ring routing
+/// header, end-to-end seal, channel byte) plus an IPv4/UDP underlay header, with room to spare.
+pub const UNDERLAY_OVERHEAD: u32 = 192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Who holds this address (a packet waits).
+    Address(Ipv4Addr),
+    /// Does anyone smaller hold our address.
+    OwnClaim(Ipv4Addr),
+    /// Which address this member published.
+    Member(NodeIdBytes),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Not put yet (the ring does not route).
+    None,
+    /// Put at this time; checked after [`CHECK_AFTER`].
+    Put(Instant),
+    Checking,
+    Settled,
+}
+
+pub(super) struct VpnState {
+    pub core: Vpn,
+    pub tun: Tun,
+    pub mtu: u32,
+    subnet: Cidr4,
+    fixed: bool,
+    attempt: u32,
+    claim: Claim,
+    lookups: BTreeMap<u32, Lookup>,
+    /// Online members, with when we last asked for their published address.
+    asked: BTreeMap<NodeIdBytes, Instant>,
+    next_tick: Instant,
+    pub conflicts: u64,
+    pub device_errors: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("VPN device {device}: {source}")]
+pub struct VpnStartError {
+    device: String,
+    source: std::io::Error,
+}
+
+/// Creates and configures the TUN device: the address (fixed, or the first derived one),
+/// the overlay's IPv6 address, the MTU, up.
+pub(super) fn open(
+    cfg: &VpnConfig,
+    overlay: &str,
+    node: &NodeIdBytes,
+    now: Instant,
+) -> Result<VpnState, VpnStartError> {
+    let err = |source| VpnStartError {
+        device: cfg.device.clone(),
+        source,
+    };
+    let address = cfg.address.unwrap_or_else(|| cfg.subnet.derive(node, 0));
+    let mtu = cfg.mtu.unwrap_or_else(underlay_mtu);
+    let prefix6 = ipv6_prefix(overlay);
+    let tun = Tun::create(&cfg.device).map_err(err)?;
+    tun.set_ipv4(address.addr, address.prefix).map_err(err)?;
+    if let Err(e) = tun.add_ipv6(ipv6_address(prefix6, node), 64) {
+        // Hosts with IPv6 disabled still get the IPv4 VPN.
+        tracing::warn!(error = %e, "VPN without IPv6");
+    }
+    tun.set_mtu(mtu).map_err(err)?;
+    tun.up().map_err(err)?;
+    tracing::info!(device = %cfg.device, %address, mtu, "VPN device up");
+    Ok(VpnState {
+        core: Vpn::new(address, prefix6, node),
+        tun,
+        mtu,
+        subnet: cfg.subnet,
+        fixed: cfg.address.is_some(),
+        attempt: 0,
+        claim: Claim::None,
+        lookups: BTreeMap::new(),
+        asked: BTreeMap::new(),
+        next_tick: now,
+        conflicts: 0,
+        device_errors: 0,
+    })
+}
+
+/// The VPN MTU for this host: the smallest MTU of the interfaces that are up (loopback
+/// aside) minus [`UNDERLAY_OVERHEAD`], so that no path fragments in the underlay.
+fn underlay_mtu() -> u32 {
+    let smallest = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "lo")
+        .filter(|e| std::fs::read_to_string(e.path().join("operstate")).is_ok_and(|s| s.trim() != "down"))
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path().join("mtu"))
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        })
+        .filter(|&mtu| mtu >= 1280)
+        .min()
+        .unwrap_or(1500);
+    (smallest - UNDERLAY_OVERHEAD).clamp(*crate::config::VPN_MTU_RANGE.start(), 1500)
+}
+
+impl Runtime {
+    /// A packet read from the device.
+    pub(super) fn on_tun(&mut self, now: Instant, packet: Vec<u8>) {
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        vpn.core.handle_tun(now, packet);
+        self.drain_vpn(now);
+    }
+
+    /// A VPN packet from member `from` (a datagram on the VPN channel, or a broadcast).
+    pub(super) fn vpn_datagram(&mut self, now: Instant, from: NodeIdBytes, packet: &[u8]) {
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        vpn.core.handle_overlay(from, packet.to_vec());
+        self.drain_vpn(now);
+    }
+
+    pub(super) fn drain_vpn(&mut self, now: Instant) {
+        while let Some(out) = self.vpn.as_mut().and_then(|v| v.core.poll_output()) {
+            match out {
+                Output::Send { to, packet } => {
+                    if let Err(e) = self.send_on(crate::NodeId(to), CHANNEL_VPN, &packet) {
+                        tracing::trace!(error = %e, "VPN packet not sent");
+                    }
+                }
+                Output::Broadcast(packet) => {
+                    let mut payload = Vec::with_capacity(packet.len() + 1);
+                    payload.push(BROADCAST_VPN);
+                    payload.extend_from_slice(&packet);
+                    let me = self.ring.me();
+                    if self.ring.broadcast(now, me, me, payload).is_err() {
+                        self.ring_no_path += 1;
+                    }
+                }
+                Output::Lookup(ip) => self.vpn_lookup(now, Lookup::Address(ip)),
+                Output::Deliver(packet) => {
+                    let vpn = self.vpn.as_mut().expect("output came from it");
+                    if let Err(e) = vpn.tun.try_send(&packet) {
+                        vpn.device_errors += 1;
+                        tracing::debug!(error = %e, "VPN device write failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn vpn_lookup(&mut self, now: Instant, what: Lookup) {
+        let key = match what {
+            Lookup::Address(ip) | Lookup::OwnClaim(ip) => claim_key(ip),
+            Lookup::Member(node) => node_key(&node),
+        };
+        match self.ring.dht_get(now, key_addr(&key)) {
+            Ok(id) => {
+                if let Some(vpn) = self.vpn.as_mut() {
+                    vpn.lookups.insert(id, what);
+                }
+            }
+            Err(_) => self.vpn_unanswered(now, what),
+        }
+    }
+
+    fn vpn_unanswered(&mut self, now: Instant, what: Lookup) {
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        match what {
+            Lookup::Address(ip) => vpn.core.handle_unanswered(now, ip),
+            Lookup::OwnClaim(_) => vpn.claim = Claim::Put(now),
+            Lookup::Member(_) => {} // asked again at a later tick
+        }
+    }
+
+    /// A DHT answer; returns whether it was one of ours.
+    pub(super) fn vpn_found(&mut self, now: Instant, found: &Found) -> bool {
+        let Some(what) = self.vpn.as_mut().and_then(|v| v.lookups.remove(&found.id)) else {
+            return false;
+        };
+        if found.answered == 0 {
+            self.vpn_unanswered(now, what);
+        } else {
+            match what {
+                Lookup::Address(ip) => {
+                    let holder = self.holder(found);
+                    if let Some(vpn) = self.vpn.as_mut() {
+                        vpn.core.handle_resolved(now, ip, holder);
+                    }
+                }
+                Lookup::OwnClaim(ip) => self.check_claim(now, ip, self.holder(found)),
+                Lookup::Member(node) => {
+                    let published = found
+                        .values
+                        .iter()
+                        .find_map(|(v, _)| <[u8; 4]>::try_from(v.as_slice()).ok());
+                    if let (Some(vpn), Some(ip)) = (self.vpn.as_mut(), published) {
+                        vpn.core.learn(now, Ipv4Addr::from(ip), node);
+                    }
+                }
+            }
+        }
+        self.drain_vpn(now);
+        true
+    }
+
+    /// Who holds an address: the smallest NodeId among the online, unrevoked claimants (us
+    /// included).
+    fn holder(&self, found: &Found) -> Option<NodeIdBytes> {
+        let online: BTreeSet<NodeIdBytes> = self.core.members().map(|m| m.node).collect();
+        found
+            .values
+            .iter()
+            .filter_map(|(v, _)| NodeIdBytes::try_from(v.as_slice()).ok())
+            .filter(|n| *n == self.node_id.0 || (online.contains(n) && !self.reach.links.is_revoked(n)))
+            .min()
+    }
+
+    fn check_claim(&mut self, now: Instant, ip: Ipv4Addr, holder: Option<NodeIdBytes>) {
+        let me = self.node_id.0;
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        if ip != vpn.core.address().addr {
+            return; // we moved meanwhile
+        }
+        match holder {
+            Some(h) if h != me && vpn.fixed => {
+                vpn.conflicts += 1;
+                vpn.claim = Claim::Settled;
+                tracing::warn!(address = %ip, holder = %crate::NodeId(h), "fixed VPN address also claimed by another member");
+            }
+            Some(h) if h != me && vpn.attempt < MAX_ATTEMPTS => {
+                vpn.conflicts += 1;
+                let old = vpn.core.address();
+                vpn.attempt += 1;
+                let next = vpn.subnet.derive(&me, vpn.attempt);
+                tracing::info!(taken = %old, next = %next, "VPN address taken by a smaller NodeId; moving");
+                if let Err(e) = vpn.tun.set_ipv4(next.addr, next.prefix) {
+                    tracing::error!(error = %e, "cannot change the VPN address");
+                    return;
+                }
+                vpn.core.set_address(next);
+                vpn.claim = Claim::None;
+                let _ = self
+                    .ring
+                    .dht_remove(now, key_addr(&claim_key(old.addr)), me.to_vec());
+                let _ = self
+                    .ring
+                    .dht_remove(now, key_addr(&node_key(&me)), old.addr.octets().to_vec());
+                vpn_claim(self, now);
+            }
+            _ => vpn.claim = Claim::Settled,
+        }
+    }
+
+    /// When the VPN wants `vpn_tick` next.
+    pub(super) fn vpn_due(&self) -> Option<Instant> {
+        self.vpn.as_ref().map(|v| v.next_tick)
+    }
+
+    /// Claims our address once the ring routes, checks the claim, and asks for the addresses
+    /// of members that came online; members that left are forgotten.
+    pub(super) fn vpn_tick(&mut self, now: Instant) {
+        // A leaf's relay links carry its DHT requests too.
+        let routes = self.ring.table().len() > 0;
+        let online: BTreeSet<NodeIdBytes> = self
+            .core
+            .members()
+            .map(|m| m.node)
+            .filter(|n| !self.reach.links.is_revoked(n))
+            .collect();
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        let gone: Vec<NodeIdBytes> = vpn
+            .asked
+            .keys()
+            .filter(|n| !online.contains(*n))
+            .copied()
+            .collect();
+        for node in gone {
+            vpn.asked.remove(&node);
+            vpn.core.handle_member(node, false);
+        }
+        for &node in &online {
+            if !vpn.asked.contains_key(&node) {
+                vpn.core.handle_member(node, true);
+            }
+        }
+        let unknown: Vec<NodeIdBytes> = online
+            .iter()
+            .filter(|n| vpn.core.address_of(n).is_none())
+            .filter(|n| vpn.asked.get(*n).is_none_or(|&at| now >= at + ASK_AGAIN))
+            .copied()
+            .collect();
+        let settled = vpn.claim == Claim::Settled && online.iter().all(|n| vpn.core.address_of(n).is_some());
+        vpn.next_tick = now + if settled { TICK_SETTLED } else { TICK_SETTLING };
+        for &node in &online {
+            vpn.asked.entry(node).or_insert(now);
+        }
+        if !routes {
+            return;
+        }
+        match vpn.claim {
+            Claim::None => vpn_claim(self, now),
+            Claim::Put(at) if now >= at + CHECK_AFTER => {
+                let ip = vpn.core.address().addr;
+                vpn.claim = Claim::Checking;
+                self.vpn_lookup(now, Lookup::OwnClaim(ip));
+            }
+            _ => {}
+        }
+        for node in unknown {
+            if let Some(vpn) = self.vpn.as_mut() {
+                vpn.asked.insert(node, now);
+            }
+            self.vpn_lookup(now, Lookup::Member(node));
+        }
+        self.drain_vpn(now);
+    }
+}
+
+/// Puts our claim and our published address into the DHT.
+fn vpn_claim(rt: &mut Runtime, now: Instant) {
+    let me = rt.node_id.0;
+    let Some(vpn) = rt.vpn.as_mut() else { return };
+    let ip = vpn.core.address().addr;
+    vpn.claim = Claim::Put(now);
+    let claimed = rt
+        .ring
+        .dht_put(now, key_addr(&claim_key(ip)), me.to_vec(), CLAIM_LEASE_S);
+    let published = rt
+        .ring
+        .dht_put(now, key_addr(&node_key(&me)), ip.octets().to_vec(), CLAIM_LEASE_S);
+    if claimed.is_err() || published.is_err() {
+        if let Some(vpn) = rt.vpn.as_mut() {
+            vpn.claim = Claim::None;
+        }
+    }
+}
