@@ -308,7 +308,7 @@ impl Runtime {
     /// of members that came online; members that left are forgotten.
     pub(super) fn vpn_tick(&mut self, now: Instant) {
         // A leaf's relay links carry its DHT requests too.
-        let routes = self.ring.table().len() > 0;
+        let routes = !self.ring.table().is_empty();
         let online: BTreeSet<NodeIdBytes> = self
             .core
             .members()

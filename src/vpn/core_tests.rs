@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // tests pick an arbitrary start instant
 use super::super::packet::tests::{v4, v6};
 use super::*;
 
