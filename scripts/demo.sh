@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The demo: a Prosody and three ringlet nodes on loopback, with their status.
+# The demo: as root, a NAT lab of five friends behind different NATs with the VPN on (the
+# connectivity matrix and a ping across the VPN); otherwise three nodes on loopback.
 # Installs what it needs on Debian/Ubuntu (as root), builds, runs, cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v prosody >/dev/null || missing+=(prosody lua-unbound)
+if [ "$(id -u)" -eq 0 ]; then
+  command -v turnserver >/dev/null || missing+=(coturn)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v ping >/dev/null || missing+=(iputils-ping)
+fi
 command -v cargo >/dev/null || { echo "demo: cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -85,7 +85,7 @@ impl Runtime {
 
     /// A leaf: UDP is disabled or blocked, so every ring link rides the XMPP relay and none
     /// routes; the ring reaches the others through the members it links to.
-    fn is_leaf(&self) -> bool {
+    pub(super) fn is_leaf(&self) -> bool {
         !self.reach.links.direct_enabled() || self.reach.stun.nat().udp_blocked()
     }
 

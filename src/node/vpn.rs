@@ -225,6 +225,12 @@ impl Runtime {
         let Some(what) = self.vpn.as_mut().and_then(|v| v.lookups.remove(&found.id)) else {
             return false;
         };
+        tracing::trace!(
+            ?what,
+            answered = found.answered,
+            values = found.values.len(),
+            "VPN lookup answered"
+        );
         if found.answered == 0 {
             self.vpn_unanswered(now, what);
         } else {
@@ -295,7 +301,9 @@ impl Runtime {
                     .dht_remove(now, key_addr(&node_key(&me)), old.addr.octets().to_vec());
                 vpn_claim(self, now);
             }
-            _ => vpn.claim = Claim::Settled,
+            Some(_) => vpn.claim = Claim::Settled,
+            // Our own claim is not there (it went to replicas the ring has since replaced).
+            None => vpn.claim = Claim::None,
         }
     }
 
@@ -307,8 +315,14 @@ impl Runtime {
     /// Claims our address once the ring routes, checks the claim, and asks for the addresses
     /// of members that came online; members that left are forgotten.
     pub(super) fn vpn_tick(&mut self, now: Instant) {
-        // A leaf's relay links carry its DHT requests too.
-        let routes = !self.ring.table().is_empty();
+        // Records put before the ring has both neighbours may land on the wrong replicas; a
+        // leaf's relay links carry its DHT requests.
+        let table = self.ring.table();
+        let routes = if self.is_leaf() {
+            !table.is_empty()
+        } else {
+            table.nearest_left().is_some() && table.nearest_right().is_some()
+        };
         let online: BTreeSet<NodeIdBytes> = self
             .core
             .members()

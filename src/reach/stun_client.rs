@@ -7,8 +7,8 @@
 //! 2. drain [`StunClient::poll_transmit`] (requests to send from the main socket);
 //! 3. read [`StunClient::nat`] and [`StunClient::reflexive`] after [`Event::Changed`].
 //!
-//! Requests are retransmitted as in RFC 5389 (RTO doubling from `initial_rto`, at most
-//! `max_tries`). Discovery, in the spirit of RFC 5780: every server is asked for our mapping
+//! Requests are retransmitted as in RFC 5389 (RTO doubling from `initial_rto` up to `max_rto`,
+//! at most `max_tries`). Discovery, in the spirit of RFC 5780: every server is asked for our mapping
 //! from the main socket; equal mappings from two destinations mean endpoint-independent
 //! mapping, different ones endpoint-dependent (the port step tells sequential from random
 //! allocation). A server that names an OTHER-ADDRESS supports RFC 5780 and is also asked from
@@ -32,6 +32,9 @@ use super::stun_msg::{self, StunMessage};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub initial_rto: Duration,
+    /// The RTO stops doubling here, so a UDP-blocked host knows it within 3.75 s (250 ms,
+    /// 500 ms, then 1 s per try) rather than RFC 5389's ~8 s, and joins the ring as a leaf.
+    pub max_rto: Duration,
     pub max_tries: u32,
     pub requery_interval: Duration,
 }
@@ -40,6 +43,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             initial_rto: Duration::from_millis(250),
+            max_rto: Duration::from_secs(1),
             max_tries: 5,
             requery_interval: Duration::from_secs(300),
         }
@@ -236,7 +240,7 @@ impl StunClient {
                 continue;
             }
             txn.tries += 1;
-            txn.rto *= 2;
+            txn.rto = (txn.rto * 2).min(self.cfg.max_rto);
             txn.next = now + txn.rto;
             self.transmits.push(request(tid, txn.probe));
             self.txns.insert(tid, txn);

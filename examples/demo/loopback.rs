@@ -1,22 +1,22 @@
-//! The demo behind `scripts/demo.sh`: a Prosody on loopback (STARTTLS with a throwaway CA,
+//! The loopback demo (no root needed): a Prosody on loopback (STARTTLS with a throwaway CA,
 //! XEP-0215 STUN entry, a shared roster) and three `ringlet up` nodes for alice, bob and carol
 //! in overlay "friends". It shows them find each other, prints each node's `ringlet status`,
 //! stops one node to show it leaving, and cleans everything up (also on Ctrl-C).
-#![allow(clippy::disallowed_methods)] // a demo measures real time
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ringlet::node::status::Status;
 use ringlet_lab::{ChildGuard, Prosody, ProsodySpec, TestCa};
+
+use super::{ringlet_bin, say, status};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const DOMAIN: &str = "demo.test";
 const PASSWORD: &str = "demo-password";
 
-struct Node {
+pub struct Node {
     user: &'static str,
     config: PathBuf,
     socket: PathBuf,
@@ -24,35 +24,7 @@ struct Node {
     process: ChildGuard,
 }
 
-fn ringlet_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("RINGLET_BIN") {
-        return Ok(p.into());
-    }
-    // target/<profile>/examples/demo → target/<profile>/ringlet
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ringlet"))
-        .context("cannot locate target dir")?;
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found; build it with `cargo build --bin ringlet`",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-fn say(start: Instant, msg: impl std::fmt::Display) {
-    println!("[{:>6.2} s] {msg}", start.elapsed().as_secs_f64());
-}
-
-async fn status(node: &Node) -> Option<Status> {
-    let v = ringlet::control::request(&node.socket, "status").await.ok()?;
-    serde_json::from_value(v).ok()
-}
-
-async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
+pub async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     let bin = ringlet_bin()?;
     let ca = TestCa::new(dir)?;
     let mut spec = ProsodySpec::new(DOMAIN)?;
@@ -132,7 +104,7 @@ async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
                     std::fs::read_to_string(&n.log).unwrap_or_default()
                 );
             }
-            match status(n).await {
+            match status(&n.socket).await {
                 Some(s) if s.state == "online" && s.peers.len() == USERS.len() - 1 => {
                     if !online[i] {
                         online[i] = true;
@@ -176,7 +148,7 @@ async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     }
 
     let carol = nodes.pop().context("three nodes")?;
-    let carol_id = status(&carol).await.map(|s| s.node_id).unwrap_or_default();
+    let carol_id = status(&carol.socket).await.map(|s| s.node_id).unwrap_or_default();
     let mut carol_process = carol.process;
     let code = carol_process
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(5))
@@ -216,23 +188,10 @@ async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
 
 async fn futures_all_without(nodes: &[Node], id: &str) -> bool {
     for n in nodes {
-        match status(n).await {
+        match status(&n.socket).await {
             Some(s) if s.peers.iter().all(|p| p.node_id != id) => {}
             _ => return false,
         }
     }
     true
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let start = Instant::now();
-    let dir = tempfile::Builder::new().prefix("ringlet-demo-").tempdir()?;
-    tokio::select! {
-        result = run(start, dir.path()) => result,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted; cleaning up");
-            Ok(())
-        }
-    }
 }
