@@ -327,13 +327,20 @@ fn render(s: &Status) -> String {
         s.ring.links,
         s.ring.size_estimate.map_or("?".to_owned(), |n| n.to_string()),
     );
+    if let Some(vpn) = &s.vpn {
+        let _ = writeln!(
+            out,
+            "vpn       {} {} {} (mtu {})",
+            vpn.device, vpn.address, vpn.address6, vpn.mtu
+        );
+    }
     let _ = writeln!(out, "peers     {}", s.peers.len());
     if !s.peers.is_empty() {
         let w = s.peers.iter().map(|p| p.jid.len()).max().unwrap_or(3).max(3);
         let _ = writeln!(
             out,
-            "  {:<12}  {:<w$}  {:<6}  {:>9}  {:>7}",
-            "NODE", "JID", "PATH", "RTT", "SINCE"
+            "  {:<12}  {:<w$}  {:<15}  {:<6}  {:>9}  {:>7}",
+            "NODE", "JID", "VPN", "PATH", "RTT", "SINCE"
         );
         for p in &s.peers {
             let rtt = p
@@ -348,8 +355,11 @@ fn render(s: &Status) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {node:<12}  {:<w$}  {:<6}  {rtt:>9}  {:>5.0} s{via}",
-                p.jid, p.path, p.since_s
+                "  {node:<12}  {:<w$}  {:<15}  {:<6}  {rtt:>9}  {:>5.0} s{via}",
+                p.jid,
+                p.vpn_address.as_deref().unwrap_or("-"),
+                p.path,
+                p.since_s
             );
         }
     }
