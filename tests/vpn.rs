@@ -69,12 +69,7 @@ fn ping(scene: &Scene, from: usize, to: Ipv4Addr) -> Result<String, String> {
         .arg(to.to_string())
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
+    support::outcome(out)
 }
 
 /// Sends `len` pseudo-random bytes over TCP from peer `from` to peer `to`'s VPN address;

@@ -462,3 +462,13 @@ pub async fn expect_peers_by(
         );
     }
 }
+
+/// A finished command's stdout and stderr together: `Ok` when it exited 0, `Err` otherwise.
+pub fn outcome(out: std::process::Output) -> Result<String, String> {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}

@@ -159,12 +159,7 @@ impl Scene {
             .arg(&self.ids[j])
             .output()
             .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(text)
-        }
+        outcome(out)
     }
 
     /// Paths read with the CLI, as `ringlet status --json` prints them.
