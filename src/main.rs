@@ -42,7 +42,7 @@ enum Command {
     Ping {
         #[arg(short, long, default_value = "ringlet.toml")]
         config: PathBuf,
-        /// The member's NodeId (40 hex digits)
+        /// The member: its NodeId (40 hex digits), its VPN IPv4 address, or its JID
         node: String,
         /// How many pings
         #[arg(short = 'n', long, default_value_t = 3)]
@@ -203,8 +203,38 @@ async fn up(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ping(config: Config, node: &str, count: u32) -> anyhow::Result<()> {
-    node.parse::<ringlet::NodeId>()?;
+/// The NodeId of the member `who` names: a NodeId as is, else a VPN address or a (bare or
+/// full) JID looked up in the running node's status.
+async fn resolve_member(config: &Config, who: &str) -> anyhow::Result<String> {
+    if who.parse::<ringlet::NodeId>().is_ok() {
+        return Ok(who.to_owned());
+    }
+    let by_ip = who.parse::<std::net::Ipv4Addr>().is_ok();
+    anyhow::ensure!(
+        by_ip || who.contains('@'),
+        "{who:?} is neither a NodeId (40 hex digits), a VPN IPv4 address nor a JID"
+    );
+    let v = control::request(&config.control_socket, "status").await?;
+    let status: Status = serde_json::from_value(v).context("unexpected status answer")?;
+    let found = status.peers.iter().find(|p| {
+        if by_ip {
+            p.vpn_address.as_deref() == Some(who)
+        } else {
+            p.jid == who || p.jid.split('/').next() == Some(who)
+        }
+    });
+    match found {
+        Some(p) => Ok(p.node_id.clone()),
+        None if by_ip && status.vpn.is_none() => {
+            anyhow::bail!("the VPN is off on this node: no member has a VPN address")
+        }
+        None if by_ip => anyhow::bail!("no online member holds VPN address {who} (see `ringlet status`)"),
+        None => anyhow::bail!("no online member with JID {who} (see `ringlet status`)"),
+    }
+}
+
+async fn ping(config: Config, who: &str, count: u32) -> anyhow::Result<()> {
+    let node = &resolve_member(&config, who).await?;
     let mut answered = 0;
     for i in 0..count.max(1) {
         if i > 0 {

@@ -209,6 +209,23 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
         assert_eq!(scene.path(a, b).await.as_deref(), Some(path));
     }
 
+    // `ringlet ping` takes a VPN address or a JID as well as a NodeId.
+    let cli_ping = |who: String| {
+        let out = std::process::Command::new(support::ringlet_bin())
+            .args(["ping", "-n", "2", "--config"])
+            .arg(&scene.nodes[PR_A].config)
+            .arg(who)
+            .output()
+            .unwrap();
+        support::outcome(out)
+    };
+    let by_ip = cli_ping(ips[PR_B].to_string()).expect("ping by VPN address");
+    assert!(by_ip.contains("via direct"), "{by_ip}");
+    let by_jid = cli_ping(format!("{}@{}", PEERS[PR_B].0, support::scene::DOMAIN)).expect("ping by JID");
+    assert!(by_jid.contains("reply from"), "{by_jid}");
+    let nobody = cli_ping("10.77.0.0".into()).expect_err("nobody holds the network address");
+    assert!(nobody.contains("no online member holds VPN address"), "{nobody}");
+
     // End to end through the relaying neighbour: both ends ran the handshake and tunnelled.
     let st_after = statuses(&scene).await;
     for i in [SYM_A, SYM_B] {
