@@ -43,6 +43,41 @@ async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
     out
 }
 
+/// App datagrams node `i` has sent over the XMPP relay.
+async fn relayed_out(scene: &Scene, i: usize) -> u64 {
+    scene.nodes[i].status().await.expect("status").counters["link_relayed_out"]
+}
+
+/// IPv4 fragments the peers' kernels created (`FragCreates` of each namespace's
+/// /proc/net/snmp), summed.
+fn fragments_created(scene: &Scene) -> u64 {
+    PEERS
+        .iter()
+        .map(|(name, _)| {
+            let out = scene
+                .lab
+                .peer(name)
+                .ns
+                .command("cat")
+                .arg("/proc/net/snmp")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+            let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+            let at = names
+                .split_whitespace()
+                .position(|n| n == "FragCreates")
+                .expect("FragCreates");
+            values
+                .split_whitespace()
+                .nth(at)
+                .and_then(|v| v.parse::<u64>().ok())
+                .expect("a FragCreates value")
+        })
+        .sum()
+}
+
 /// The VPN IPv4 address node `i` has (from its own status).
 fn vpn_ip(st: &Status) -> Ipv4Addr {
     let vpn = st.vpn.as_ref().expect("the VPN is on");
@@ -236,6 +271,8 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
         );
     }
 
+    let relayed_before = relayed_out(&scene, SYM_A).await;
+    let fragments_before = fragments_created(&scene);
     for (a, b, len, what) in [
         (PR_A, PR_B, 50 << 20, "direct"),
         (SYM_A, SYM_B, 50 << 20, "tunnel"),
@@ -249,6 +286,20 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
         assert!(
             got == len && same,
             "TCP over {what}: {got} of {len} bytes, digests agree: {same}"
+        );
+        if what == "tunnel" {
+            // Full-size segments fit the tunnel (the MTU allows for it): none took the relay.
+            let relayed = relayed_out(&scene, SYM_A).await - relayed_before;
+            assert!(
+                relayed < 100,
+                "{relayed} VPN packets of the tunnelled transfer took the XMPP relay"
+            );
+        }
+        // Nothing fragmented in the underlay, on any peer (the relaying neighbour included).
+        assert_eq!(
+            fragments_created(&scene),
+            fragments_before,
+            "IP fragments after the {what} transfer"
         );
     }
 

@@ -131,7 +131,8 @@ pub(super) fn open(
 }
 
 /// The VPN MTU for this host: the smallest MTU of the interfaces that are up (loopback
-/// aside) minus [`UNDERLAY_OVERHEAD`], so that no path fragments in the underlay.
+/// aside) minus [`UNDERLAY_OVERHEAD`], so that no path fragments in the underlay, and no more
+/// than a ring tunnel carries.
 fn underlay_mtu() -> u32 {
     let smallest = std::fs::read_dir("/sys/class/net")
         .into_iter()
@@ -149,7 +150,10 @@ fn underlay_mtu() -> u32 {
         .filter(|&mtu| mtu >= 1280)
         .min()
         .unwrap_or(1500);
-    (smallest - UNDERLAY_OVERHEAD).clamp(*crate::config::VPN_MTU_RANGE.start(), 1500)
+    // A packet past the tunnel limit (with its channel byte) would leave the tunnel for the
+    // XMPP relay.
+    let tunnel_fits = (super::ring::MAX_TUNNEL_PAYLOAD - 1) as u32;
+    (smallest - UNDERLAY_OVERHEAD).clamp(*crate::config::VPN_MTU_RANGE.start(), tunnel_fits)
 }
 
 impl Runtime {
