@@ -31,14 +31,6 @@ const PUBLISHER: usize = 0;
 const OFFLINE: usize = 5;
 const REVOKED: usize = 7;
 
-async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
-    let mut out = Vec::new();
-    for n in &scene.nodes {
-        out.push(n.status().await);
-    }
-    out
-}
-
 /// How node `i` sees node `j`: its path string, if it lists it.
 fn path_to(st: &Status, id: &str) -> Option<String> {
     st.peers.iter().find(|p| p.node_id == id).map(|p| p.path.clone())
@@ -58,10 +50,10 @@ async fn every_member_cuts_a_revoked_node_off_within_5_s_and_one_that_was_offlin
     let mut scene = Scene::start("revoke8", &PEERS, LabOptions::default()).await;
     let everyone: Vec<usize> = (0..PEERS.len()).collect();
     let formed = wait(Duration::from_secs(60), || async {
-        ring_up(&everyone, &statuses(&scene).await).then_some(())
+        ring_up(&everyone, &scene.statuses().await).then_some(())
     })
     .await;
-    assert!(formed.is_some(), "no ring: {:?}", statuses(&scene).await);
+    assert!(formed.is_some(), "no ring: {:?}", scene.statuses().await);
     let revoked_id = scene.ids[REVOKED].clone();
 
     // One member goes offline before the revocation.
@@ -90,7 +82,7 @@ async fn every_member_cuts_a_revoked_node_off_within_5_s_and_one_that_was_offlin
         .filter(|i| ![OFFLINE, REVOKED].contains(i))
         .collect();
     let cut = wait(Duration::from_secs(5), || async {
-        let st = statuses(&scene).await;
+        let st = scene.statuses().await;
         members
             .iter()
             .all(|&i| {
@@ -102,7 +94,7 @@ async fn every_member_cuts_a_revoked_node_off_within_5_s_and_one_that_was_offlin
     })
     .await;
     let took = published.elapsed();
-    let st = statuses(&scene).await;
+    let st = scene.statuses().await;
     if cut.is_none() {
         let seen: Vec<(usize, Option<String>, u64)> = members
             .iter()

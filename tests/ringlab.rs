@@ -77,14 +77,6 @@ fn direct_pairs(scene: &Scene, statuses: &[Option<Status>]) -> usize {
     pairs
 }
 
-async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
-    let mut out = Vec::new();
-    for i in 0..scene.nodes.len() {
-        out.push(scene.status(i).await);
-    }
-    out
-}
-
 /// The symmetric pair's path as both ends report it: ("tunnel", via) on each side.
 fn tunnel_between(
     scene: &Scene,
@@ -117,14 +109,14 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
 
     // One consistent ring, with the symmetric neighbours tunnelled through a third peer.
     let formed = wait(Duration::from_secs(90), || async {
-        let st = statuses(&scene).await;
+        let st = scene.statuses().await;
         let consistent = ring_is_consistent(&ids, &everyone, &st).is_ok();
         let follow = paths_follow_the_ring(&everyone, &st).is_ok();
         let tunnel = tunnel_between(&scene, &st, SYM_A, SYM_B);
         (consistent && follow && tunnel.is_some()).then_some(tunnel)
     })
     .await;
-    let st = statuses(&scene).await;
+    let st = scene.statuses().await;
     let Some(Some((via_a, via_b))) = formed else {
         panic!(
             "no consistent ring with a tunnel: {:?} / {:?} / tunnel {:?}\n{}\n----\n{}",
@@ -202,7 +194,7 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
     let killed = Instant::now();
     let alive: Vec<usize> = everyone.iter().copied().filter(|i| !dead.contains(i)).collect();
     let healed = wait(Duration::from_secs(90), || async {
-        let mut st = statuses(&scene).await;
+        let mut st = scene.statuses().await;
         for i in dead {
             st[i] = None;
         }
@@ -213,7 +205,7 @@ async fn eight_peers_form_one_ring_tunnel_the_symmetric_neighbours_and_heal() {
     .await;
     eprintln!("healed {:?} after two peers were killed", killed.elapsed());
     if healed.is_none() {
-        let st = statuses(&scene).await;
+        let st = scene.statuses().await;
         panic!(
             "the ring did not heal: {:?} / tunnel {:?}\n{}",
             ring_is_consistent(&ids, &alive, &st),
@@ -244,11 +236,11 @@ async fn a_roster_member_of_another_group_gets_no_link_route_or_dht() {
     let mut members = vec![0, 1, 2];
     members.sort_by_key(|&i| scene.ids[i].clone());
     let members_ring = wait(Duration::from_secs(30), || async {
-        let s = statuses(&scene).await;
+        let s = scene.statuses().await;
         ring_is_consistent(&scene.ids, &members, &s).ok()
     })
     .await;
-    let s = statuses(&scene).await;
+    let s = scene.statuses().await;
     assert!(
         members_ring.is_some(),
         "the members formed no ring: {:?}",
@@ -268,7 +260,7 @@ async fn a_roster_member_of_another_group_gets_no_link_route_or_dht() {
     );
     assert!(scene.ping(3, 0).is_err(), "the stranger's ping was answered");
     assert!(scene.ping(0, 3).is_err(), "a member's ping reached the stranger");
-    let s = statuses(&scene).await;
+    let s = scene.statuses().await;
     let stranger = s[3].as_ref().expect("stranger status");
     assert_eq!(
         stranger.ring.links + stranger.ring.leaf_links,

@@ -35,14 +35,6 @@ const PR_A: usize = 1;
 const PR_B: usize = 4;
 const BLOCKED: usize = 5;
 
-async fn statuses(scene: &Scene) -> Vec<Option<Status>> {
-    let mut out = Vec::new();
-    for n in &scene.nodes {
-        out.push(n.status().await);
-    }
-    out
-}
-
 /// App datagrams node `i` has sent over the XMPP relay.
 async fn relayed_out(scene: &Scene, i: usize) -> u64 {
     scene.nodes[i].status().await.expect("status").counters["link_relayed_out"]
@@ -187,10 +179,10 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
     };
     let scene = Scene::start_custom("vpn6", &PEERS, LabOptions::default(), &keys, &vpn_on).await;
     let formed = wait(Duration::from_secs(60), || async {
-        ready(&statuses(&scene).await).then_some(())
+        ready(&scene.statuses().await).then_some(())
     })
     .await;
-    let st = statuses(&scene).await;
+    let st = scene.statuses().await;
     assert!(
         formed.is_some(),
         "VPN addresses not all known within 60 s: {st:#?}"
@@ -262,7 +254,7 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
     assert!(nobody.contains("no online member holds VPN address"), "{nobody}");
 
     // End to end through the relaying neighbour: both ends ran the handshake and tunnelled.
-    let st_after = statuses(&scene).await;
+    let st_after = scene.statuses().await;
     for i in [SYM_A, SYM_B] {
         let c = &st_after[i].as_ref().unwrap().counters;
         assert!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ringlet_lab::{ChildGuard, Prosody, ProsodySpec, TestCa};
 
-use super::{ringlet_bin, say, status};
+use super::{member_home, ringlet_bin, say, status};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 const DOMAIN: &str = "demo.test";
@@ -48,31 +48,20 @@ pub async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     // One group for the three friends: a fresh CA signs each node's certificate (what `ringlet
     // group init` / `sign` / `join` do when people run it on their own machines).
     let group_ca = ringlet::secure::admin::init("demo", &dir.join("demo.ca.key"))?;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
     let mut nodes = Vec::new();
     for user in USERS {
-        let home = dir.join(user);
-        std::fs::create_dir_all(&home)?;
-        let config = home.join("ringlet.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let (home, config) = member_home(
+            dir,
+            user,
+            &format!("{user}@{DOMAIN}"),
+            &format!(
                 "[xmpp]\njid = \"{user}@{DOMAIN}\"\npassword = \"{PASSWORD}\"\nserver = \"{}\"\ntls = \"starttls\"\n\
                  ca_file = \"{}\"\n\n[overlay]\nname = \"friends\"\nfriends = [{}]\n",
                 server.c2s_addr(),
                 ca.ca_file.display(),
                 friends.join(", ")
             ),
-        )?;
-        let user_jid = format!("{user}@{DOMAIN}").parse()?;
-        ringlet::secure::admin::provision(
             &group_ca,
-            &home.join("node.key"),
-            &home.join("group.cert"),
-            &user_jid,
-            unix,
         )?;
         let log = home.join("ringlet.log");
         let mut cmd = Command::new(&bin);

@@ -15,7 +15,7 @@ use ringlet::node::status::Status;
 use ringlet_lab::natlab::{LabOptions, PUBLIC_IP, PUBLIC_IP2};
 use ringlet_lab::{ChildGuard, NatLab, NatType, Prosody, ProsodySpec};
 
-use super::{ringlet_bin, say, status};
+use super::{member_home, ringlet_bin, say, status};
 
 const DOMAIN: &str = "lab.demo";
 const PASSWORD: &str = "demo-password";
@@ -70,29 +70,19 @@ pub async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     }
 
     let group_ca = ringlet::secure::admin::init("demo", &dir.join("demo.ca.key"))?;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
     let friends: Vec<String> = users.iter().map(|u| format!("\"{u}\"")).collect();
     let mut peers = Vec::new();
     for (name, ..) in PEERS {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home)?;
-        let config = home.join("ringlet.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let (home, config) = member_home(
+            dir,
+            name,
+            &format!("{name}@{DOMAIN}"),
+            &format!(
                 "[xmpp]\njid = \"{name}@{DOMAIN}\"\npassword = \"{PASSWORD}\"\nserver = \"{PUBLIC_IP}:5222\"\n\
                  tls = \"plain\"\n\n[overlay]\nname = \"lab\"\nfriends = [{}]\n\n[vpn]\nenabled = true\n",
                 friends.join(", ")
             ),
-        )?;
-        ringlet::secure::admin::provision(
             &group_ca,
-            &home.join("node.key"),
-            &home.join("group.cert"),
-            &format!("{name}@{DOMAIN}").parse()?,
-            unix,
         )?;
         let log = home.join("ringlet.log");
         let mut cmd = lab.peer(name).ns.command(&bin.to_string_lossy());

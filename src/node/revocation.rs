@@ -91,7 +91,9 @@ impl Runtime {
                     tracing::debug!(error = %e, "malformed revocation broadcast");
                 }
             },
-            Some((&super::vpn::BROADCAST_VPN, packet)) => self.vpn_datagram(now, origin.to_bytes(), packet),
+            Some((&super::vpn::BROADCAST_VPN, packet)) => {
+                self.vpn_datagram(now, origin.to_bytes(), packet.to_vec())
+            }
             _ => tracing::debug!(origin = %NodeId::from(origin), "unknown broadcast dropped"),
         }
     }

@@ -627,15 +627,17 @@ impl Runtime {
 
     /// An app datagram from a member: to the application or the VPN, by its channel byte.
     pub(super) fn app_datagram(&mut self, now: Instant, from: NodeIdBytes, mut data: Vec<u8>) {
-        match data.first() {
-            Some(&super::vpn::CHANNEL_APP) => {
-                data.remove(0);
-                self.emit(AppEvent::Datagram {
-                    from: NodeId(from),
-                    data,
-                });
-            }
-            Some(&super::vpn::CHANNEL_VPN) => self.vpn_datagram(now, from, &data[1..]),
+        let Some(&channel) = data.first() else {
+            self.app_malformed += 1;
+            return;
+        };
+        data.remove(0);
+        match channel {
+            super::vpn::CHANNEL_APP => self.emit(AppEvent::Datagram {
+                from: NodeId(from),
+                data,
+            }),
+            super::vpn::CHANNEL_VPN => self.vpn_datagram(now, from, data),
             _ => self.app_malformed += 1,
         }
     }

@@ -165,9 +165,9 @@ impl Runtime {
     }
 
     /// A VPN packet from member `from` (a datagram on the VPN channel, or a broadcast).
-    pub(super) fn vpn_datagram(&mut self, now: Instant, from: NodeIdBytes, packet: &[u8]) {
+    pub(super) fn vpn_datagram(&mut self, now: Instant, from: NodeIdBytes, packet: Vec<u8>) {
         let Some(vpn) = self.vpn.as_mut() else { return };
-        vpn.core.handle_overlay(from, packet.to_vec());
+        vpn.core.handle_overlay(from, packet);
         self.drain_vpn(now);
     }
 
@@ -264,13 +264,22 @@ impl Runtime {
     /// Who holds an address: the smallest NodeId among the online, unrevoked claimants (us
     /// included).
     fn holder(&self, found: &Found) -> Option<NodeIdBytes> {
-        let online: BTreeSet<NodeIdBytes> = self.core.members().map(|m| m.node).collect();
+        let online = self.vpn_members();
         found
             .values
             .iter()
             .filter_map(|(v, _)| NodeIdBytes::try_from(v.as_slice()).ok())
-            .filter(|n| *n == self.node_id.0 || (online.contains(n) && !self.reach.links.is_revoked(n)))
+            .filter(|n| *n == self.node_id.0 || online.contains(n))
             .min()
+    }
+
+    /// The members online and not revoked: the ones the VPN carries packets for.
+    fn vpn_members(&self) -> BTreeSet<NodeIdBytes> {
+        self.core
+            .members()
+            .map(|m| m.node)
+            .filter(|n| !self.reach.links.is_revoked(n))
+            .collect()
     }
 
     fn check_claim(&mut self, now: Instant, ip: Ipv4Addr, holder: Option<NodeIdBytes>) {
@@ -327,12 +336,7 @@ impl Runtime {
         } else {
             table.nearest_left().is_some() && table.nearest_right().is_some()
         };
-        let online: BTreeSet<NodeIdBytes> = self
-            .core
-            .members()
-            .map(|m| m.node)
-            .filter(|n| !self.reach.links.is_revoked(n))
-            .collect();
+        let online = self.vpn_members();
         let Some(vpn) = self.vpn.as_mut() else { return };
         let gone: Vec<NodeIdBytes> = vpn
             .asked

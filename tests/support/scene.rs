@@ -130,6 +130,15 @@ impl Scene {
         self.nodes[i].status().await
     }
 
+    /// Every node's status, in node order (`None` for a node that does not answer).
+    pub async fn statuses(&self) -> Vec<Option<Status>> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            out.push(n.status().await);
+        }
+        out
+    }
+
     /// The path node `i` uses towards node `j`, as its status says.
     pub async fn path(&self, i: usize, j: usize) -> Option<String> {
         let s = self.status(i).await?;
