@@ -76,8 +76,9 @@ pub(super) struct VpnState {
     attempt: u32,
     claim: Claim,
     lookups: BTreeMap<u32, Lookup>,
-    /// Online members, with when we last asked for their published address.
-    asked: BTreeMap<NodeIdBytes, Instant>,
+    /// Online members, with when we last asked for their published address (`None`: not
+    /// yet, the ring did not route when they came).
+    asked: BTreeMap<NodeIdBytes, Option<Instant>>,
     next_tick: Instant,
     pub conflicts: u64,
     pub device_errors: u64,
@@ -356,13 +357,19 @@ impl Runtime {
         let unknown: Vec<NodeIdBytes> = online
             .iter()
             .filter(|n| vpn.core.address_of(n).is_none())
-            .filter(|n| vpn.asked.get(*n).is_none_or(|&at| now >= at + ASK_AGAIN))
+            .filter(|n| {
+                vpn.asked
+                    .get(*n)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|at| now >= at + ASK_AGAIN)
+            })
             .copied()
             .collect();
         let settled = vpn.claim == Claim::Settled && online.iter().all(|n| vpn.core.address_of(n).is_some());
         vpn.next_tick = now + if settled { TICK_SETTLED } else { TICK_SETTLING };
         for &node in &online {
-            vpn.asked.entry(node).or_insert(now);
+            vpn.asked.entry(node).or_insert(None);
         }
         if !routes {
             return;
@@ -378,7 +385,7 @@ impl Runtime {
         }
         for node in unknown {
             if let Some(vpn) = self.vpn.as_mut() {
-                vpn.asked.insert(node, now);
+                vpn.asked.insert(node, Some(now));
             }
             self.vpn_lookup(now, Lookup::Member(node));
         }
