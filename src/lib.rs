@@ -4,12 +4,14 @@
 //! - [`config`]: the TOML configuration;
 //! - [`identity`]: the node key and its `NodeId`;
 //! - [`node`]: a running node and the API to embed one;
+//! - [`app`]: the application API (members, send, broadcast, receive), embedded or attached;
 //! - [`control`]: the local control socket (`ringlet status`);
 //! - [`secure`]: group certificates, the Noise handshake and datagram protection;
 //! - [`vpn`]: the P2P VPN's addressing and forwarding core.
 //!
 //! The XMPP transport (session, rendezvous, relay) lives in the `ringlet-xmpp` crate.
 
+pub mod app;
 pub mod codec;
 pub mod config;
 pub mod control;

@@ -181,14 +181,17 @@ async fn up(config: Config) -> anyhow::Result<()> {
     let mut handle = node::start(&config, Options::default()).await?;
     tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
     tracing::debug!(jid = %handle.jid(), "node jid");
-    server.serve(handle.controller());
+    let (stop_tx, mut stop) = tokio::sync::mpsc::channel(1);
+    let hooks = control::Hooks::with_events(stop_tx);
+    server.serve(handle.controller(), hooks.clone());
     let stopped_on_its_own = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break false,
             _ = sigterm.recv() => break false,
+            _ = stop.recv() => break false,
             ev = handle.recv() => match ev {
-                // Nothing consumes application datagrams in the daemon yet: they are dropped.
-                Some(ev) => tracing::trace!(?ev, "application event"),
+                // To the attached applications, if any (`ringlet::app`).
+                Some(ev) => hooks.publish(ev),
                 None => break true,
             },
         }

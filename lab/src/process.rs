@@ -57,6 +57,19 @@ impl ChildGuard {
         }
     }
 
+    /// The process's piped stdin and stdout (each `None` unless piped, or once taken).
+    pub fn take_stdio(
+        &mut self,
+    ) -> (
+        Option<std::process::ChildStdin>,
+        Option<std::process::ChildStdout>,
+    ) {
+        match self.child.as_mut() {
+            Some(c) => (c.stdin.take(), c.stdout.take()),
+            None => (None, None),
+        }
+    }
+
     /// Takes the process out of the guard (the caller reaps it).
     pub fn into_child(mut self) -> Child {
         self.child.take().expect("child present until taken")

@@ -472,3 +472,88 @@ pub fn outcome(out: std::process::Output) -> Result<String, String> {
         Err(text)
     }
 }
+
+/// An example program (`target/<profile>/examples/<name>`) with its stdin to write to and its
+/// stdout lines collected as they come; killed by PID when dropped.
+pub struct AppProcess {
+    pub name: String,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    guard: ChildGuard,
+}
+
+impl AppProcess {
+    /// Starts example `example` with `args`; stderr goes to `dir/<name>.stderr`.
+    pub fn spawn(example: &str, name: &str, args: &[&str], dir: &Path) -> Self {
+        // target/<profile>/deps/<test>-<hash> → target/<profile>/examples/<example>
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join("examples")
+            .join(example);
+        assert!(bin.exists(), "{} was not built", bin.display());
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("RUST_LOG", "ringlet=debug")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap());
+        let mut guard = ChildGuard::spawn(name, &mut cmd).unwrap();
+        let (stdin, stdout) = guard.take_stdio();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout.unwrap()).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            name: name.into(),
+            stdin,
+            lines,
+            guard,
+        }
+    }
+
+    /// Types a line.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a line equal to `want` appears; panics with the output after `timeout`.
+    pub async fn expect_line(&self, want: &str, timeout: Duration) {
+        let seen = wait(timeout, || async {
+            self.output().iter().any(|l| l == want).then_some(())
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "{} did not print {want:?} within {timeout:?}; it printed:\n{}",
+            self.name,
+            self.output().join("\n")
+        );
+    }
+
+    /// Kills the program with SIGKILL (it cannot say goodbye).
+    pub fn kill(&mut self) {
+        self.guard.kill();
+    }
+
+    /// Closes its stdin and waits for it to exit.
+    pub fn finish(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.stdin = None;
+        self.guard.wait_timeout(timeout)
+    }
+}

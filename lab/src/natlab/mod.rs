@@ -151,7 +151,8 @@ impl NatLab {
         let probe = self.public.spawn(|| {
             let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
             sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-            crate::wait_for(Duration::from_secs(5), || {
+            // Generous: coturn initialises slowly on a loaded 2-core machine.
+            crate::wait_for(Duration::from_secs(15), || {
                 [PUBLIC_IP, PUBLIC_IP2]
                     .iter()
                     .all(|ip| stun_answers(&sock, (*ip, 3478).into()))

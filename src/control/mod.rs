@@ -6,6 +6,9 @@
 //! `{"id":5,"cmd":"dht-remove","key":"…","value":"…"}`; DHT values are UTF-8 text here.
 //! `{"id":6,"cmd":"revoke","value":"ringlet-revocation …"}` publishes a revocation (result
 //! `{"outcome":"added"|"known"}`).
+//! `{"id":7,"cmd":"send","node":"<40 hex>","value":"<base64>"}` sends an application datagram;
+//! `{"id":8,"cmd":"attach"}` turns the connection into an event stream ([`attach`]);
+//! `{"id":9,"cmd":"shutdown"}` stops the daemon (`ringlet down`).
 //! Response: `{"id":1,"ok":true,"result":{…}}` or
 //! `{"id":1,"ok":false,"error":"…"}`. Lines are limited to 64 KiB, connections to 32 at a time,
 //! and an idle connection is closed after 60 s.
@@ -20,10 +23,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::node::Controller;
+use crate::node::{AppEvent, Controller};
+
+pub mod attach;
+
+pub use attach::Hooks;
 
 const MAX_LINE: usize = 64 * 1024;
 const MAX_CONNECTIONS: usize = 32;
@@ -109,9 +116,9 @@ impl ControlServer {
     }
 
     /// Starts answering requests for the node behind `controller`.
-    pub fn serve(&mut self, controller: Controller) {
+    pub fn serve(&mut self, controller: Controller, hooks: Hooks) {
         if let Some(listener) = self.listener.take() {
-            self.task = Some(tokio::spawn(accept_loop(listener, controller)));
+            self.task = Some(tokio::spawn(accept_loop(listener, controller, hooks)));
         }
     }
 
@@ -129,7 +136,7 @@ impl Drop for ControlServer {
     }
 }
 
-async fn accept_loop(listener: UnixListener, controller: Controller) {
+async fn accept_loop(listener: UnixListener, controller: Controller, hooks: Hooks) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -140,25 +147,49 @@ async fn accept_loop(listener: UnixListener, controller: Controller) {
             continue;
         };
         let controller = controller.clone();
+        let hooks = hooks.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(stream, controller).await {
+            if let Err(e) = serve_connection(stream, controller, hooks).await {
                 tracing::debug!(error = %e, "control connection closed");
             }
         });
     }
 }
 
-async fn serve_connection(stream: UnixStream, controller: Controller) -> std::io::Result<()> {
+async fn serve_connection(stream: UnixStream, controller: Controller, hooks: Hooks) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(u64::MAX);
     let mut line = String::new();
+    // Set once the connection is attached: events are written while waiting for requests.
+    let mut events: Option<broadcast::Receiver<AppEvent>> = None;
     loop {
         line.clear();
         reader.set_limit(MAX_LINE as u64 + 1);
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read_line(&mut line)).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
+        let read = reader.read_line(&mut line);
+        let n = match &mut events {
+            None => match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(()),
+            },
+            Some(events) => {
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        r = &mut read => break r?,
+                        ev = events.recv() => {
+                            let wire = match ev {
+                                Ok(ev) => attach::WireEvent::from(&ev),
+                                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                                    attach::WireEvent::Lagged { missed }
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                            };
+                            write_line(&mut write, &wire).await?;
+                        }
+                    }
+                }
+            }
         };
         if n == 0 {
             return Ok(());
@@ -170,29 +201,83 @@ async fn serve_connection(stream: UnixStream, controller: Controller) -> std::io
                 result: None,
                 error: Some("request line too long".into()),
             };
-            write_response(&mut write, &resp).await?;
+            write_line(&mut write, &resp).await?;
             return Ok(());
         }
-        let resp = match serde_json::from_str::<Request>(line.trim_end()) {
-            Err(e) => Response {
-                id: 0,
-                ok: false,
-                result: None,
-                error: Some(format!("bad request: {e}")),
-            },
-            Ok(req) => handle(req, &controller).await,
-        };
-        write_response(&mut write, &resp).await?;
+        match serde_json::from_str::<Request>(line.trim_end()) {
+            Err(e) => {
+                let resp = Response {
+                    id: 0,
+                    ok: false,
+                    result: None,
+                    error: Some(format!("bad request: {e}")),
+                };
+                write_line(&mut write, &resp).await?;
+            }
+            Ok(req) if req.cmd == "attach" => {
+                let (resp, online) = attach(&req, &controller, &hooks, &mut events).await;
+                write_line(&mut write, &resp).await?;
+                for ev in online {
+                    write_line(&mut write, &attach::WireEvent::from(&ev)).await?;
+                }
+            }
+            Ok(req) => write_line(&mut write, &handle(req, &controller, &hooks).await).await?,
+        }
     }
 }
 
-async fn write_response(write: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(resp).unwrap_or_default();
+/// Subscribes the connection to the node's events; returns the answer and a `PeerUp` for
+/// every member already online.
+async fn attach(
+    req: &Request,
+    controller: &Controller,
+    hooks: &Hooks,
+    events: &mut Option<broadcast::Receiver<AppEvent>>,
+) -> (Response, Vec<AppEvent>) {
+    let fail = |error: &str| Response {
+        id: req.id,
+        ok: false,
+        result: None,
+        error: Some(error.into()),
+    };
+    if events.is_some() {
+        return (fail("already attached"), Vec::new());
+    }
+    let Some(sender) = &hooks.events else {
+        return (fail("this node does not serve attached applications"), Vec::new());
+    };
+    // Subscribed before the snapshot: a member that comes up in between is announced twice
+    // rather than never.
+    *events = Some(sender.subscribe());
+    let Some(status) = controller.status().await else {
+        return (fail("the node is stopping"), Vec::new());
+    };
+    let online = status
+        .peers
+        .iter()
+        .filter_map(|p| {
+            Some(AppEvent::PeerUp {
+                node: p.node_id.parse().ok()?,
+                jid: p.jid.clone(),
+            })
+        })
+        .collect();
+    let resp = Response {
+        id: req.id,
+        ok: true,
+        result: Some(serde_json::json!({ "node_id": status.node_id, "jid": status.jid })),
+        error: None,
+    };
+    (resp, online)
+}
+
+async fn write_line(write: &mut (impl AsyncWriteExt + Unpin), line: &impl Serialize) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).unwrap_or_default();
     bytes.push(b'\n');
     write.write_all(&bytes).await
 }
 
-async fn handle(req: Request, controller: &Controller) -> Response {
+async fn handle(req: Request, controller: &Controller, hooks: &Hooks) -> Response {
     let fail = |error: String| Response {
         id: req.id,
         ok: false,
@@ -275,6 +360,30 @@ async fn handle(req: Request, controller: &Controller) -> Response {
                 },
             }
         }
+        "send" => {
+            let to = req
+                .args
+                .node
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<crate::NodeId>();
+            let data = req.args.value.as_deref().and_then(attach::decode);
+            match (to, data) {
+                (Err(e), _) => fail(e.to_string()),
+                (_, None) => fail("send needs a base64 value".into()),
+                (Ok(to), Some(data)) => match controller.send(to, data).await {
+                    Ok(()) => done(serde_json::json!({})),
+                    Err(e) => fail(e.to_string()),
+                },
+            }
+        }
+        "shutdown" => match &hooks.stop {
+            Some(stop) => {
+                let _ = stop.try_send(());
+                done(serde_json::json!({}))
+            }
+            None => fail("this node cannot be stopped from the control socket".into()),
+        },
         other => fail(format!("unknown command '{other}'")),
     }
 }
