@@ -1,4 +1,6 @@
-//! The `ringlet` command line: `up` runs a node, `status` asks a running one.
+//! The `ringlet` command line: `up` runs a node (in the foreground, or detached with
+//! `--daemon`), `down` stops it, `status`, `ping`, `dht` and `netcheck` ask it, `config check`
+//! and `group …` work on files.
 //!
 //! Exit codes: 0 success, 1 the node failed (login refused, server unreachable, …) or is not
 //! running, 2 the configuration or the command line is wrong.
@@ -33,10 +35,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node in the foreground until SIGINT or SIGTERM
+    /// Run a node: in the foreground until SIGINT, SIGTERM or `ringlet down`, or detached
     Up {
         #[arg(short, long, default_value = "ringlet.toml")]
         config: PathBuf,
+        /// Run in the background (output to a log file beside the control socket); return
+        /// once the node is online
+        #[arg(long)]
+        daemon: bool,
+        /// Where to write the node's PID [default: beside the control socket, `.pid`]
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Stop the running node (it leaves the overlay first)
+    Down {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+    /// Show the STUN services, reflexive addresses and NAT behaviour, and what they mean
+    Netcheck {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+    /// Check the configuration, node key and group certificate without starting
+    Config {
+        #[command(subcommand)]
+        op: ConfigOp,
     },
     /// Ping a member over the overlay (its current path: direct UDP or the XMPP relay)
     Ping {
@@ -76,6 +100,15 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ConfigOp {
+    /// Everything `up` would refuse: the file, the key, the certificate, the VPN's needs
+    Check {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum DhtOp {
     /// Store VALUE (UTF-8, at most 1 KiB) under KEY; the node keeps it alive while it runs
     Put {
@@ -96,7 +129,12 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let config_path = match &cli.command {
         Command::Group { .. } => None,
-        Command::Up { config }
+        Command::Up { config, .. }
+        | Command::Down { config }
+        | Command::Netcheck { config }
+        | Command::Config {
+            op: ConfigOp::Check { config },
+        }
         | Command::Id { config }
         | Command::Status { config, .. }
         | Command::Ping { config, .. }
@@ -115,8 +153,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Id { .. } = cli.command {
-        return exit_with(cli::group::id(&config));
+    match &cli.command {
+        Command::Id { .. } => return exit_with(cli::group::id(&config)),
+        Command::Config { .. } => {
+            return match cli::check::run(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        _ => {}
+    }
+    let mut flags: Vec<&str> = vec!["-v"; cli.verbose.into()];
+    if cli.quiet {
+        flags.push("--quiet");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -127,11 +179,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up { .. } => up(config).await,
+            Command::Up { daemon: true, .. } => cli::daemon::start(&config, &flags).await,
+            Command::Up { pid_file, .. } => up(config, pid_file).await,
+            Command::Down { .. } => cli::daemon::stop(&config).await,
+            Command::Netcheck { .. } => cli::netcheck::run(&config).await,
             Command::Status { json, .. } => status(config, json).await,
             Command::Ping { node, count, .. } => ping(config, &node, count).await,
             Command::Dht { op, .. } => dht(config, op).await,
-            Command::Id { .. } | Command::Group { .. } => unreachable!("handled without a runtime"),
+            Command::Id { .. } | Command::Group { .. } | Command::Config { .. } => {
+                unreachable!("handled without a runtime")
+            }
         }
     });
     exit_with(result)
@@ -174,10 +231,13 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
-async fn up(config: Config) -> anyhow::Result<()> {
+async fn up(config: Config, pid_file: Option<PathBuf>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut server = ControlServer::bind(&config.control_socket).await?;
+    // After the control socket: holding it means no other node of this config runs.
+    let pid_path = pid_file.unwrap_or_else(|| cli::daemon::pid_file(&config));
+    let _pid_file = cli::daemon::PidFile::write(&pid_path)?;
     let mut handle = node::start(&config, Options::default()).await?;
     tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
     tracing::debug!(jid = %handle.jid(), "node jid");

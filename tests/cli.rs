@@ -310,3 +310,201 @@ fn group_revoke_fills_the_list_and_a_revoked_node_does_not_start() {
     assert_eq!(up.status.code(), Some(1));
     assert!(stderr(&up).contains("revoked"), "{}", stderr(&up));
 }
+
+/// Kills a detached daemon by the PID in its pid file if a test fails before `down`.
+struct DaemonGuard(std::path::PathBuf);
+
+impl DaemonGuard {
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill with the PID the daemon wrote; at worst the signal finds nobody.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie no init has reaped yet does not).
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    state.is_some_and(|s| s != 'Z')
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `up --daemon` returns once the node is online and leaves a pid file; `down` stops it and
+/// waits for its exit; both say clearly when there is nothing (or already something) to do.
+/// `--quiet` keeps the log to warnings; by default it shows the start's progress.
+#[test]
+fn up_daemon_and_down() {
+    let server = prosody("one.test", &["alice", "bob"], true, |_| {});
+    let dir = tempdir("ringlet-cli-daemon-");
+    let spec = NodeSpec::new("alice@one.test", &server.c2s_addr(), "alpha", &["bob@one.test"]);
+    let config = spec.write(dir.path());
+    let cfg = config.to_str().unwrap();
+    let guard = DaemonGuard(dir.path().join("ringlet.pid"));
+    let log = dir.path().join("ringlet.log");
+
+    for quiet in [true, false] {
+        let mut args = vec!["up", "--daemon", "-c", cfg];
+        if quiet {
+            args.push("--quiet");
+        }
+        let out = ringlet(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains("ringlet is up (pid"), "{}", stdout(&out));
+        let pid = guard.pid().expect("a pid file");
+        assert!(alive(pid));
+        let status = ringlet(&["status", "-c", cfg]);
+        assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+        let again = ringlet(&["up", "--daemon", "-c", cfg]);
+        assert_eq!(again.status.code(), Some(1));
+        assert!(stderr(&again).contains("already running"), "{}", stderr(&again));
+
+        let down = ringlet(&["down", "-c", cfg]);
+        assert_eq!(down.status.code(), Some(0), "{}", stderr(&down));
+        assert!(stdout(&down).contains("ringlet stopped"));
+        assert!(!alive(pid), "the daemon still runs after down");
+        assert!(guard.pid().is_none(), "the pid file outlived the daemon");
+        assert!(!dir.path().join("ringlet.sock").exists());
+        let text = std::fs::read_to_string(&log).unwrap();
+        let infos = text.lines().filter(|l| l.contains("INFO")).count();
+        if quiet {
+            assert_eq!(infos, 0, "--quiet logged progress:\n{text}");
+        } else {
+            for step in ["logging in", "online", "node up"] {
+                assert!(text.contains(step), "no {step:?} progress in the log:\n{text}");
+            }
+        }
+    }
+    let down = ringlet(&["down", "-c", cfg]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        stderr(&down).contains("no ringlet node is running"),
+        "{}",
+        stderr(&down)
+    );
+
+    // A daemon that cannot log in: `up --daemon` fails and shows the end of its log.
+    let mut wrong = spec.clone();
+    wrong.password = "not-the-password".into();
+    let config = wrong.write(&dir.path().join("wrong"));
+    let out = ringlet(&["up", "--daemon", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the daemon exited") && stderr(&out).contains("wrong password"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `config check` passes a complete member setup and names what is missing otherwise.
+#[test]
+fn config_check_success_and_errors() {
+    let dir = tempdir("ringlet-cli-check-");
+    let mut spec = NodeSpec::new("alice@one.test", "127.0.0.1:5222", "alpha", &["bob@one.test"]);
+    spec.extra = "[vpn]\nenabled = true\naddress = \"10.77.0.9/16\"\n".into();
+    let config = spec.write(&dir.path().join("ok"));
+    let out = ringlet(&["config", "check", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "config",
+        "account    alice@one.test",
+        "overlay    alpha (1 friends)",
+        "group",
+        "vpn        ringlet0 10.77.0.9/16",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+
+    spec.membership = support::Membership::None;
+    let bare = spec.write(&dir.path().join("bare"));
+    let out = ringlet(&["config", "check", "-c", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no node key"), "{}", stderr(&out));
+
+    let out = ringlet(&["id", "-c", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = ringlet(&["config", "check", "-c", bare.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no usable group certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Alice's key and certificate under Bob's account.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("alice@one.test", "bob@one.test");
+    std::fs::write(&config, text).unwrap();
+    let out = ringlet(&["config", "check", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is for alice@one.test"), "{}", stderr(&out));
+
+    let out = ringlet(&[
+        "config",
+        "check",
+        "-c",
+        dir.path().join("none.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read config"), "{}", stderr(&out));
+}
+
+/// `netcheck` in the NAT lab: from the running node (symmetric NAT), and alone when no node
+/// runs (port-restricted cone): the XEP-0215 STUN services, reflexive address and verdict.
+#[tokio::test(flavor = "multi_thread")]
+async fn netcheck_from_the_daemon_and_alone() {
+    ringlet_lab::require_root("the netcheck lab test").expect("this test needs root");
+    use ringlet_lab::natlab::LabOptions;
+    use ringlet_lab::NatType;
+    let peers = [("cone", NatType::PortRestricted), ("sym", NatType::Symmetric)];
+    let mut scene = support::scene::Scene::start("netcheck", &peers, LabOptions::default()).await;
+    let cfg = |i: usize| scene.nodes[i].config.to_str().unwrap().to_owned();
+    let (cone_cfg, sym_cfg) = (cfg(0), cfg(1));
+    // The daemon's verdict needs a moment after login.
+    let verdict = wait(Duration::from_secs(15), || async {
+        let out = scene
+            .lab
+            .peer("sym")
+            .ns
+            .command(ringlet_bin())
+            .args(["netcheck", "-c", &sym_cfg])
+            .output()
+            .unwrap();
+        stdout(&out).contains("mapping endpoint-dependent").then_some(out)
+    })
+    .await
+    .expect("netcheck never showed the symmetric NAT");
+    let text = stdout(&verdict);
+    assert!(stderr(&verdict).contains("asking the running node"));
+    assert!(text.contains("services   stun 203.0.113.2:3478"), "{text}");
+    assert!(text.contains("verdict    symmetric NAT"), "{text}");
+
+    scene.nodes[0].stop();
+    let out = scene
+        .lab
+        .peer("cone")
+        .ns
+        .command(ringlet_bin())
+        .args(["netcheck", "-c", &cone_cfg])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no node running"), "{}", stderr(&out));
+    assert!(text.contains("udp ok, mapping endpoint-independent"), "{text}");
+    assert!(text.contains("filtering address-and-port-dependent"), "{text}");
+    assert!(text.contains("verdict    cone NAT"), "{text}");
+    assert!(!text.contains("reflexive  none"), "{text}");
+}

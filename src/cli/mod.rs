@@ -1,3 +1,6 @@
-//! Subcommands of the `ringlet` binary that do not talk to a running node.
+//! Subcommands of the `ringlet` binary beyond `up`, `status`, `ping` and `dht`.
 
+pub mod check;
+pub mod daemon;
 pub mod group;
+pub mod netcheck;

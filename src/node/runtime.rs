@@ -65,6 +65,8 @@ pub(super) struct Runtime {
     next_ping: u64,
     /// The NAT behaviour last logged at INFO (it is logged again only when it changes).
     logged_nat: Option<NatInfo>,
+    /// Whether both ring neighbours were last seen listing us (logged when it changes).
+    logged_ring_agreed: bool,
     pub ring: crate::overlay::Ring,
     /// Ring messages for a peer whose direct path had just gone.
     pub ring_no_path: u64,
@@ -130,6 +132,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         relay_send_failures: 0,
         app_sent: (0, 0),
         logged_nat: None,
+        logged_ring_agreed: false,
         pings: BTreeMap::new(),
         next_ping: 1,
         ring: super::ring::new_ring(Instant::now(), node_id),
@@ -425,6 +428,7 @@ impl Runtime {
     /// Moves every core's output where it belongs, until nothing moves any more.
     fn after_input(&mut self, sender: &SessionSender) {
         let now = Instant::now();
+        self.log_ring_progress();
         loop {
             let mut moved = false;
             while let Some(stanza) = self.core.poll_transmit() {
@@ -477,6 +481,19 @@ impl Runtime {
         }
     }
 
+    /// Progress for the person starting the node: the ring is consistent once both
+    /// neighbours list us.
+    fn log_ring_progress(&mut self) {
+        let agreed = self.ring.neighbours_agree() == Some(true);
+        if agreed != self.logged_ring_agreed {
+            self.logged_ring_agreed = agreed;
+            match agreed {
+                true => tracing::info!(links = self.ring.table().routing().count(), "ring consistent"),
+                false => tracing::debug!("ring neighbours changed"),
+            }
+        }
+    }
+
     fn on_nat_changed(&mut self, now: Instant) {
         let nat = self.reach.stun.nat();
         let reflexive: Vec<String> = self
@@ -488,9 +505,10 @@ impl Runtime {
             .collect();
         if self.logged_nat != Some(nat) {
             self.logged_nat = Some(nat);
-            tracing::info!(?nat, "NAT behaviour");
+            tracing::info!(?nat, ?reflexive, "NAT behaviour");
+        } else {
+            tracing::debug!(?nat, ?reflexive, "reflexive addresses");
         }
-        tracing::debug!(?nat, ?reflexive, "reflexive addresses");
         let candidates = self.reach.candidates();
         self.reach.links.set_local(now, candidates.clone(), nat);
         self.core.set_endpoints(Reach::endpoints(&candidates));
