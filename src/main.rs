@@ -385,6 +385,14 @@ fn render(s: &Status) -> String {
         "overlay   {} ({}, up {:.0} s)",
         s.overlay, s.state, s.uptime_s
     );
+    if let Some(nat) = s.nat.clone() {
+        let nat: ringlet::reach::nat::NatInfo = serde_json::from_value(nat).unwrap_or_default();
+        let reflexive = match s.reflexive.is_empty() {
+            true => String::new(),
+            false => format!(" (reflexive {})", s.reflexive.join(" ")),
+        };
+        let _ = writeln!(out, "nat       {}{reflexive}", nat.label());
+    }
     for svc in &s.services {
         let port = svc.port.map(|p| format!(":{p}")).unwrap_or_default();
         let transport = svc
@@ -432,8 +440,8 @@ fn render(s: &Status) -> String {
         let w = s.peers.iter().map(|p| p.jid.len()).max().unwrap_or(3).max(3);
         let _ = writeln!(
             out,
-            "  {:<12}  {:<w$}  {:<15}  {:<6}  {:>9}  {:>7}",
-            "NODE", "JID", "VPN", "PATH", "RTT", "SINCE"
+            "  {:<12}  {:<w$}  {:<15}  {:<6}  {:>9}  {:<9}  {:>17}  {:>7}",
+            "NODE", "JID", "VPN", "PATH", "RTT", "NAT", "BYTES IN/OUT", "SINCE"
         );
         for p in &s.peers {
             let rtt = p
@@ -446,15 +454,27 @@ fn render(s: &Status) -> String {
                 .as_deref()
                 .map(|v| format!("  via {}", &v[..12.min(v.len())]))
                 .unwrap_or_default();
+            let bytes = format!("{}/{}", human_bytes(p.bytes_in), human_bytes(p.bytes_out));
             let _ = writeln!(
                 out,
-                "  {node:<12}  {:<w$}  {:<15}  {:<6}  {rtt:>9}  {:>5.0} s{via}",
+                "  {node:<12}  {:<w$}  {:<15}  {:<6}  {rtt:>9}  {:<9}  {bytes:>17}  {:>5.0} s{via}",
                 p.jid,
                 p.vpn_address.as_deref().unwrap_or("-"),
                 p.path,
+                p.nat.as_deref().unwrap_or("-"),
                 p.since_s
             );
         }
     }
     out
+}
+
+/// `1.5 MB`-style sizes for the status table.
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.1} GB", n as f64 / 1e9),
+    }
 }

@@ -114,7 +114,17 @@ async fn status_table_and_json_schema() {
     }
     assert_eq!(v["node_id"].as_str().unwrap().len(), 40);
     let peer = &v["peers"][0];
-    for key in ["node_id", "jid", "path", "remote", "rtt_ms", "since_s"] {
+    for key in [
+        "node_id",
+        "jid",
+        "path",
+        "remote",
+        "rtt_ms",
+        "since_s",
+        "nat",
+        "bytes_in",
+        "bytes_out",
+    ] {
         assert!(peer.get(key).is_some(), "peer lacks key {key}: {peer}");
     }
     assert!(peer["path"] == "xmpp" || peer["path"] == "direct", "{peer}");

@@ -246,6 +246,9 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
             .unwrap();
         support::outcome(out)
     };
+    let st_pr = scene.status(PR_A).await.expect("status");
+    let row = st_pr.peers.iter().find(|p| p.node_id == scene.ids[PR_B]).unwrap();
+    assert_eq!(row.nat.as_deref(), Some("cone"), "v{PR_A}'s view of v{PR_B}");
     let by_ip = cli_ping(ips[PR_B].to_string()).expect("ping by VPN address");
     assert!(by_ip.contains("via direct"), "{by_ip}");
     let by_jid = cli_ping(format!("{}@{}", PEERS[PR_B].0, support::scene::DOMAIN)).expect("ping by JID");
@@ -278,6 +281,18 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
         assert!(
             got == len && same,
             "TCP over {what}: {got} of {len} bytes, digests agree: {same}"
+        );
+        // The receiver's status counts the payload on the peer's row, whatever the path.
+        let st_b = scene.status(b).await.expect("status");
+        let row = st_b
+            .peers
+            .iter()
+            .find(|p| p.node_id == scene.ids[a])
+            .expect("a row for the sender");
+        assert!(
+            row.bytes_in >= len as u64,
+            "v{b} counts {} bytes from v{a}",
+            row.bytes_in
         );
         if what == "tunnel" {
             // Full-size segments fit the tunnel (the MTU allows for it): none took the relay.

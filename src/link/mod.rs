@@ -256,6 +256,8 @@ struct Link {
     session: secure::Session,
     /// A revocation names the peer: nothing goes to it or comes from it.
     revoked: bool,
+    /// What the peer last told us about its NAT (in its offer, answer or trickle).
+    peer_nat: NatInfo,
 }
 
 pub struct Links {
@@ -308,6 +310,11 @@ impl Links {
         self.links.get(peer).map(|l| l.path)
     }
 
+    /// The peer's NAT as it last described it (unknown until it sent an offer or answer).
+    pub fn peer_nat(&self, peer: &NodeIdBytes) -> Option<NatInfo> {
+        self.links.get(peer).map(|l| l.peer_nat)
+    }
+
     /// When the link's current path came up.
     pub fn path_since(&self, peer: &NodeIdBytes) -> Option<Instant> {
         self.links.get(peer).map(|l| l.since)
@@ -335,6 +342,7 @@ impl Links {
             verified_key: None,
             session: secure::Session::default(),
             revoked: false,
+            peer_nat: NatInfo::default(),
         };
         self.links.insert(peer, link);
         self.recheck_revoked(peer);
@@ -433,8 +441,9 @@ impl Links {
         }
     }
 
-    /// Our candidates or NAT info changed: trickle them to running attempts, and retry failed
-    /// links soon (the new information may make a direct path possible).
+    /// Our candidates or NAT info changed: trickle them to running attempts, retry failed
+    /// links soon (the new information may make a direct path possible), and tell every other
+    /// peer a NAT verdict.
     pub fn set_local(&mut self, now: Instant, candidates: Vec<Candidate>, nat: NatInfo) {
         let nat_changed = nat != self.nat;
         let added: Vec<Candidate> = candidates
@@ -466,6 +475,16 @@ impl Links {
                 {
                     link.retry_at = Some(now + Duration::from_millis(200));
                 }
+                // Peers show our NAT in their status: tell the others once it is known
+                // (attempt 0 matches no attempt; only the NAT info is taken).
+                _ if nat_changed && nat.label() != "?" => trickles.push((
+                    *peer,
+                    Body::Candidates {
+                        attempt: 0,
+                        nat,
+                        candidates: Vec::new(),
+                    },
+                )),
                 _ => {}
             }
         }
@@ -557,6 +576,9 @@ impl Links {
                 candidates,
             } => {
                 let own_nat = self.nat;
+                if let Some(link) = self.links.get_mut(&peer) {
+                    link.peer_nat = nat;
+                }
                 if let Some(a) = self
                     .links
                     .get_mut(&peer)
@@ -624,6 +646,7 @@ impl Links {
         agent.set_remote(now, offer.creds.clone(), &offer.candidates);
         let mut attempt = Attempt::new(offer.attempt, agent, false);
         attempt.learn(now, &self.nat, offer.nat, &offer.candidates);
+        link.peer_nat = offer.nat;
         let answer = Offer {
             attempt: offer.attempt,
             creds,
@@ -637,7 +660,11 @@ impl Links {
 
     fn on_answer(&mut self, now: Instant, peer: NodeIdBytes, answer: Offer) {
         let nat = self.nat;
-        let Some(a) = self.links.get_mut(&peer).and_then(|l| l.attempt.as_mut()) else {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.peer_nat = answer.nat;
+        let Some(a) = link.attempt.as_mut() else {
             return;
         };
         if a.id != answer.attempt || !a.initiator || a.agent.remote_ufrag().is_some() {

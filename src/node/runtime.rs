@@ -10,7 +10,7 @@
 //! 3. repeat until shutdown or a fatal session error, then leave with unavailable presence.
 #![allow(clippy::disallowed_methods)] // the runtime is the one place that reads the clock
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ringlet_xmpp::core::{self, Core};
@@ -61,6 +61,8 @@ pub(super) struct Runtime {
     pub relay_send_failures: u64,
     /// Application datagrams handed to a path: (direct UDP, XMPP relay).
     pub app_sent: (u64, u64),
+    /// Application and VPN payload bytes per online member: (received, sent).
+    pub peer_bytes: HashMap<NodeIdBytes, (u64, u64)>,
     pings: BTreeMap<u64, PendingPing>,
     next_ping: u64,
     /// The NAT behaviour last logged at INFO (it is logged again only when it changes).
@@ -133,6 +135,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         app_sent: (0, 0),
         logged_nat: None,
         logged_ring_agreed: false,
+        peer_bytes: HashMap::new(),
         pings: BTreeMap::new(),
         next_ping: 1,
         ring: super::ring::new_ring(Instant::now(), node_id),
@@ -313,8 +316,16 @@ impl Runtime {
         }
     }
 
-    /// Sends an app datagram on `channel` (application or VPN) to member `to`.
+    /// Sends an app datagram on `channel` (application or VPN) to member `to`, counting its
+    /// bytes for the member's status.
     pub(super) fn send_on(&mut self, to: NodeId, channel: u8, payload: &[u8]) -> Result<(), SendError> {
+        self.send_path(to, channel, payload)?;
+        self.peer_bytes.entry(to.0).or_default().1 += payload.len() as u64;
+        Ok(())
+    }
+
+    /// [`Runtime::send_on`] without the counting: picks the path and hands the datagram to it.
+    fn send_path(&mut self, to: NodeId, channel: u8, payload: &[u8]) -> Result<(), SendError> {
         let mut data = Vec::with_capacity(payload.len() + 1);
         data.push(channel);
         data.extend_from_slice(payload);
@@ -561,6 +572,7 @@ impl Runtime {
             core::Event::MemberDown { jid, node } => {
                 tracing::info!(peer = %NodeId(node), "peer offline");
                 self.member_down(now, &node, &jid);
+                self.peer_bytes.remove(&node);
                 self.emit(AppEvent::PeerDown {
                     node: NodeId(node),
                     jid: jid.to_string(),
@@ -650,6 +662,7 @@ impl Runtime {
             return;
         };
         data.remove(0);
+        self.peer_bytes.entry(from).or_default().0 += data.len() as u64;
         match channel {
             super::vpn::CHANNEL_APP => self.emit(AppEvent::Datagram {
                 from: NodeId(from),

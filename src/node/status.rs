@@ -60,6 +60,15 @@ pub struct Peer {
     /// The peer's VPN IPv4 address, once known (null without a VPN).
     #[serde(default)]
     pub vpn_address: Option<String>,
+    /// The peer's NAT as it described it: `open`, `cone`, `symmetric`, `blocked`; null until
+    /// it has (in its first address offer or answer).
+    #[serde(default)]
+    pub nat: Option<String>,
+    /// Application and VPN payload bytes received from and sent to the peer, on any path.
+    #[serde(default)]
+    pub bytes_in: u64,
+    #[serde(default)]
+    pub bytes_out: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +138,13 @@ pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
                     .as_ref()
                     .and_then(|v| v.core.address_of(&m.node))
                     .map(|a| a.to_string()),
+                nat: links
+                    .peer_nat(&m.node)
+                    .map(|n| n.label())
+                    .filter(|l| *l != "?")
+                    .map(Into::into),
+                bytes_in: rt.peer_bytes.get(&m.node).map_or(0, |b| b.0),
+                bytes_out: rt.peer_bytes.get(&m.node).map_or(0, |b| b.1),
             }
         })
         .collect();

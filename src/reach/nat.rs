@@ -63,4 +63,16 @@ impl NatInfo {
     pub fn udp_blocked(&self) -> bool {
         self.udp == Some(Udp::Blocked)
     }
+
+    /// One word for tables: `blocked`, `symmetric`, `open` (endpoint-independent filtering),
+    /// `cone`, or `?` while unknown.
+    pub fn label(&self) -> &'static str {
+        match (self.udp, self.mapping, self.filtering) {
+            (Some(Udp::Blocked), ..) => "blocked",
+            (_, Some(Mapping::EndpointDependent), _) => "symmetric",
+            (_, Some(Mapping::EndpointIndependent), Some(Filtering::EndpointIndependent)) => "open",
+            (_, Some(Mapping::EndpointIndependent), Some(_)) => "cone",
+            _ => "?",
+        }
+    }
 }
