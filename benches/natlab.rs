@@ -5,7 +5,10 @@
 //!   0 and 20 ms one-way WAN delay (with the time to XMPP login and to rendezvous of the same
 //!   runs as the breakdown);
 //! - symmetric ↔ port-restricted: share of 20 fresh attempts that go direct, and how fast;
-//! - STUN checks sent per successful punch, per pair of NAT types.
+//! - STUN checks sent per successful punch, per pair of NAT types;
+//! - `ring`: 12 peers with the VPN at 20 ms delay — a consistent ring with direct neighbour
+//!   links, the first VPN ping, idle traffic per node (`RINGLET_BENCH_IDLE_S`, default 120 s)
+//!   and daemon memory ([`ring`]).
 //!
 //! Run: `cargo bench --bench natlab` (`-- --quick` for fewer runs; or name sections:
 //! `time birthday probes`). Environment: `RINGLET_BENCH_CASE=peers,delay_ms` runs one case of
@@ -14,6 +17,8 @@
 #![allow(clippy::disallowed_methods)] // benchmarks measure real time
 
 mod common;
+#[path = "natlab/ring.rs"]
+mod ring;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -232,5 +237,12 @@ async fn main() {
     }
     if run("probes") {
         bench_probes(if quick { 1 } else { 3 }).await;
+    }
+    if run("ring") {
+        let idle = std::env::var("RINGLET_BENCH_IDLE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 30 } else { 120 });
+        ring::bench_ring(Duration::from_secs(idle)).await;
     }
 }

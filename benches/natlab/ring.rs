@@ -1,0 +1,177 @@
+//! The `ring` section: twelve peers behind cone NATs with 20 ms one-way WAN delay and the VPN
+//! on. Measures, from the first process start: a consistent ring whose near-neighbour links
+//! are all direct, the first VPN ping answered (p0 → p1 through the TUN devices), every VPN
+//! address known everywhere; then, idle, the traffic per node on its LAN interface (XMPP and
+//! UDP together) over a window, and the daemons' memory.
+
+use std::time::{Duration, Instant};
+
+use ringlet::node::status::Status;
+use ringlet_lab::natlab::LabOptions;
+use ringlet_lab::NatType;
+
+use crate::support::scene::Scene;
+use crate::support::NodeSpec;
+
+const PEERS: usize = 12;
+const DELAY: Duration = Duration::from_millis(20);
+const FORM_LIMIT: Duration = Duration::from_secs(60);
+
+/// Consistent, with both neighbours reached directly.
+fn ring_direct(st: &Status) -> bool {
+    let direct = |n: &Option<String>| {
+        n.as_ref()
+            .is_some_and(|id| st.peers.iter().any(|p| &p.node_id == id && p.path == "direct"))
+    };
+    st.ring.consistent == Some(true) && direct(&st.ring.left) && direct(&st.ring.right)
+}
+
+/// Rx + tx bytes of every interface in a peer's namespace but loopback and the TUN device.
+fn lan_bytes(scene: &Scene, name: &str) -> u64 {
+    let out = scene
+        .lab
+        .peer(name)
+        .ns
+        .command("cat")
+        .arg("/proc/net/dev")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (iface, rest) = l.split_once(':')?;
+            let iface = iface.trim();
+            if iface == "lo" || iface.starts_with("ringlet") {
+                return None;
+            }
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            Some(f.first()? + f.get(8)?)
+        })
+        .sum()
+}
+
+/// (VmRSS, VmHWM) of a process, KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+pub async fn bench_ring(idle: Duration) {
+    println!(
+        "\n{PEERS} peers behind cone NATs, {} ms one-way WAN delay, VPN on (one run)",
+        DELAY.as_millis()
+    );
+    let names: Vec<String> = (0..PEERS).map(|i| format!("r{i}")).collect();
+    let kinds = [NatType::Full, NatType::Restricted, NatType::PortRestricted];
+    let spec: Vec<(&str, NatType)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), kinds[i % kinds.len()]))
+        .collect();
+    let vpn = |_: &ringlet_lab::NatLab, _: usize, s: &mut NodeSpec| {
+        s.extra = "[vpn]\nenabled = true\n".into();
+    };
+    let options = LabOptions {
+        wan_delay: Some(DELAY),
+    };
+    let scene = Scene::start_custom("ring", &spec, options, &[], &vpn).await;
+    let start = scene.started;
+    let (mut formed, mut pinged, mut addresses) = (None, None, None);
+    let deadline = Instant::now() + FORM_LIMIT;
+    while (formed.is_none() || pinged.is_none() || addresses.is_none()) && Instant::now() < deadline {
+        let st: Vec<Option<Status>> = scene.statuses().await;
+        let t = start.elapsed().as_secs_f64();
+        let all = |f: &dyn Fn(&Status) -> bool| st.iter().all(|s| s.as_ref().is_some_and(f));
+        if formed.is_none() && all(&|s| s.peers.len() == PEERS - 1 && ring_direct(s)) {
+            formed = Some(t);
+        }
+        if addresses.is_none()
+            && all(&|s| s.peers.len() == PEERS - 1 && s.peers.iter().all(|p| p.vpn_address.is_some()))
+        {
+            addresses = Some(t);
+        }
+        let target = st[0]
+            .as_ref()
+            .and_then(|s| s.peers.iter().find(|p| p.node_id == scene.ids[1]))
+            .and_then(|p| p.vpn_address.clone());
+        if let (None, Some(ip)) = (pinged, target) {
+            let ok = scene
+                .lab
+                .peer("r0")
+                .ns
+                .command("ping")
+                .args(["-c", "1", "-W", "1", &ip])
+                .output();
+            if ok.is_ok_and(|o| o.status.success()) {
+                pinged = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let show = |t: Option<f64>| t.map_or("not within 60 s".to_owned(), |t| format!("{t:.3} s"));
+    println!(
+        "{:<52} {:>16} {:>8}",
+        "from the first process start to", "time", "target"
+    );
+    println!(
+        "{:<52} {:>16} {:>8}",
+        "consistent ring, near-neighbour links direct",
+        show(formed),
+        "≤ 2 s"
+    );
+    println!(
+        "{:<52} {:>16} {:>8}",
+        "first VPN ping answered (r0 → r1)",
+        show(pinged),
+        ""
+    );
+    println!(
+        "{:<52} {:>16} {:>8}",
+        "every VPN address known on every node",
+        show(addresses),
+        ""
+    );
+
+    // Settle (address lookups, DHT puts), then count idle traffic.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before: Vec<u64> = names.iter().map(|n| lan_bytes(&scene, n)).collect();
+    tokio::time::sleep(idle).await;
+    let rates: Vec<f64> = names
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| (lan_bytes(&scene, n) - b) as f64 / idle.as_secs_f64())
+        .collect();
+    let mut sorted = rates.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "idle traffic per node over {} s (rx+tx on its LAN link, XMPP + UDP): median {:.1} B/s, max {:.1} B/s (target ≤ 30 B/s)",
+        idle.as_secs(),
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+    let mem: Vec<(u64, u64)> = names
+        .iter()
+        .map(|n| {
+            let pid_file = scene.dir.path().join(n).join("ringlet.pid");
+            let pid = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            pid.map_or((0, 0), memory_kib)
+        })
+        .collect();
+    let rss_max = mem.iter().map(|m| m.0).max().unwrap_or(0);
+    let hwm_max = mem.iter().map(|m| m.1).max().unwrap_or(0);
+    println!(
+        "daemon memory: RSS max {:.1} MiB, peak (VmHWM) max {:.1} MiB (target ≤ 20 MiB)",
+        rss_max as f64 / 1024.0,
+        hwm_max as f64 / 1024.0
+    );
+}
