@@ -18,6 +18,11 @@ if [ "$(cat /proc/sys/net/ipv4/ip_forward)" != 1 ]; then
   echo "router: net.ipv4.ip_forward is off (compose: sysctls net.ipv4.ip_forward=1)" >&2
   exit 1
 fi
+# The router's only way out is its WAN: a default route Docker gave it (via the host's bridge
+# on the LAN) would let the lab reach the real Internet.
+while ip route del default 2>/dev/null; do
+  echo "router: removed a default route" >&2
+done
 ipt() {
   echo "router: iptables $*" >&2
   iptables "$@"
