@@ -56,6 +56,7 @@ if [ "$nat" = udp-blocked ]; then
 fi
 echo "router: $nat NAT for $peer_ip on $wan" >&2
 touch "$ready"
-trap 'exit 0' TERM INT
 sleep infinity &
+sleeper=$!
+trap 'kill "$sleeper"; exit 0' TERM INT
 wait
