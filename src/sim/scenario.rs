@@ -120,7 +120,7 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
     while world.elapsed() < start + limit {
         let next = world.elapsed() + Duration::from_secs(1);
         world.run_until(next);
-        if std::env::var("SIM_DEBUG").is_ok() && world.elapsed().as_secs() % 10 == 0 {
+        if std::env::var("SIM_DEBUG").is_ok() && world.elapsed().as_secs().is_multiple_of(10) {
             eprintln!(
                 "t={:?} inconsistent={} wakes={} messages={}",
                 world.elapsed(),
