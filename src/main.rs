@@ -394,17 +394,7 @@ fn render(s: &Status) -> String {
         let _ = writeln!(out, "nat       {}{reflexive}", nat.label());
     }
     for svc in &s.services {
-        let port = svc.port.map(|p| format!(":{p}")).unwrap_or_default();
-        let transport = svc
-            .transport
-            .as_deref()
-            .map(|t| format!("/{t}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "service   {} {}{}{} ({})",
-            svc.kind, svc.host, port, transport, svc.source
-        );
+        let _ = writeln!(out, "service   {}", svc.describe());
     }
     let short = |id: &Option<String>| {
         id.as_deref()

@@ -71,17 +71,7 @@ pub fn report(status: &Status) -> String {
         );
     }
     for svc in &status.services {
-        let port = svc.port.map(|p| format!(":{p}")).unwrap_or_default();
-        let transport = svc
-            .transport
-            .as_deref()
-            .map(|t| format!("/{t}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "services   {} {}{port}{transport} ({})",
-            svc.kind, svc.host, svc.source
-        );
+        let _ = writeln!(out, "services   {}", svc.describe());
     }
     match status.reflexive.is_empty() {
         true => {

@@ -99,6 +99,19 @@ pub struct Service {
     pub source: String,
 }
 
+impl Service {
+    /// `stun 203.0.113.2:3478/udp (xep-0215)`.
+    pub fn describe(&self) -> String {
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let transport = self
+            .transport
+            .as_deref()
+            .map(|t| format!("/{t}"))
+            .unwrap_or_default();
+        format!("{} {}{port}{transport} ({})", self.kind, self.host, self.source)
+    }
+}
+
 pub(super) fn build(rt: &Runtime, now: Instant) -> Status {
     let core = &rt.core;
     let links = &rt.reach.links;
