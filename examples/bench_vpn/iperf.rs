@@ -45,6 +45,8 @@ pub struct Sample {
     pub loss: f64,
     /// Bytes the public host received during the run, per byte the receiver got.
     pub via_public: f64,
+    /// CPU% of the whole machine in the second before the run (other users' load).
+    pub background: f64,
     /// Packets dropped where a VPN can drop them, during the run.
     pub drops: Drops,
     /// CPU% of the whole machine (all cores: 200 % on two), kernel work included.
@@ -65,6 +67,9 @@ pub struct Bench<'a> {
     pub secs: u32,
     /// For iperf3's JSON output.
     pub dir: &'a Path,
+    /// Before each run, wait (up to 30 s) until the machine's CPU use from everything else is
+    /// at most this (percent of all cores: 200 on two): the machine may be shared.
+    pub quiet: f64,
 }
 
 impl Bench<'_> {
@@ -83,7 +88,15 @@ impl Bench<'_> {
             public,
             secs,
             dir,
+            quiet,
         } = *self;
+        let mut background = f64::INFINITY;
+        for _ in 0..30 {
+            background = machine_load(Duration::from_secs(1)).await;
+            if background <= quiet {
+                break;
+            }
+        }
         let mut srv_cmd = server.command("iperf3");
         srv_cmd
             .args(["-s", "-1", "-p", &PORT.to_string()])
@@ -179,6 +192,7 @@ impl Bench<'_> {
             machine_after.1.saturating_sub(machine_before.1) as f64,
         );
         Ok(Sample {
+            background,
             drops,
             machine: busy / total.max(1.0) * 100.0 * cores(),
             mbps,
@@ -297,6 +311,16 @@ fn machine_ticks() -> (u64, u64) {
     let total: u64 = f.iter().take(8).sum();
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// The machine's CPU use over `period`, in percent of all cores.
+pub async fn machine_load(period: Duration) -> f64 {
+    let before = machine_ticks();
+    tokio::time::sleep(period).await;
+    let after = machine_ticks();
+    let busy = after.0.saturating_sub(before.0) as f64;
+    let total = after.1.saturating_sub(before.1) as f64;
+    busy / total.max(1.0) * 100.0 * cores()
 }
 
 fn cores() -> f64 {

@@ -12,8 +12,9 @@
 //! on return, on panic and on Ctrl-C.
 //!
 //! `cargo build --release --bin ringlet --example bench_vpn && ./target/release/examples/bench_vpn`
-//! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s),
-//! `--only raw,ringlet,tinc,n2n`.
+//! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s;
+//! 200,1000), `--only raw,ringlet,tinc,n2n`, `--quiet P` (before each run wait up to 30 s for
+//! the rest of the machine to use at most P % CPU, of 100 % per core; 25).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 mod iperf;
@@ -52,14 +53,16 @@ struct Options {
     secs: u32,
     udp_rates: Vec<u32>,
     only: Vec<String>,
+    quiet: f64,
 }
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         reps: 5,
         secs: 5,
-        udp_rates: vec![1000],
+        udp_rates: vec![200, 1000],
         only: ["raw", "ringlet", "tinc", "n2n"].map(String::from).to_vec(),
+        quiet: 25.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,6 +71,7 @@ fn options() -> anyhow::Result<Options> {
             "--reps" => o.reps = value()?.parse()?,
             "--time" => o.secs = value()?.parse()?,
             "--udp-rate" => o.udp_rates = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--quiet" => o.quiet = value()?.parse()?,
             "--only" => o.only = value()?.split(',').map(String::from).collect(),
             _ => bail!("unknown argument {a}; see the doc comment of examples/bench_vpn/main.rs"),
         }
@@ -265,6 +269,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
         public: lab.public(),
         secs: opts.secs,
         dir,
+        quiet: opts.quiet,
     };
     let mut results: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
     for rep in 0..opts.reps {
@@ -277,7 +282,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
                 say(
                     start,
                     format!(
-                        "rep {}/{} {:<8} {:<10} {:>8.1} Mbit/s  {}  drops dev {} rcvbuf {}  public host {:.2} B/B  CPU {} (machine {:.0}%)",
+                        "rep {}/{} {:<8} {:<10} {:>8.1} Mbit/s  {}  drops dev {} rcvbuf {}  public host {:.2} B/B  CPU {} (machine {:.0}%, before {:.0}%)",
                         rep + 1,
                         opts.reps,
                         sys.name,
@@ -288,7 +293,8 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
                         sample.drops.rcvbuf,
                         sample.via_public,
                         cpu_label(&sys.daemons, &sample.cpu),
-                        sample.machine
+                        sample.machine,
+                        sample.background
                     ),
                 );
                 results.entry((si, ti)).or_default().push(sample);
@@ -366,10 +372,10 @@ fn print_table(
         iperf::UDP_LEN
     );
     println!(
-        "| system | path | MTU | test | Mbit/s (median) | runs | loss / retr | drops device / rcvbuf | daemon CPU% sender/receiver | machine CPU% (of {:.0}) |",
+        "| system | path | MTU | test | Mbit/s (median) | runs | loss / retr | drops device / rcvbuf | daemon CPU% sender/receiver | machine CPU% (of {:.0}) | before |",
         100.0 * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
     );
-    println!("|---|---|---:|---|---:|---|---:|---:|---|---:|");
+    println!("|---|---|---:|---|---:|---|---:|---:|---|---:|---:|");
     let mut medians: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for (si, sys) in systems.iter().enumerate() {
         let mtu = iperf::mtu(sender, &sys.device).map_or("?".into(), |m| m.to_string());
@@ -393,10 +399,11 @@ fn print_table(
                 .map(|d| median(samples.iter().map(|s| s.cpu[d]).collect()))
                 .collect();
             let machine = median(samples.iter().map(|s| s.machine).collect());
+            let before = median(samples.iter().map(|s| s.background).collect());
             let dev = median(samples.iter().map(|s| s.drops.device as f64).collect());
             let rcvbuf = median(samples.iter().map(|s| s.drops.rcvbuf as f64).collect());
             println!(
-                "| {} | {path} | {mtu} | {} | {m:.1} | {} | {} | {dev:.0} / {rcvbuf:.0} | {} | {machine:.0} |",
+                "| {} | {path} | {mtu} | {} | {m:.1} | {} | {} | {dev:.0} / {rcvbuf:.0} | {} | {machine:.0} | {before:.0} |",
                 sys.name,
                 test.label(),
                 runs.join(", "),
