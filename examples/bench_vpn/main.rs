@@ -302,21 +302,30 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
         }
     }
 
-    // ringlet's own view of its path after the runs.
+    // ringlet's own view after the runs: its path, and how its UDP sends were batched.
     if let Some(vpn) = vpns.iter().find(|v| !v.sockets.is_empty()) {
-        if let Some(st) = systems::status(&vpn.sockets[0]).await {
-            for p in &st.peers {
-                say(
-                    start,
-                    format!(
-                        "ringlet {} sees its peer: path {}, relayed out {}, tunnelled out {}",
-                        PEERS[0],
-                        p.path,
-                        st.counters.get("link_relayed_out").unwrap_or(&0),
-                        st.counters.get("link_tunnelled_out").unwrap_or(&0)
-                    ),
-                );
-            }
+        for (name, socket) in PEERS.iter().zip(&vpn.sockets) {
+            let Some(st) = systems::status(socket).await else {
+                continue;
+            };
+            let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
+            let path = st.peers.first().map_or("-", |p| p.path.as_str());
+            say(
+                start,
+                format!(
+                    "ringlet {name}: path {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
+                     UDP datagrams out {} in {} send calls ({:.2} per call), send errors {}, VPN device errors {}",
+                    c("link_relayed_out"),
+                    c("link_tunnelled_out"),
+                    c("vpn_from_tun"),
+                    c("vpn_to_tun"),
+                    c("udp_datagrams_out"),
+                    c("udp_send_calls"),
+                    c("udp_datagrams_out") as f64 / c("udp_send_calls").max(1) as f64,
+                    c("udp_send_errors"),
+                    c("vpn_device_errors"),
+                ),
+            );
         }
     }
     print_table(&lab, &systems, &tests, &results, opts);
