@@ -1,0 +1,440 @@
+//! The VPN throughput benchmark (root): iperf3 TCP and UDP between two peers behind
+//! port-restricted cone NATs, in one NAT lab and one run, over
+//! 1. the raw underlay (no VPN: a port forward on the receiver's router, so the packets cross
+//!    both NATs exactly as the VPNs' UDP does),
+//! 2. ringlet's VPN (`ringlet up` with `[vpn] enabled = true`, direct path),
+//! 3. tinc 1.0 (a meeting-point node on the public host, router mode, default ciphers),
+//! 4. n2n 1.3 (a supernode on the public host, an edge per peer).
+//!
+//! Repetitions are interleaved (rep 1 of every system, then rep 2, …) so that drift of the
+//! shared 2-core machine hits every system alike; medians and ratios are printed at the end.
+//! Everything started is owned by guards: processes are killed by PID and namespaces deleted
+//! on return, on panic and on Ctrl-C.
+//!
+//! `cargo build --release --bin ringlet --example bench_vpn && ./target/release/examples/bench_vpn`
+//! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s;
+//! 200,1000), `--only raw,ringlet,tinc,n2n`, `--quiet P` (before each run wait up to 30 s for
+//! the rest of the machine to use at most P % CPU, of 100 % per core; 25).
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
+
+mod iperf;
+mod systems;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use iperf::{Daemons, Sample, Test};
+use ringlet_lab::natlab::{LabOptions, PUBLIC_IP, PUBLIC_IP2};
+use ringlet_lab::{NatLab, NatType, Prosody, ProsodySpec};
+
+pub const DOMAIN: &str = "lab.bench";
+pub const PASSWORD: &str = "bench-password";
+/// Sender and receiver; both behind port-restricted cone NATs, so every system can punch.
+const PEERS: [&str; 2] = ["alice", "bob"];
+
+/// Programs the benchmark runs, and the Debian package of each.
+const TOOLS: [(&str, &str); 9] = [
+    ("iperf3", "iperf3"),
+    ("tincd", "tinc"),
+    ("edge", "n2n"),
+    ("supernode", "n2n"),
+    ("prosody", "prosody"),
+    ("turnserver", "coturn"),
+    ("iptables", "iptables"),
+    ("ping", "iputils-ping"),
+    ("ss", "iproute2"),
+];
+
+struct Options {
+    reps: usize,
+    secs: u32,
+    udp_rates: Vec<u32>,
+    only: Vec<String>,
+    quiet: f64,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        reps: 5,
+        secs: 5,
+        udp_rates: vec![200, 1000],
+        only: ["raw", "ringlet", "tinc", "n2n"].map(String::from).to_vec(),
+        quiet: 25.0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--reps" => o.reps = value()?.parse()?,
+            "--time" => o.secs = value()?.parse()?,
+            "--udp-rate" => o.udp_rates = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--quiet" => o.quiet = value()?.parse()?,
+            "--only" => o.only = value()?.split(',').map(String::from).collect(),
+            _ => bail!("unknown argument {a}; see the doc comment of examples/bench_vpn/main.rs"),
+        }
+    }
+    anyhow::ensure!(o.reps > 0 && o.secs > 0, "--reps and --time must be positive");
+    Ok(o)
+}
+
+/// Installs missing Debian packages (as `scripts/demo.sh` does), or says which are missing.
+fn ensure_tools() -> anyhow::Result<()> {
+    let found = |bin: &str| {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let on_path = path
+            .split(':')
+            .chain(["/usr/sbin", "/sbin"])
+            .any(|d| Path::new(d).join(bin).is_file());
+        on_path
+    };
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !found(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench_vpn: installing {}", missing.join(" "));
+    let ok = std::process::Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+    anyhow::ensure!(
+        ok && TOOLS.iter().all(|(bin, _)| found(bin)),
+        "bench_vpn needs the Debian packages: {} (apt-get install -y {})",
+        missing.join(" "),
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+fn ringlet_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("RINGLET_BIN") {
+        return Ok(p.into());
+    }
+    // target/<profile>/examples/bench_vpn → target/<profile>/ringlet
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ringlet"))
+        .context("cannot locate target dir")?;
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found; build it with `cargo build --release --bin ringlet`",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn say(start: Instant, msg: impl std::fmt::Display) {
+    println!("[{:>6.1} s] {msg}", start.elapsed().as_secs_f64());
+}
+
+/// One system under test.
+struct System {
+    name: &'static str,
+    server_ip: Ipv4Addr,
+    /// The sender's and the receiver's daemon (CPU sampled).
+    daemons: Daemons,
+    /// Device on the sender (its MTU, its drops).
+    device: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let start = Instant::now();
+    let opts = options()?;
+    ringlet_lab::require_root("bench_vpn (network namespaces)")?;
+    ensure_tools()?;
+    let dir = tempfile::Builder::new().prefix("ringlet-bench-vpn-").tempdir()?;
+    tokio::select! {
+        result = run(start, dir.path(), &opts) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; cleaning up");
+            Ok(())
+        }
+    }
+}
+
+async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
+    let bin = ringlet_bin()?;
+    let lab_peers = PEERS.map(|n| (n, NatType::PortRestricted));
+    // Declared first, dropped last: every process below stops before the namespaces go.
+    let mut lab = NatLab::new("bv", &lab_peers, &LabOptions::default()).context("building the NAT lab")?;
+    lab.start_coturn(dir)?;
+    let mut spec = ProsodySpec::new(DOMAIN)?;
+    spec.interface = PUBLIC_IP.into();
+    spec.c2s_port = 5222;
+    spec.netns = Some(lab.public().name().to_owned());
+    spec.shared_roster = PEERS.iter().map(|n| format!("{n}@{DOMAIN}")).collect();
+    spec.stun = vec![(PUBLIC_IP.to_string(), 3478), (PUBLIC_IP2.to_string(), 3478)];
+    let mut server = Prosody::new(spec)?;
+    for name in PEERS {
+        server.register(name, PASSWORD)?;
+    }
+    server.launch()?;
+    let (a, b) = (lab.peer(PEERS[0]), lab.peer(PEERS[1]));
+    say(
+        start,
+        format!(
+            "NAT lab: {} {} (public {}) → {} {} (public {}), both port-restricted cone; hub {PUBLIC_IP}",
+            PEERS[0], a.ip, a.public_ip, PEERS[1], b.ip, b.public_ip
+        ),
+    );
+
+    let want = |s: &str| opts.only.iter().any(|o| o == s);
+    let mut systems = Vec::new();
+    if want("raw") {
+        // The raw path: the receiver's router forwards the iperf3 port (TCP and UDP) to it.
+        let router = b.router.as_ref().context("bob has a router")?;
+        for proto in ["tcp", "udp"] {
+            let out = router
+                .command("iptables")
+                .args(["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", proto])
+                .args(["--dport", &iperf::PORT.to_string(), "-j", "DNAT"])
+                .args(["--to-destination", &b.ip.to_string()])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "iptables DNAT: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        systems.push(System {
+            name: "raw",
+            server_ip: b.public_ip,
+            daemons: vec![],
+            device: "eth0".into(),
+        });
+    }
+    let mut vpns = Vec::new();
+    let daemons = |vpn: &systems::Vpn| -> Daemons {
+        vpn.processes[..2]
+            .iter()
+            .map(|p| (p.name().to_owned(), p.pid().unwrap_or(0)))
+            .collect()
+    };
+    if want("ringlet") {
+        let vpn = systems::ringlet(&lab, PEERS, &bin, dir).await?;
+        say(start, format!("ringlet: direct, receiver {}", vpn.server_ip));
+        systems.push(System {
+            name: "ringlet",
+            server_ip: vpn.server_ip,
+            daemons: daemons(&vpn),
+            device: vpn.device.clone(),
+        });
+        vpns.push(vpn);
+    }
+    if want("tinc") {
+        let vpn = systems::tinc(&lab, PEERS, dir).await?;
+        say(start, format!("tinc: answering ping, receiver {}", vpn.server_ip));
+        systems.push(System {
+            name: "tinc",
+            server_ip: vpn.server_ip,
+            daemons: daemons(&vpn),
+            device: vpn.device.clone(),
+        });
+        vpns.push(vpn);
+    }
+    if want("n2n") {
+        let vpn = systems::n2n(&lab, PEERS, dir).await?;
+        say(start, format!("n2n: answering ping, receiver {}", vpn.server_ip));
+        systems.push(System {
+            name: "n2n",
+            server_ip: vpn.server_ip,
+            daemons: daemons(&vpn),
+            device: vpn.device.clone(),
+        });
+        vpns.push(vpn);
+    }
+
+    let tests: Vec<Test> = std::iter::once(Test::Tcp)
+        .chain(opts.udp_rates.iter().map(|r| Test::Udp(*r)))
+        .collect();
+    let bench = iperf::Bench {
+        client: &a.ns,
+        server: &b.ns,
+        public: lab.public(),
+        secs: opts.secs,
+        dir,
+        quiet: opts.quiet,
+    };
+    let mut results: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
+    for rep in 0..opts.reps {
+        for (si, sys) in systems.iter().enumerate() {
+            for (ti, test) in tests.iter().enumerate() {
+                let sample = bench
+                    .measure(sys.server_ip, &sys.device, &sys.daemons, *test)
+                    .await
+                    .with_context(|| format!("{} {}", sys.name, test.label()))?;
+                say(
+                    start,
+                    format!(
+                        "rep {}/{} {:<8} {:<10} {:>8.1} Mbit/s  {}  drops dev {} rcvbuf {}  public host {:.2} B/B  CPU {} (machine {:.0}%, before {:.0}%)",
+                        rep + 1,
+                        opts.reps,
+                        sys.name,
+                        test.label(),
+                        sample.mbps,
+                        loss_label(test, sample.loss),
+                        sample.drops.device,
+                        sample.drops.rcvbuf,
+                        sample.via_public,
+                        cpu_label(&sys.daemons, &sample.cpu),
+                        sample.machine,
+                        sample.background
+                    ),
+                );
+                results.entry((si, ti)).or_default().push(sample);
+            }
+        }
+    }
+
+    // ringlet's own view after the runs: its path, and how its UDP sends were batched.
+    if let Some(vpn) = vpns.iter().find(|v| !v.sockets.is_empty()) {
+        for (name, socket) in PEERS.iter().zip(&vpn.sockets) {
+            let Some(st) = systems::status(socket).await else {
+                continue;
+            };
+            let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
+            let path = st.peers.first().map_or("-", |p| p.path.as_str());
+            say(
+                start,
+                format!(
+                    "ringlet {name}: path {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
+                     UDP datagrams out {} in {} send calls ({:.2} per call), send errors {}, VPN device errors {}",
+                    c("link_relayed_out"),
+                    c("link_tunnelled_out"),
+                    c("vpn_from_tun"),
+                    c("vpn_to_tun"),
+                    c("udp_datagrams_out"),
+                    c("udp_send_calls"),
+                    c("udp_datagrams_out") as f64 / c("udp_send_calls").max(1) as f64,
+                    c("udp_send_errors"),
+                    c("vpn_device_errors"),
+                ),
+            );
+        }
+    }
+    print_table(&lab, &systems, &tests, &results, opts);
+    drop(vpns);
+    server.stop();
+    drop(lab);
+    Ok(())
+}
+
+fn loss_label(test: &Test, loss: f64) -> String {
+    match test {
+        Test::Tcp => format!("{loss:>5.0} retr"),
+        Test::Udp(_) => format!("{loss:>5.1}% lost"),
+    }
+}
+
+fn cpu_label(daemons: &Daemons, cpu: &[f64]) -> String {
+    if daemons.is_empty() {
+        return "-".into();
+    }
+    cpu.iter()
+        .map(|c| format!("{c:.0}%"))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn print_table(
+    lab: &NatLab,
+    systems: &[System],
+    tests: &[Test],
+    results: &BTreeMap<(usize, usize), Vec<Sample>>,
+    opts: &Options,
+) {
+    let sender = &lab.peer(PEERS[0]).ns;
+    println!(
+        "\nmedians of {} runs of {} s each (TCP: iperf3 -O 1), {} → {}; UDP datagrams of {} bytes",
+        opts.reps,
+        opts.secs,
+        PEERS[0],
+        PEERS[1],
+        iperf::UDP_LEN
+    );
+    println!(
+        "| system | path | MTU | test | Mbit/s (median) | runs | loss / retr | drops device / rcvbuf | daemon CPU% sender/receiver | machine CPU% (of {:.0}) | before |",
+        100.0 * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+    );
+    println!("|---|---|---:|---|---:|---|---:|---:|---|---:|---:|");
+    let mut medians: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    for (si, sys) in systems.iter().enumerate() {
+        let mtu = iperf::mtu(sender, &sys.device).map_or("?".into(), |m| m.to_string());
+        for (ti, test) in tests.iter().enumerate() {
+            let Some(samples) = results.get(&(si, ti)) else {
+                continue;
+            };
+            let m = median(samples.iter().map(|s| s.mbps).collect());
+            medians.insert((si, ti), m);
+            let via = median(samples.iter().map(|s| s.via_public).collect());
+            let path = if sys.name == "raw" {
+                "port forward".to_string()
+            } else if via < 0.05 {
+                "direct".to_string()
+            } else {
+                format!("via public host ({via:.2} B/B)")
+            };
+            let runs: Vec<String> = samples.iter().map(|s| format!("{:.0}", s.mbps)).collect();
+            let loss = median(samples.iter().map(|s| s.loss).collect());
+            let cpu: Vec<f64> = (0..sys.daemons.len())
+                .map(|d| median(samples.iter().map(|s| s.cpu[d]).collect()))
+                .collect();
+            let machine = median(samples.iter().map(|s| s.machine).collect());
+            let before = median(samples.iter().map(|s| s.background).collect());
+            let dev = median(samples.iter().map(|s| s.drops.device as f64).collect());
+            let rcvbuf = median(samples.iter().map(|s| s.drops.rcvbuf as f64).collect());
+            println!(
+                "| {} | {path} | {mtu} | {} | {m:.1} | {} | {} | {dev:.0} / {rcvbuf:.0} | {} | {machine:.0} | {before:.0} |",
+                sys.name,
+                test.label(),
+                runs.join(", "),
+                loss_label(test, loss).trim(),
+                cpu_label(&sys.daemons, &cpu)
+            );
+        }
+    }
+    let Some(r) = systems.iter().position(|s| s.name == "ringlet") else {
+        return;
+    };
+    println!("\nratios of medians (ringlet / other; targets: ≥ 2× tinc, ≥ 2× n2n, ≥ 0.5× raw)");
+    for (ti, test) in tests.iter().enumerate() {
+        let mut cells = Vec::new();
+        for (si, sys) in systems.iter().enumerate() {
+            if si == r {
+                continue;
+            }
+            if let (Some(x), Some(y)) = (medians.get(&(r, ti)), medians.get(&(si, ti))) {
+                cells.push(format!("ringlet/{} {:.2}×", sys.name, x / y));
+            }
+        }
+        println!("  {:<10} {}", test.label(), cells.join("   "));
+    }
+}

@@ -1,0 +1,289 @@
+//! Starting each VPN on the lab's two peers (and, where it needs one, a meeting point on the
+//! public host): ringlet, tinc 1.0 and n2n 1.3. Every process is a [`ChildGuard`] in the
+//! returned [`Vpn`]; dropping it stops them by PID.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ringlet::node::status::Status;
+use ringlet_lab::natlab::PUBLIC_IP;
+use ringlet_lab::{ChildGuard, NatLab, Netns};
+
+use crate::{DOMAIN, PASSWORD};
+
+/// A running VPN: its processes, the device on the peers and the receiver's VPN address.
+pub struct Vpn {
+    pub processes: Vec<ChildGuard>,
+    pub device: String,
+    pub server_ip: Ipv4Addr,
+    /// ringlet only: both members' control sockets.
+    pub sockets: Vec<PathBuf>,
+}
+
+/// `ringlet up` on both peers with `[vpn] enabled = true` (as the demo runs it); returns once
+/// each knows the other's VPN address over a `direct` path.
+pub async fn ringlet(lab: &NatLab, peers: [&str; 2], bin: &Path, dir: &Path) -> anyhow::Result<Vpn> {
+    let group_ca = ringlet::secure::admin::init("bench", &dir.join("bench.ca.key"))?;
+    let friends: Vec<String> = peers.iter().map(|n| format!("\"{n}@{DOMAIN}\"")).collect();
+    let mut processes = Vec::new();
+    let mut sockets = Vec::new();
+    let mut logs = Vec::new();
+    for name in peers {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home)?;
+        let config = home.join("ringlet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[xmpp]\njid = \"{name}@{DOMAIN}\"\npassword = \"{PASSWORD}\"\nserver = \"{PUBLIC_IP}:5222\"\n\
+                 tls = \"plain\"\n\n[overlay]\nname = \"lab\"\nfriends = [{}]\n\n[vpn]\nenabled = true\n",
+                friends.join(", ")
+            ),
+        )?;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        ringlet::secure::admin::provision(
+            &group_ca,
+            &home.join("node.key"),
+            &home.join("group.cert"),
+            &format!("{name}@{DOMAIN}").parse()?,
+            unix,
+        )?;
+        let log = home.join("ringlet.log");
+        let mut cmd = lab.peer(name).ns.command(&bin.to_string_lossy());
+        cmd.args(["up", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        processes.push(ChildGuard::spawn(&format!("ringlet {name}"), &mut cmd)?);
+        sockets.push(home.join("ringlet.sock"));
+        logs.push(log);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (p, log) in processes.iter_mut().zip(&logs) {
+            if p.try_wait().is_some() {
+                bail!(
+                    "{} exited:\n{}",
+                    p.name(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+        let mut st = Vec::new();
+        for s in &sockets {
+            st.push(status(s).await);
+        }
+        let ready = st.iter().all(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.peers.len() == 1 && s.peers[0].vpn_address.is_some() && s.peers[0].path == "direct"
+            })
+        });
+        if ready {
+            let st: Vec<Status> = st.into_iter().flatten().collect();
+            let vpn = st[1].vpn.as_ref().context("the VPN is off")?;
+            let server_ip = vpn.address.split('/').next().unwrap_or("").parse()?;
+            let device = st[0].vpn.as_ref().context("the VPN is off")?.device.clone();
+            return Ok(Vpn {
+                processes,
+                device,
+                server_ip,
+                sockets,
+            });
+        }
+        if Instant::now() > deadline {
+            bail!("ringlet: no direct VPN path within 60 s: {st:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn status(socket: &Path) -> Option<Status> {
+    let v = ringlet::control::request(socket, "status").await.ok()?;
+    serde_json::from_value(v).ok()
+}
+
+/// tinc 1.0: a node `hub` on the public host (the only one with an `Address`), and one node
+/// per peer with `ConnectTo = hub`, router mode, subnet 10.78.0.0/16, defaults otherwise
+/// (Blowfish-CBC, SHA-1 with 4-byte MACs, no compression, PMTU discovery and MSS clamping on).
+pub async fn tinc(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<Vpn> {
+    let root = dir.join("tinc");
+    let nodes: [(&str, &Netns, Ipv4Addr); 3] = [
+        ("hub", lab.public(), Ipv4Addr::new(10, 78, 0, 254)),
+        (peers[0], &lab.peer(peers[0]).ns, Ipv4Addr::new(10, 78, 0, 1)),
+        (peers[1], &lab.peer(peers[1]).ns, Ipv4Addr::new(10, 78, 0, 2)),
+    ];
+    // Each node's own directory; its host file gets a key, then all host files go everywhere.
+    for (name, _, ip) in &nodes {
+        let d = root.join(name);
+        std::fs::create_dir_all(d.join("hosts"))?;
+        let mut conf = format!("Name = {name}\nInterface = tinc0\nAddressFamily = ipv4\nMode = router\n");
+        if *name != "hub" {
+            conf.push_str("ConnectTo = hub\n");
+        }
+        std::fs::write(d.join("tinc.conf"), conf)?;
+        let mut host = format!("Subnet = {ip}/32\n");
+        if *name == "hub" {
+            host = format!("Address = {PUBLIC_IP}\nPort = 655\n{host}");
+        }
+        std::fs::write(d.join("hosts").join(name), host)?;
+        let up = d.join("tinc-up");
+        std::fs::write(
+            &up,
+            format!("#!/bin/sh\nip addr add {ip}/16 dev $INTERFACE\nip link set $INTERFACE up\n"),
+        )?;
+        std::fs::set_permissions(&up, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let out = std::process::Command::new("tincd")
+            .args(["-n", "bench", "-c"])
+            .arg(&d)
+            .arg("-K2048")
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tincd -K: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (from, ..) in &nodes {
+        for (to, ..) in &nodes {
+            if from != to {
+                std::fs::copy(
+                    root.join(from).join("hosts").join(from),
+                    root.join(to).join("hosts").join(from),
+                )?;
+            }
+        }
+    }
+    let mut processes = Vec::new();
+    for (name, ns, _) in &nodes {
+        let d = root.join(name);
+        let mut cmd = ns.command("tincd");
+        cmd.args(["-n", "bench", "-D", "-d1", "-c"])
+            .arg(&d)
+            .arg(format!("--pidfile={}", d.join("tinc.pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("tinc.log"))?);
+        processes.push(ChildGuard::spawn(&format!("tincd {name}"), &mut cmd)?);
+    }
+    // The hub is the meeting point only: measured daemons are the peers' (PIDs 1 and 2).
+    processes.rotate_left(1);
+    let server_ip = nodes[2].2;
+    wait_ping(lab, peers[0], server_ip, "tinc", &mut processes, &root).await?;
+    Ok(Vpn {
+        processes,
+        device: "tinc0".into(),
+        server_ip,
+        sockets: vec![],
+    })
+}
+
+/// n2n 1.3: a supernode on the public host, an `edge` per peer (TAP device n2n0, community
+/// and key given, subnet 10.79.0.0/24, default MTU 1400; Twofish is the only cipher).
+pub async fn n2n(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<Vpn> {
+    let root = dir.join("n2n");
+    std::fs::create_dir_all(&root)?;
+    let port = "7654";
+    let mut processes = Vec::new();
+    for (i, name) in peers.iter().enumerate() {
+        let mut cmd = lab.peer(name).ns.command("edge");
+        cmd.args(["-d", "n2n0", "-a", &format!("10.79.0.{}", i + 1)])
+            .args(["-c", "bench", "-k", "bench-secret"])
+            .args(["-l", &format!("{PUBLIC_IP}:{port}")])
+            .args(["-m", &format!("02:00:00:79:00:{:02x}", i + 1)])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(root.join(format!("{name}.log")))?)
+            .stderr(Stdio::null());
+        processes.push(ChildGuard::spawn(&format!("edge {name}"), &mut cmd)?);
+    }
+    let mut cmd = lab.public().command("supernode");
+    cmd.args(["-l", port])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(root.join("supernode.log"))?)
+        .stderr(Stdio::null());
+    processes.push(ChildGuard::spawn("supernode", &mut cmd)?);
+    let server_ip = Ipv4Addr::new(10, 79, 0, 2);
+    wait_ping(lab, peers[0], server_ip, "n2n", &mut processes, &root).await?;
+    Ok(Vpn {
+        processes,
+        device: "n2n0".into(),
+        server_ip,
+        sockets: vec![],
+    })
+}
+
+/// Pings `to` from `peer` once a second (≤ 30 tries) until it answers, then five more times so
+/// that the systems settle on their path; fails with the logs in `logs_dir` if it never does.
+async fn wait_ping(
+    lab: &NatLab,
+    peer: &str,
+    to: Ipv4Addr,
+    what: &str,
+    processes: &mut [ChildGuard],
+    logs_dir: &Path,
+) -> anyhow::Result<()> {
+    for _ in 0..30 {
+        for p in processes.iter_mut() {
+            if let Some(status) = p.try_wait() {
+                bail!("{} exited ({status}):\n{}", p.name(), logs(logs_dir));
+            }
+        }
+        let out = lab
+            .peer(peer)
+            .ns
+            .command("ping")
+            .args(["-c", "1", "-W", "1"])
+            .arg(to.to_string())
+            .output()?;
+        if out.status.success() {
+            lab.peer(peer)
+                .ns
+                .command("ping")
+                .args(["-c", "5", "-i", "0.2", "-W", "1"])
+                .arg(to.to_string())
+                .output()?;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!(
+        "{what}: {to} did not answer a ping within 30 tries:\n{}",
+        logs(logs_dir)
+    )
+}
+
+/// The last lines of every `*.log` under `dir` (one level of subdirectories), for errors.
+fn logs(dir: &Path) -> String {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else {
+            files.push(path);
+        }
+    }
+    let mut text = String::new();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "log")) {
+        let body = std::fs::read_to_string(f).unwrap_or_default();
+        let lines: Vec<&str> = body.lines().collect();
+        text.push_str(&format!("--- {}\n", f.display()));
+        for l in &lines[lines.len().saturating_sub(15)..] {
+            text.push_str(l);
+            text.push('\n');
+        }
+    }
+    text
+}
