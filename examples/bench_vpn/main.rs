@@ -335,6 +335,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
         .chain(opts.udp_rates.iter().map(|r| Test::Udp(*r)))
         .collect();
     let mut results: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
+    let mut failures: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for rep in 0..opts.reps {
         for (si, sys) in systems.iter().enumerate() {
             let bench = iperf::Bench {
@@ -345,11 +346,36 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
                 dir,
                 quiet: opts.quiet,
             };
+            // Wake the path (a peer entry may have expired while the others were measured).
+            let _ = bench
+                .client
+                .command("ping")
+                .args(["-c", "3", "-i", "0.2", "-W", "1"])
+                .arg(sys.server_ip.to_string())
+                .output();
             for (ti, test) in tests.iter().enumerate() {
-                let sample = bench
+                let sample = match bench
                     .measure(sys.server_ip, &sys.device, &sys.daemons, *test)
                     .await
-                    .with_context(|| format!("{} {}", sys.name, test.label()))?;
+                {
+                    Ok(sample) => sample,
+                    Err(e) => {
+                        // One failed run is a result too: counted and shown, the rest goes on.
+                        say(
+                            start,
+                            format!(
+                                "rep {}/{} {:<6} {:<8} {:<10} FAILED: {e:#}",
+                                rep + 1,
+                                opts.reps,
+                                pair_name(sys.pair.0),
+                                sys.name,
+                                test.label()
+                            ),
+                        );
+                        *failures.entry((si, ti)).or_default() += 1;
+                        continue;
+                    }
+                };
                 say(
                     start,
                     format!(
@@ -400,7 +426,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
             );
         }
     }
-    print_table(&lab, &members, &systems, &tests, &results, opts);
+    print_table(&lab, &members, &systems, &tests, &results, &failures, opts);
     drop(vpns);
     server.stop();
     drop(lab);
@@ -442,6 +468,7 @@ fn print_table(
     systems: &[System],
     tests: &[Test],
     results: &BTreeMap<(usize, usize), Vec<Sample>>,
+    failures: &BTreeMap<(usize, usize), usize>,
     opts: &Options,
 ) {
     println!(
@@ -461,7 +488,13 @@ fn print_table(
         let mtu = iperf::mtu(sender, &sys.device).map_or("?".into(), |m| m.to_string());
         let pair = format!("{} → {}", members[sys.pair.0], members[sys.pair.1]);
         for (ti, test) in tests.iter().enumerate() {
+            let failed = failures.get(&(si, ti)).copied().unwrap_or(0);
             let Some(samples) = results.get(&(si, ti)) else {
+                println!(
+                    "| {pair} | {} | - | {mtu} | {} | - | failed ×{failed} | | | | | |",
+                    sys.name,
+                    test.label()
+                );
                 continue;
             };
             let m = median(samples.iter().map(|s| s.mbps).collect());
@@ -475,13 +508,14 @@ fn print_table(
                 format!("via public host ({via:.2} B/B)")
             };
             // A run that started on a busy machine (others' load above --quiet) is marked *.
-            let runs: Vec<String> = samples
+            let mut runs: Vec<String> = samples
                 .iter()
                 .map(|s| {
                     let busy = if s.background > opts.quiet { "*" } else { "" };
                     format!("{:.0}{busy}", s.mbps)
                 })
                 .collect();
+            runs.extend((0..failed).map(|_| "failed".to_string()));
             let loss = median(samples.iter().map(|s| s.loss).collect());
             let cpu: Vec<f64> = (0..sys.daemons.len())
                 .map(|d| median(samples.iter().map(|s| s.cpu[d]).collect()))
