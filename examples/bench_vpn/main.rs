@@ -407,11 +407,16 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
                 continue;
             };
             let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
-            let path = st.peers.first().map_or("-", |p| p.path.as_str());
+            let paths: Vec<String> = st
+                .peers
+                .iter()
+                .map(|p| format!("{} {}", p.jid.split('@').next().unwrap_or("?"), p.path))
+                .collect();
+            let path = paths.join(", ");
             say(
                 start,
                 format!(
-                    "ringlet {name}: path {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
+                    "ringlet {name}: paths {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
                      UDP datagrams out {} in {} send calls ({:.2} per call), send errors {}, VPN device errors {}",
                     c("link_relayed_out"),
                     c("link_tunnelled_out"),
