@@ -12,6 +12,10 @@ use anyhow::{bail, Context};
 use ringlet_lab::{ChildGuard, Netns};
 use serde_json::Value;
 
+/// How long a run waits for the rest of the machine to be quiet (then it runs anyway and its
+/// sample is marked).
+pub const QUIET_WAIT_S: u32 = 600;
+
 /// The port of every iperf3 server (and of the raw path's port forward).
 pub const PORT: u16 = 5201;
 
@@ -67,7 +71,7 @@ pub struct Bench<'a> {
     pub secs: u32,
     /// For iperf3's JSON output.
     pub dir: &'a Path,
-    /// Before each run, wait (up to 30 s) until the machine's CPU use from everything else is
+    /// Before each run, wait (up to [`QUIET_WAIT_S`]) until the machine's CPU use from everything else is
     /// at most this (percent of all cores: 200 on two): the machine may be shared.
     pub quiet: f64,
 }
@@ -91,10 +95,13 @@ impl Bench<'_> {
             quiet,
         } = *self;
         let mut background = f64::INFINITY;
-        for _ in 0..30 {
+        for i in 0..QUIET_WAIT_S {
             background = machine_load(Duration::from_secs(1)).await;
             if background <= quiet {
                 break;
+            }
+            if i % 60 == 0 {
+                eprintln!("bench_vpn: the machine is busy ({background:.0}% CPU from others); waiting");
             }
         }
         let mut srv_cmd = server.command("iperf3");

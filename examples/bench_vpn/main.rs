@@ -1,8 +1,10 @@
-//! The VPN throughput benchmark (root): iperf3 TCP and UDP between two peers behind
-//! port-restricted cone NATs, in one NAT lab and one run, over
+//! The VPN throughput benchmark (root): iperf3 TCP and UDP in one NAT lab and one run, between
+//! two peers behind port-restricted cone NATs (every system punches a direct path) and two
+//! behind symmetric NATs (every system relays), over
 //! 1. the raw underlay (no VPN: a port forward on the receiver's router, so the packets cross
 //!    both NATs exactly as the VPNs' UDP does),
-//! 2. ringlet's VPN (`ringlet up` with `[vpn] enabled = true`, direct path),
+//! 2. ringlet's VPN (`ringlet up` with `[vpn] enabled = true`, all four peers in one overlay:
+//!    direct path, and a ring tunnel through another member for the symmetric pair),
 //! 3. tinc 1.0 (a meeting-point node on the public host, router mode, default ciphers),
 //! 4. n2n 1.3 (a supernode on the public host, an edge per peer).
 //!
@@ -13,8 +15,9 @@
 //!
 //! `cargo build --release --bin ringlet --example bench_vpn && ./target/release/examples/bench_vpn`
 //! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s;
-//! 200,1000), `--only raw,ringlet,tinc,n2n`, `--quiet P` (before each run wait up to 30 s for
-//! the rest of the machine to use at most P % CPU, of 100 % per core; 25).
+//! 200,1000), `--only raw,ringlet,tinc,n2n`, `--quiet P` (before each run wait up to 10 min
+//! for the rest of the machine to use at most P % CPU, of 100 % per core; 25; a run that
+//! started anyway is marked `*`), `--direct-only` (leave out the symmetric pair).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 mod iperf;
@@ -32,8 +35,23 @@ use ringlet_lab::{NatLab, NatType, Prosody, ProsodySpec};
 
 pub const DOMAIN: &str = "lab.bench";
 pub const PASSWORD: &str = "bench-password";
-/// Sender and receiver; both behind port-restricted cone NATs, so every system can punch.
-const PEERS: [&str; 2] = ["alice", "bob"];
+/// The lab's peers: pairs of (sender, receiver). The first pair is behind port-restricted cone
+/// NATs, so every system can punch; the second behind symmetric NATs, so every system relays
+/// (tinc and n2n through the public host, ringlet through a ring tunnel via another member).
+const PEERS: [(&str, NatType); 4] = [
+    ("alice", NatType::PortRestricted),
+    ("bob", NatType::PortRestricted),
+    ("carol", NatType::Symmetric),
+    ("dave", NatType::Symmetric),
+];
+
+fn pair_name(sender: usize) -> &'static str {
+    if sender == 0 {
+        "direct"
+    } else {
+        "relay"
+    }
+}
 
 /// Programs the benchmark runs, and the Debian package of each.
 const TOOLS: [(&str, &str); 9] = [
@@ -54,6 +72,7 @@ struct Options {
     udp_rates: Vec<u32>,
     only: Vec<String>,
     quiet: f64,
+    relay: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -63,6 +82,7 @@ fn options() -> anyhow::Result<Options> {
         udp_rates: vec![200, 1000],
         only: ["raw", "ringlet", "tinc", "n2n"].map(String::from).to_vec(),
         quiet: 25.0,
+        relay: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,6 +92,7 @@ fn options() -> anyhow::Result<Options> {
             "--time" => o.secs = value()?.parse()?,
             "--udp-rate" => o.udp_rates = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--quiet" => o.quiet = value()?.parse()?,
+            "--direct-only" => o.relay = false,
             "--only" => o.only = value()?.split(',').map(String::from).collect(),
             _ => bail!("unknown argument {a}; see the doc comment of examples/bench_vpn/main.rs"),
         }
@@ -142,9 +163,13 @@ fn say(start: Instant, msg: impl std::fmt::Display) {
     println!("[{:>6.1} s] {msg}", start.elapsed().as_secs_f64());
 }
 
-/// One system under test.
+/// One system under test, on one pair.
 struct System {
     name: &'static str,
+    /// (sender, receiver) indices into the members.
+    pair: (usize, usize),
+    /// The path the system reported, if it does ("" → judged by the public host's bytes).
+    path: String,
     server_ip: Ipv4Addr,
     /// The sender's and the receiver's daemon (CPU sampled).
     daemons: Daemons,
@@ -170,7 +195,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
     let bin = ringlet_bin()?;
-    let lab_peers = PEERS.map(|n| (n, NatType::PortRestricted));
+    let pairs: &[(usize, usize)] = if opts.relay { &[(0, 1), (2, 3)] } else { &[(0, 1)] };
+    let members: Vec<&str> = PEERS[..pairs.len() * 2].iter().map(|p| p.0).collect();
+    let lab_peers: Vec<(&str, NatType)> = PEERS[..members.len()].iter().map(|p| (p.0, p.1)).collect();
     // Declared first, dropped last: every process below stops before the namespaces go.
     let mut lab = NatLab::new("bv", &lab_peers, &LabOptions::default()).context("building the NAT lab")?;
     lab.start_coturn(dir)?;
@@ -178,113 +205,184 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
     spec.interface = PUBLIC_IP.into();
     spec.c2s_port = 5222;
     spec.netns = Some(lab.public().name().to_owned());
-    spec.shared_roster = PEERS.iter().map(|n| format!("{n}@{DOMAIN}")).collect();
+    spec.shared_roster = members.iter().map(|n| format!("{n}@{DOMAIN}")).collect();
     spec.stun = vec![(PUBLIC_IP.to_string(), 3478), (PUBLIC_IP2.to_string(), 3478)];
     let mut server = Prosody::new(spec)?;
-    for name in PEERS {
+    for name in &members {
         server.register(name, PASSWORD)?;
     }
     server.launch()?;
-    let (a, b) = (lab.peer(PEERS[0]), lab.peer(PEERS[1]));
-    say(
-        start,
-        format!(
-            "NAT lab: {} {} (public {}) → {} {} (public {}), both port-restricted cone; hub {PUBLIC_IP}",
-            PEERS[0], a.ip, a.public_ip, PEERS[1], b.ip, b.public_ip
-        ),
-    );
+    for &(i, j) in pairs {
+        let (a, b) = (lab.peer(members[i]), lab.peer(members[j]));
+        say(
+            start,
+            format!(
+                "pair {}: {} {} ({} NAT, public {}) → {} {} ({} NAT, public {}); public host {PUBLIC_IP}",
+                pair_name(i),
+                members[i],
+                a.ip,
+                a.nat,
+                a.public_ip,
+                members[j],
+                b.ip,
+                b.nat,
+                b.public_ip
+            ),
+        );
+    }
 
     let want = |s: &str| opts.only.iter().any(|o| o == s);
     let mut systems = Vec::new();
     if want("raw") {
-        // The raw path: the receiver's router forwards the iperf3 port (TCP and UDP) to it.
-        let router = b.router.as_ref().context("bob has a router")?;
-        for proto in ["tcp", "udp"] {
-            let out = router
-                .command("iptables")
-                .args(["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", proto])
-                .args(["--dport", &iperf::PORT.to_string(), "-j", "DNAT"])
-                .args(["--to-destination", &b.ip.to_string()])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "iptables DNAT: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        for &(i, j) in pairs {
+            // The raw path: the receiver's router forwards the iperf3 port (TCP and UDP) to it.
+            let b = lab.peer(members[j]);
+            let router = b.router.as_ref().context("the receiver has a router")?;
+            for proto in ["tcp", "udp"] {
+                let out = router
+                    .command("iptables")
+                    .args(["-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", proto])
+                    .args(["--dport", &iperf::PORT.to_string(), "-j", "DNAT"])
+                    .args(["--to-destination", &b.ip.to_string()])
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "iptables DNAT: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            systems.push(System {
+                name: "raw",
+                pair: (i, j),
+                path: "port forward".into(),
+                server_ip: b.public_ip,
+                daemons: vec![],
+                device: "eth0".into(),
+            });
         }
-        systems.push(System {
-            name: "raw",
-            server_ip: b.public_ip,
-            daemons: vec![],
-            device: "eth0".into(),
-        });
     }
     let mut vpns = Vec::new();
-    let daemons = |vpn: &systems::Vpn| -> Daemons {
-        vpn.processes[..2]
-            .iter()
+    // Sender, receiver and, for a relayed pair, the relay: processes[relay].
+    let daemons = |vpn: &systems::Vpn, idx: &[usize]| -> Daemons {
+        idx.iter()
+            .map(|&k| &vpn.processes[k])
             .map(|p| (p.name().to_owned(), p.pid().unwrap_or(0)))
             .collect()
     };
     if want("ringlet") {
-        let vpn = systems::ringlet(&lab, PEERS, &bin, dir).await?;
-        say(start, format!("ringlet: direct, receiver {}", vpn.server_ip));
-        systems.push(System {
-            name: "ringlet",
-            server_ip: vpn.server_ip,
-            daemons: daemons(&vpn),
-            device: vpn.device.clone(),
-        });
+        let vpn = systems::ringlet(&lab, &members, pairs, &bin, dir).await?;
+        let mut st = Vec::new();
+        for s in &vpn.sockets {
+            st.push(systems::status(s).await.context("ringlet status")?);
+        }
+        for &(i, j) in pairs {
+            let path = systems::pair_path(&st.iter().cloned().map(Some).collect::<Vec<_>>(), &members, i, j)
+                .unwrap_or_default();
+            let relay = systems::relay_of(&st, &members, i, j);
+            let (path, idx) = match relay {
+                Some(r) => (format!("{path} via {}", members[r]), vec![i, j, r]),
+                None => (path, vec![i, j]),
+            };
+            say(
+                start,
+                format!("ringlet {}: {path}, receiver {}", pair_name(i), vpn.addresses[j]),
+            );
+            systems.push(System {
+                name: "ringlet",
+                pair: (i, j),
+                path,
+                server_ip: vpn.addresses[j],
+                daemons: daemons(&vpn, &idx),
+                device: vpn.device.clone(),
+            });
+        }
         vpns.push(vpn);
     }
-    if want("tinc") {
-        let vpn = systems::tinc(&lab, PEERS, dir).await?;
-        say(start, format!("tinc: answering ping, receiver {}", vpn.server_ip));
-        systems.push(System {
-            name: "tinc",
-            server_ip: vpn.server_ip,
-            daemons: daemons(&vpn),
-            device: vpn.device.clone(),
-        });
+    for name in ["tinc", "n2n"] {
+        if !want(name) {
+            continue;
+        }
+        let vpn = if name == "tinc" {
+            systems::tinc(&lab, &members, pairs, dir).await?
+        } else {
+            systems::n2n(&lab, &members, pairs, dir).await?
+        };
+        let hub = vpn.processes.len() - 1;
+        for &(i, j) in pairs {
+            say(
+                start,
+                format!(
+                    "{name} {}: answering ping, receiver {}",
+                    pair_name(i),
+                    vpn.addresses[j]
+                ),
+            );
+            systems.push(System {
+                name,
+                pair: (i, j),
+                path: String::new(),
+                server_ip: vpn.addresses[j],
+                daemons: daemons(&vpn, &[i, j, hub]),
+                device: vpn.device.clone(),
+            });
+        }
         vpns.push(vpn);
     }
-    if want("n2n") {
-        let vpn = systems::n2n(&lab, PEERS, dir).await?;
-        say(start, format!("n2n: answering ping, receiver {}", vpn.server_ip));
-        systems.push(System {
-            name: "n2n",
-            server_ip: vpn.server_ip,
-            daemons: daemons(&vpn),
-            device: vpn.device.clone(),
-        });
-        vpns.push(vpn);
-    }
+    // Pair by pair, systems in the order raw, ringlet, tinc, n2n.
+    systems.sort_by_key(|s| s.pair);
 
     let tests: Vec<Test> = std::iter::once(Test::Tcp)
         .chain(opts.udp_rates.iter().map(|r| Test::Udp(*r)))
         .collect();
-    let bench = iperf::Bench {
-        client: &a.ns,
-        server: &b.ns,
-        public: lab.public(),
-        secs: opts.secs,
-        dir,
-        quiet: opts.quiet,
-    };
     let mut results: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
+    let mut failures: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for rep in 0..opts.reps {
         for (si, sys) in systems.iter().enumerate() {
+            let bench = iperf::Bench {
+                client: &lab.peer(members[sys.pair.0]).ns,
+                server: &lab.peer(members[sys.pair.1]).ns,
+                public: lab.public(),
+                secs: opts.secs,
+                dir,
+                quiet: opts.quiet,
+            };
+            // Wake the path (a peer entry may have expired while the others were measured).
+            let _ = bench
+                .client
+                .command("ping")
+                .args(["-c", "3", "-i", "0.2", "-W", "1"])
+                .arg(sys.server_ip.to_string())
+                .output();
             for (ti, test) in tests.iter().enumerate() {
-                let sample = bench
+                let sample = match bench
                     .measure(sys.server_ip, &sys.device, &sys.daemons, *test)
                     .await
-                    .with_context(|| format!("{} {}", sys.name, test.label()))?;
+                {
+                    Ok(sample) => sample,
+                    Err(e) => {
+                        // One failed run is a result too: counted and shown, the rest goes on.
+                        say(
+                            start,
+                            format!(
+                                "rep {}/{} {:<6} {:<8} {:<10} FAILED: {e:#}",
+                                rep + 1,
+                                opts.reps,
+                                pair_name(sys.pair.0),
+                                sys.name,
+                                test.label()
+                            ),
+                        );
+                        *failures.entry((si, ti)).or_default() += 1;
+                        continue;
+                    }
+                };
                 say(
                     start,
                     format!(
-                        "rep {}/{} {:<8} {:<10} {:>8.1} Mbit/s  {}  drops dev {} rcvbuf {}  public host {:.2} B/B  CPU {} (machine {:.0}%, before {:.0}%)",
+                        "rep {}/{} {:<6} {:<8} {:<10} {:>8.1} Mbit/s  {}  drops dev {} rcvbuf {}  public host {:.2} B/B  CPU {} (machine {:.0}%, before {:.0}%)",
                         rep + 1,
                         opts.reps,
+                        pair_name(sys.pair.0),
                         sys.name,
                         test.label(),
                         sample.mbps,
@@ -304,16 +402,21 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
 
     // ringlet's own view after the runs: its path, and how its UDP sends were batched.
     if let Some(vpn) = vpns.iter().find(|v| !v.sockets.is_empty()) {
-        for (name, socket) in PEERS.iter().zip(&vpn.sockets) {
+        for (name, socket) in members.iter().zip(&vpn.sockets) {
             let Some(st) = systems::status(socket).await else {
                 continue;
             };
             let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);
-            let path = st.peers.first().map_or("-", |p| p.path.as_str());
+            let paths: Vec<String> = st
+                .peers
+                .iter()
+                .map(|p| format!("{} {}", p.jid.split('@').next().unwrap_or("?"), p.path))
+                .collect();
+            let path = paths.join(", ");
             say(
                 start,
                 format!(
-                    "ringlet {name}: path {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
+                    "ringlet {name}: paths {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
                      UDP datagrams out {} in {} send calls ({:.2} per call), send errors {}, VPN device errors {}",
                     c("link_relayed_out"),
                     c("link_tunnelled_out"),
@@ -328,7 +431,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
             );
         }
     }
-    print_table(&lab, &systems, &tests, &results, opts);
+    print_table(&lab, &members, &systems, &tests, &results, &failures, opts);
     drop(vpns);
     server.stop();
     drop(lab);
@@ -366,43 +469,58 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_table(
     lab: &NatLab,
+    members: &[&str],
     systems: &[System],
     tests: &[Test],
     results: &BTreeMap<(usize, usize), Vec<Sample>>,
+    failures: &BTreeMap<(usize, usize), usize>,
     opts: &Options,
 ) {
-    let sender = &lab.peer(PEERS[0]).ns;
     println!(
-        "\nmedians of {} runs of {} s each (TCP: iperf3 -O 1), {} → {}; UDP datagrams of {} bytes",
+        "\nmedians of {} runs of {} s each (TCP: iperf3 -O 1); UDP datagrams of {} bytes",
         opts.reps,
         opts.secs,
-        PEERS[0],
-        PEERS[1],
         iperf::UDP_LEN
     );
     println!(
-        "| system | path | MTU | test | Mbit/s (median) | runs | loss / retr | drops device / rcvbuf | daemon CPU% sender/receiver | machine CPU% (of {:.0}) | before |",
+        "| pair | system | path | MTU | test | Mbit/s (median) | runs | loss / retr | drops device / rcvbuf | daemon CPU% sender/receiver[/relay] | machine CPU% (of {:.0}) | before |",
         100.0 * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
     );
-    println!("|---|---|---:|---|---:|---|---:|---:|---|---:|---:|");
+    println!("|---|---|---|---:|---|---:|---|---:|---:|---|---:|---:|");
     let mut medians: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for (si, sys) in systems.iter().enumerate() {
+        let sender = &lab.peer(members[sys.pair.0]).ns;
         let mtu = iperf::mtu(sender, &sys.device).map_or("?".into(), |m| m.to_string());
+        let pair = format!("{} → {}", members[sys.pair.0], members[sys.pair.1]);
         for (ti, test) in tests.iter().enumerate() {
+            let failed = failures.get(&(si, ti)).copied().unwrap_or(0);
             let Some(samples) = results.get(&(si, ti)) else {
+                println!(
+                    "| {pair} | {} | - | {mtu} | {} | - | failed ×{failed} | | | | | |",
+                    sys.name,
+                    test.label()
+                );
                 continue;
             };
             let m = median(samples.iter().map(|s| s.mbps).collect());
             medians.insert((si, ti), m);
             let via = median(samples.iter().map(|s| s.via_public).collect());
-            let path = if sys.name == "raw" {
-                "port forward".to_string()
+            let path = if !sys.path.is_empty() {
+                sys.path.clone()
             } else if via < 0.05 {
                 "direct".to_string()
             } else {
                 format!("via public host ({via:.2} B/B)")
             };
-            let runs: Vec<String> = samples.iter().map(|s| format!("{:.0}", s.mbps)).collect();
+            // A run that started on a busy machine (others' load above --quiet) is marked *.
+            let mut runs: Vec<String> = samples
+                .iter()
+                .map(|s| {
+                    let busy = if s.background > opts.quiet { "*" } else { "" };
+                    format!("{:.0}{busy}", s.mbps)
+                })
+                .collect();
+            runs.extend((0..failed).map(|_| "failed".to_string()));
             let loss = median(samples.iter().map(|s| s.loss).collect());
             let cpu: Vec<f64> = (0..sys.daemons.len())
                 .map(|d| median(samples.iter().map(|s| s.cpu[d]).collect()))
@@ -412,7 +530,7 @@ fn print_table(
             let dev = median(samples.iter().map(|s| s.drops.device as f64).collect());
             let rcvbuf = median(samples.iter().map(|s| s.drops.rcvbuf as f64).collect());
             println!(
-                "| {} | {path} | {mtu} | {} | {m:.1} | {} | {} | {dev:.0} / {rcvbuf:.0} | {} | {machine:.0} | {before:.0} |",
+                "| {pair} | {} | {path} | {mtu} | {} | {m:.1} | {} | {} | {dev:.0} / {rcvbuf:.0} | {} | {machine:.0} | {before:.0} |",
                 sys.name,
                 test.label(),
                 runs.join(", "),
@@ -421,20 +539,24 @@ fn print_table(
             );
         }
     }
-    let Some(r) = systems.iter().position(|s| s.name == "ringlet") else {
-        return;
-    };
     println!("\nratios of medians (ringlet / other; targets: ≥ 2× tinc, ≥ 2× n2n, ≥ 0.5× raw)");
-    for (ti, test) in tests.iter().enumerate() {
-        let mut cells = Vec::new();
-        for (si, sys) in systems.iter().enumerate() {
-            if si == r {
-                continue;
+    for (r, ringlet) in systems.iter().enumerate().filter(|(_, s)| s.name == "ringlet") {
+        for (ti, test) in tests.iter().enumerate() {
+            let mut cells = Vec::new();
+            for (si, sys) in systems.iter().enumerate() {
+                if si == r || sys.pair != ringlet.pair {
+                    continue;
+                }
+                if let (Some(x), Some(y)) = (medians.get(&(r, ti)), medians.get(&(si, ti))) {
+                    cells.push(format!("ringlet/{} {:.2}×", sys.name, x / y));
+                }
             }
-            if let (Some(x), Some(y)) = (medians.get(&(r, ti)), medians.get(&(si, ti))) {
-                cells.push(format!("ringlet/{} {:.2}×", sys.name, x / y));
-            }
+            println!(
+                "  {:<6} {:<10} {}",
+                pair_name(ringlet.pair.0),
+                test.label(),
+                cells.join("   ")
+            );
         }
-        println!("  {:<10} {}", test.label(), cells.join("   "));
     }
 }

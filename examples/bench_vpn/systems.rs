@@ -14,18 +14,29 @@ use ringlet_lab::{ChildGuard, NatLab, Netns};
 
 use crate::{DOMAIN, PASSWORD};
 
-/// A running VPN: its processes, the device on the peers and the receiver's VPN address.
+/// A running VPN: its processes (one per member, in the members' order, then the meeting
+/// point if any), the device on the peers and each member's VPN address.
 pub struct Vpn {
     pub processes: Vec<ChildGuard>,
     pub device: String,
-    pub server_ip: Ipv4Addr,
-    /// ringlet only: both members' control sockets.
+    pub addresses: Vec<Ipv4Addr>,
+    /// ringlet only: the members' control sockets.
     pub sockets: Vec<PathBuf>,
 }
 
-/// `ringlet up` on both peers with `[vpn] enabled = true` (as the demo runs it); returns once
-/// each knows the other's VPN address over a `direct` path.
-pub async fn ringlet(lab: &NatLab, peers: [&str; 2], bin: &Path, dir: &Path) -> anyhow::Result<Vpn> {
+/// Pairs of members (sender, receiver) whose path must be up before measuring.
+pub type Pairs<'a> = &'a [(usize, usize)];
+
+/// `ringlet up` on every member with `[vpn] enabled = true` (as the demo runs it); returns once
+/// every member knows every other's VPN address and each pair's path is `direct` (a `tunnel`
+/// once the pair had 20 s to punch, any path after 60 s: the caller reports which).
+pub async fn ringlet(
+    lab: &NatLab,
+    peers: &[&str],
+    pairs: Pairs<'_>,
+    bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vpn> {
     let group_ca = ringlet::secure::admin::init("bench", &dir.join("bench.ca.key"))?;
     let friends: Vec<String> = peers.iter().map(|n| format!("\"{n}@{DOMAIN}\"")).collect();
     let mut processes = Vec::new();
@@ -64,7 +75,8 @@ pub async fn ringlet(lab: &NatLab, peers: [&str; 2], bin: &Path, dir: &Path) -> 
         sockets.push(home.join("ringlet.sock"));
         logs.push(log);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
     loop {
         for (p, log) in processes.iter_mut().zip(&logs) {
             if p.try_wait().is_some() {
@@ -79,28 +91,62 @@ pub async fn ringlet(lab: &NatLab, peers: [&str; 2], bin: &Path, dir: &Path) -> 
         for s in &sockets {
             st.push(status(s).await);
         }
-        let ready = st.iter().all(|s| {
+        let known = st.iter().all(|s| {
             s.as_ref().is_some_and(|s| {
-                s.peers.len() == 1 && s.peers[0].vpn_address.is_some() && s.peers[0].path == "direct"
+                s.peers.len() == peers.len() - 1 && s.peers.iter().all(|p| p.vpn_address.is_some())
             })
         });
-        if ready {
+        // Direct at once; a tunnel once the pair had 20 s to punch; anything after 60 s.
+        let waited = started.elapsed();
+        let paths_ok = pairs
+            .iter()
+            .all(|&(i, j)| match pair_path(&st, peers, i, j).as_deref() {
+                Some("direct") => true,
+                Some("tunnel") => waited > Duration::from_secs(20),
+                Some(_) => waited > Duration::from_secs(60),
+                None => false,
+            });
+        if known && paths_ok {
             let st: Vec<Status> = st.into_iter().flatten().collect();
-            let vpn = st[1].vpn.as_ref().context("the VPN is off")?;
-            let server_ip = vpn.address.split('/').next().unwrap_or("").parse()?;
+            let mut addresses = Vec::new();
+            for s in &st {
+                let vpn = s.vpn.as_ref().context("the VPN is off")?;
+                addresses.push(vpn.address.split('/').next().unwrap_or("").parse()?);
+            }
             let device = st[0].vpn.as_ref().context("the VPN is off")?.device.clone();
             return Ok(Vpn {
                 processes,
                 device,
-                server_ip,
+                addresses,
                 sockets,
             });
         }
         if Instant::now() > deadline {
-            bail!("ringlet: no direct VPN path within 60 s: {st:#?}");
+            bail!("ringlet: paths not up within 90 s: {st:#?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Member `i`'s path to member `j` (`direct`, `tunnel`, `xmpp`).
+pub fn pair_path(st: &[Option<Status>], peers: &[&str], i: usize, j: usize) -> Option<String> {
+    let s = st[i].as_ref()?;
+    let p = s
+        .peers
+        .iter()
+        .find(|p| p.jid.starts_with(&format!("{}@", peers[j])))?;
+    Some(p.path.clone())
+}
+
+/// The member through which `i` tunnels to `j`, if it does.
+pub fn relay_of(st: &[Status], peers: &[&str], i: usize, j: usize) -> Option<usize> {
+    let p = st[i]
+        .peers
+        .iter()
+        .find(|p| p.jid.starts_with(&format!("{}@", peers[j])))?;
+    let via = p.via.as_deref()?;
+    st.iter()
+        .position(|s| s.node_id == via || via.contains(&s.node_id))
 }
 
 pub async fn status(socket: &Path) -> Option<Status> {
@@ -111,13 +157,12 @@ pub async fn status(socket: &Path) -> Option<Status> {
 /// tinc 1.0: a node `hub` on the public host (the only one with an `Address`), and one node
 /// per peer with `ConnectTo = hub`, router mode, subnet 10.78.0.0/16, defaults otherwise
 /// (Blowfish-CBC, SHA-1 with 4-byte MACs, no compression, PMTU discovery and MSS clamping on).
-pub async fn tinc(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<Vpn> {
+pub async fn tinc(lab: &NatLab, peers: &[&str], pairs: Pairs<'_>, dir: &Path) -> anyhow::Result<Vpn> {
     let root = dir.join("tinc");
-    let nodes: [(&str, &Netns, Ipv4Addr); 3] = [
-        ("hub", lab.public(), Ipv4Addr::new(10, 78, 0, 254)),
-        (peers[0], &lab.peer(peers[0]).ns, Ipv4Addr::new(10, 78, 0, 1)),
-        (peers[1], &lab.peer(peers[1]).ns, Ipv4Addr::new(10, 78, 0, 2)),
-    ];
+    let mut nodes: Vec<(&str, &Netns, Ipv4Addr)> = vec![("hub", lab.public(), Ipv4Addr::new(10, 78, 0, 254))];
+    for (i, name) in peers.iter().enumerate() {
+        nodes.push((name, &lab.peer(name).ns, Ipv4Addr::new(10, 78, 0, i as u8 + 1)));
+    }
     // Each node's own directory; its host file gets a key, then all host files go everywhere.
     for (name, _, ip) in &nodes {
         let d = root.join(name);
@@ -172,24 +217,49 @@ pub async fn tinc(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<
             .stderr(std::fs::File::create(d.join("tinc.log"))?);
         processes.push(ChildGuard::spawn(&format!("tincd {name}"), &mut cmd)?);
     }
-    // The hub is the meeting point only: measured daemons are the peers' (PIDs 1 and 2).
+    // The members first, the hub (meeting point) last.
     processes.rotate_left(1);
-    let server_ip = nodes[2].2;
-    wait_ping(lab, peers[0], server_ip, "tinc", &mut processes, &root).await?;
+    let addresses: Vec<Ipv4Addr> = nodes[1..].iter().map(|n| n.2).collect();
+    for &(i, j) in pairs {
+        wait_ping(lab, peers[i], addresses[j], "tinc", &mut processes, &root).await?;
+    }
     Ok(Vpn {
         processes,
         device: "tinc0".into(),
-        server_ip,
+        addresses,
         sockets: vec![],
     })
 }
 
 /// n2n 1.3: a supernode on the public host, an `edge` per peer (TAP device n2n0, community
 /// and key given, subnet 10.79.0.0/24, default MTU 1400; Twofish is the only cipher).
-pub async fn n2n(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<Vpn> {
+/// Processes: the edges in the members' order, then the supernode.
+pub async fn n2n(lab: &NatLab, peers: &[&str], pairs: Pairs<'_>, dir: &Path) -> anyhow::Result<Vpn> {
     let root = dir.join("n2n");
     std::fs::create_dir_all(&root)?;
     let port = "7654";
+    // The supernode first, listening before any edge registers: an edge whose first REGISTER
+    // meets a closed port retries only after n2n's long registration interval.
+    let mut cmd = lab.public().command("supernode");
+    cmd.args(["-l", port])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(root.join("supernode.log"))?)
+        .stderr(Stdio::null());
+    let supernode = ChildGuard::spawn("supernode", &mut cmd)?;
+    let mut listening = false;
+    for _ in 0..100 {
+        let out = lab
+            .public()
+            .command("ss")
+            .args(["-Hlun", &format!("sport = :{port}")])
+            .output()?;
+        if !out.stdout.is_empty() {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(listening, "the n2n supernode did not listen within 5 s");
     let mut processes = Vec::new();
     for (i, name) in peers.iter().enumerate() {
         let mut cmd = lab.peer(name).ns.command("edge");
@@ -202,18 +272,17 @@ pub async fn n2n(lab: &NatLab, peers: [&str; 2], dir: &Path) -> anyhow::Result<V
             .stderr(Stdio::null());
         processes.push(ChildGuard::spawn(&format!("edge {name}"), &mut cmd)?);
     }
-    let mut cmd = lab.public().command("supernode");
-    cmd.args(["-l", port])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(root.join("supernode.log"))?)
-        .stderr(Stdio::null());
-    processes.push(ChildGuard::spawn("supernode", &mut cmd)?);
-    let server_ip = Ipv4Addr::new(10, 79, 0, 2);
-    wait_ping(lab, peers[0], server_ip, "n2n", &mut processes, &root).await?;
+    processes.push(supernode);
+    let addresses: Vec<Ipv4Addr> = (0..peers.len())
+        .map(|i| Ipv4Addr::new(10, 79, 0, i as u8 + 1))
+        .collect();
+    for &(i, j) in pairs {
+        wait_ping(lab, peers[i], addresses[j], "n2n", &mut processes, &root).await?;
+    }
     Ok(Vpn {
         processes,
         device: "n2n0".into(),
-        server_ip,
+        addresses,
         sockets: vec![],
     })
 }
