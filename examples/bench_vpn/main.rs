@@ -20,12 +20,14 @@
 //! started anyway is marked `*`), `--direct-only` (leave out the symmetric pair).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+#[path = "../common/home.rs"]
+mod home;
 mod iperf;
 mod systems;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -140,25 +142,6 @@ fn ensure_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ringlet_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("RINGLET_BIN") {
-        return Ok(p.into());
-    }
-    // target/<profile>/examples/bench_vpn → target/<profile>/ringlet
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("ringlet"))
-        .context("cannot locate target dir")?;
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found; build it with `cargo build --release --bin ringlet`",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 fn say(start: Instant, msg: impl std::fmt::Display) {
     println!("[{:>6.1} s] {msg}", start.elapsed().as_secs_f64());
 }
@@ -194,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
-    let bin = ringlet_bin()?;
+    let bin = home::ringlet_bin()?;
     let pairs: &[(usize, usize)] = if opts.relay { &[(0, 1), (2, 3)] } else { &[(0, 1)] };
     let members: Vec<&str> = PEERS[..pairs.len() * 2].iter().map(|p| p.0).collect();
     let lab_peers: Vec<(&str, NatType)> = PEERS[..members.len()].iter().map(|p| (p.0, p.1)).collect();
@@ -273,7 +256,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
         let vpn = systems::ringlet(&lab, &members, pairs, &bin, dir).await?;
         let mut st = Vec::new();
         for s in &vpn.sockets {
-            st.push(systems::status(s).await.context("ringlet status")?);
+            st.push(home::status(s).await.context("ringlet status")?);
         }
         for &(i, j) in pairs {
             let path = systems::pair_path(&st.iter().cloned().map(Some).collect::<Vec<_>>(), &members, i, j)
@@ -403,7 +386,7 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
     // ringlet's own view after the runs: its path, and how its UDP sends were batched.
     if let Some(vpn) = vpns.iter().find(|v| !v.sockets.is_empty()) {
         for (name, socket) in members.iter().zip(&vpn.sockets) {
-            let Some(st) = systems::status(socket).await else {
+            let Some(st) = home::status(socket).await else {
                 continue;
             };
             let c = |k: &str| st.counters.get(k).copied().unwrap_or(0);

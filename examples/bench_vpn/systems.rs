@@ -12,6 +12,7 @@ use ringlet::node::status::Status;
 use ringlet_lab::natlab::PUBLIC_IP;
 use ringlet_lab::{ChildGuard, NatLab, Netns};
 
+use crate::home::{start_vpn_member, status};
 use crate::{DOMAIN, PASSWORD};
 
 /// A running VPN: its processes (one per member, in the members' order, then the meeting
@@ -38,40 +39,22 @@ pub async fn ringlet(
     dir: &Path,
 ) -> anyhow::Result<Vpn> {
     let group_ca = ringlet::secure::admin::init("bench", &dir.join("bench.ca.key"))?;
-    let friends: Vec<String> = peers.iter().map(|n| format!("\"{n}@{DOMAIN}\"")).collect();
+    let friends: Vec<String> = peers.iter().map(|n| format!("{n}@{DOMAIN}")).collect();
     let mut processes = Vec::new();
     let mut sockets = Vec::new();
     let mut logs = Vec::new();
     for name in peers {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home)?;
-        let config = home.join("ringlet.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[xmpp]\njid = \"{name}@{DOMAIN}\"\npassword = \"{PASSWORD}\"\nserver = \"{PUBLIC_IP}:5222\"\n\
-                 tls = \"plain\"\n\n[overlay]\nname = \"lab\"\nfriends = [{}]\n\n[vpn]\nenabled = true\n",
-                friends.join(", ")
-            ),
-        )?;
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs();
-        ringlet::secure::admin::provision(
+        let jid = format!("{name}@{DOMAIN}");
+        let (home, log, process) = start_vpn_member(
+            &lab.peer(name).ns,
+            bin,
+            dir,
+            name,
+            (&jid, PASSWORD),
+            &friends,
             &group_ca,
-            &home.join("node.key"),
-            &home.join("group.cert"),
-            &format!("{name}@{DOMAIN}").parse()?,
-            unix,
         )?;
-        let log = home.join("ringlet.log");
-        let mut cmd = lab.peer(name).ns.command(&bin.to_string_lossy());
-        cmd.args(["up", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
-        processes.push(ChildGuard::spawn(&format!("ringlet {name}"), &mut cmd)?);
+        processes.push(process);
         sockets.push(home.join("ringlet.sock"));
         logs.push(log);
     }
@@ -147,11 +130,6 @@ pub fn relay_of(st: &[Status], peers: &[&str], i: usize, j: usize) -> Option<usi
     let via = p.via.as_deref()?;
     st.iter()
         .position(|s| s.node_id == via || via.contains(&s.node_id))
-}
-
-pub async fn status(socket: &Path) -> Option<Status> {
-    let v = ringlet::control::request(socket, "status").await.ok()?;
-    serde_json::from_value(v).ok()
 }
 
 /// tinc 1.0: a node `hub` on the public host (the only one with an `Address`), and one node

@@ -7,7 +7,6 @@
 //! PID and deletes the namespaces.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,7 +14,7 @@ use ringlet::node::status::Status;
 use ringlet_lab::natlab::{LabOptions, PUBLIC_IP, PUBLIC_IP2};
 use ringlet_lab::{ChildGuard, NatLab, NatType, Prosody, ProsodySpec};
 
-use super::{member_home, ringlet_bin, say, status};
+use super::{ringlet_bin, say, start_vpn_member, status};
 
 const DOMAIN: &str = "lab.demo";
 const PASSWORD: &str = "demo-password";
@@ -70,32 +69,23 @@ pub async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
     }
 
     let group_ca = ringlet::secure::admin::init("demo", &dir.join("demo.ca.key"))?;
-    let friends: Vec<String> = users.iter().map(|u| format!("\"{u}\"")).collect();
     let mut peers = Vec::new();
     for (name, ..) in PEERS {
-        let (home, config) = member_home(
+        let jid = format!("{name}@{DOMAIN}");
+        let (home, log, process) = start_vpn_member(
+            &lab.peer(name).ns,
+            &bin,
             dir,
             name,
-            &format!("{name}@{DOMAIN}"),
-            &format!(
-                "[xmpp]\njid = \"{name}@{DOMAIN}\"\npassword = \"{PASSWORD}\"\nserver = \"{PUBLIC_IP}:5222\"\n\
-                 tls = \"plain\"\n\n[overlay]\nname = \"lab\"\nfriends = [{}]\n\n[vpn]\nenabled = true\n",
-                friends.join(", ")
-            ),
+            (&jid, PASSWORD),
+            &users,
             &group_ca,
         )?;
-        let log = home.join("ringlet.log");
-        let mut cmd = lab.peer(name).ns.command(&bin.to_string_lossy());
-        cmd.args(["up", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        cmd.stderr(std::fs::File::create(&log)?);
         peers.push(Peer {
             name,
             socket: home.join("ringlet.sock"),
             log,
-            process: ChildGuard::spawn(name, &mut cmd)?,
+            process,
         });
     }
     say(
