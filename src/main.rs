@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 use ringlet::config::Config;
-use ringlet::control::{self, ControlServer};
-use ringlet::node::{self, status::Status, Options};
+use ringlet::control;
+use ringlet::node::status::Status;
 
 #[derive(Parser)]
 #[command(
@@ -35,10 +35,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: in the foreground until SIGINT, SIGTERM or `ringlet down`, or detached
+    /// Run a node: in the foreground until SIGINT, SIGTERM or `ringlet down`, or detached.
+    /// Several `-c` run several overlays in this process, sharing one UDP socket
     Up {
         #[arg(short, long, default_value = "ringlet.toml")]
-        config: PathBuf,
+        config: Vec<PathBuf>,
         /// Run in the background (output to a log file beside the control socket); return
         /// once the node is online
         #[arg(long)]
@@ -129,8 +130,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let config_path = match &cli.command {
         Command::Group { .. } => None,
-        Command::Up { config, .. }
-        | Command::Down { config }
+        Command::Up { config, .. } => config.first().cloned(),
+        Command::Down { config }
         | Command::Netcheck { config }
         | Command::Config {
             op: ConfigOp::Check { config },
@@ -153,6 +154,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `up` may name more overlays to run beside the first, in one process.
+    let mut up_configs = vec![config.clone()];
+    if let Command::Up { config: paths, .. } = &cli.command {
+        for path in &paths[1..] {
+            match Config::load(path) {
+                Ok(c) => up_configs.push(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if let Err(e) = cli::up::check_together(&up_configs) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match &cli.command {
         Command::Id { .. } => return exit_with(cli::group::id(&config)),
         Command::Config { .. } => {
@@ -179,8 +197,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up { daemon: true, .. } => cli::daemon::start(&config, &flags).await,
-            Command::Up { pid_file, .. } => up(config, pid_file).await,
+            Command::Up { daemon: true, .. } => cli::daemon::start(&up_configs, &flags).await,
+            Command::Up { pid_file, .. } => cli::up::run(up_configs, pid_file).await,
             Command::Down { .. } => cli::daemon::stop(&config).await,
             Command::Netcheck { .. } => cli::netcheck::run(&config).await,
             Command::Status { json, .. } => status(config, json).await,
@@ -229,41 +247,6 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
-}
-
-async fn up(config: Config, pid_file: Option<PathBuf>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut server = ControlServer::bind(&config.control_socket).await?;
-    // After the control socket: holding it means no other node of this config runs.
-    let pid_path = pid_file.unwrap_or_else(|| cli::daemon::pid_file(&config));
-    let _pid_file = cli::daemon::PidFile::write(&pid_path)?;
-    let mut handle = node::start(&config, Options::default()).await?;
-    tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
-    tracing::debug!(jid = %handle.jid(), "node jid");
-    let (stop_tx, mut stop) = tokio::sync::mpsc::channel(1);
-    let hooks = control::Hooks::with_events(stop_tx);
-    server.serve(handle.controller(), hooks.clone());
-    let stopped_on_its_own = loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break false,
-            _ = sigterm.recv() => break false,
-            _ = stop.recv() => break false,
-            ev = handle.recv() => match ev {
-                // To the attached applications, if any (`ringlet::app`).
-                Some(ev) => hooks.publish(ev),
-                None => break true,
-            },
-        }
-    };
-    drop(server);
-    if stopped_on_its_own {
-        handle.wait().await?;
-        anyhow::bail!("the node stopped");
-    }
-    tracing::info!("shutting down");
-    handle.shutdown().await?;
-    Ok(())
 }
 
 /// The NodeId of the member `who` names: a NodeId as is, else a VPN address or a (bare or

@@ -518,3 +518,99 @@ async fn netcheck_from_the_daemon_and_alone() {
     assert!(text.contains("verdict    cone NAT"), "{text}");
     assert!(!text.contains("reflexive  none"), "{text}");
 }
+
+/// `up -c alpha -c beta` runs two overlays in one process on one UDP socket: each overlay's
+/// peer links to it directly at the same address, each config answers `status` and `ping` for
+/// its own overlay, and `down` on either stops the process. Configs that cannot share a
+/// process are refused with exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_several_overlays_on_one_udp_socket() {
+    let server = prosody("one.test", &["alice", "bob", "carol"], true, |_| {});
+    let dir = tempdir("ringlet-cli-overlays-");
+    let loopback_udp = "[udp]\nbind = \"127.0.0.1:0\"\n";
+    let spec = |jid: &str, overlay: &str, friend: &str| {
+        let mut s = NodeSpec::new(jid, &server.c2s_addr(), overlay, &[friend]);
+        s.extra = loopback_udp.into();
+        s
+    };
+    let alpha = spec("alice@one.test", "alpha", "bob@one.test").write(&dir.path().join("alpha"));
+    let beta = spec("alice@one.test", "beta", "carol@one.test").write(&dir.path().join("beta"));
+    let bob = NodeProcess::spawn(
+        "bob",
+        &spec("bob@one.test", "alpha", "alice@one.test"),
+        &dir.path().join("bob"),
+        None,
+    );
+    let carol = NodeProcess::spawn(
+        "carol",
+        &spec("carol@one.test", "beta", "alice@one.test"),
+        &dir.path().join("carol"),
+        None,
+    );
+    let (alpha_cfg, beta_cfg) = (alpha.to_str().unwrap(), beta.to_str().unwrap());
+    let guard = DaemonGuard(dir.path().join("alpha/ringlet.pid"));
+    let out = tokio::task::spawn_blocking({
+        let (a, b) = (alpha_cfg.to_owned(), beta_cfg.to_owned());
+        move || ringlet(&["up", "--daemon", "-c", &a, "-c", &b])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pid = guard.pid().expect("a pid file for alpha");
+    let beta_pid = std::fs::read_to_string(dir.path().join("beta/ringlet.pid")).unwrap();
+    assert_eq!(beta_pid.trim(), pid.to_string(), "one process runs both");
+
+    // Each peer reaches alice directly, at one and the same address.
+    let timeout = Duration::from_secs(15);
+    let via_alpha = wait(timeout, || direct_remote(&bob, "alice@")).await;
+    let via_beta = wait(timeout, || direct_remote(&carol, "alice@")).await;
+    let log = || std::fs::read_to_string(dir.path().join("alpha/ringlet.log")).unwrap_or_default();
+    let via_alpha = via_alpha.unwrap_or_else(|| panic!("bob has no direct path:\n{}", log()));
+    let via_beta = via_beta.unwrap_or_else(|| panic!("carol has no direct path:\n{}", log()));
+    assert_eq!(via_alpha, via_beta, "two UDP sockets");
+
+    // Each config speaks for its own overlay.
+    for (cfg, overlay, peer) in [(alpha_cfg, "alpha", &bob), (beta_cfg, "beta", &carol)] {
+        let json = ringlet(&["status", "-c", cfg, "--json"]);
+        assert!(json.status.success(), "{}", stderr(&json));
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(v["overlay"], overlay);
+        assert_eq!(v["counters"]["udp_shared_overlays"], 2, "{}", v["counters"]);
+        let peer_id = peer.status().await.unwrap().node_id;
+        let ping = ringlet(&["ping", "-c", cfg, "-n", "1", &peer_id]);
+        assert!(ping.status.success(), "{}", stderr(&ping));
+        assert!(stdout(&ping).contains("direct"), "{}", stdout(&ping));
+    }
+
+    let down = ringlet(&["down", "-c", beta_cfg]);
+    assert_eq!(down.status.code(), Some(0), "{}", stderr(&down));
+    assert!(!alive(pid), "the process still runs after down");
+    assert!(!dir.path().join("alpha/ringlet.sock").exists());
+    assert!(!dir.path().join("beta/ringlet.pid").exists());
+
+    // What cannot share a process.
+    let mut other_port = spec("alice@one.test", "gamma", "bob@one.test");
+    other_port.extra = "[udp]\nbind = \"127.0.0.1:4999\"\n".into();
+    let gamma = other_port.write(&dir.path().join("gamma"));
+    for (args, want) in [
+        (
+            vec!["up", "-c", alpha_cfg, "-c", alpha_cfg],
+            "named by two configs",
+        ),
+        (
+            vec!["up", "-c", alpha_cfg, "-c", gamma.to_str().unwrap()],
+            "give them the same udp.bind",
+        ),
+    ] {
+        let out = ringlet(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+}
+
+/// Where `node`'s direct path to the member whose JID starts with `jid` leads, if it has one.
+async fn direct_remote(node: &NodeProcess, jid: &str) -> Option<String> {
+    let s = node.status().await?;
+    let peer = s.peers.iter().find(|p| p.jid.starts_with(jid))?;
+    (peer.path == "direct").then(|| peer.remote.clone()).flatten()
+}

@@ -62,15 +62,19 @@ fn alive(pid: i32) -> bool {
     state != Some('Z')
 }
 
-/// Starts `ringlet up` detached and waits until it is online (or has failed). `flags` are the
-/// logging flags to pass on (`-v`, `-q`).
-pub async fn start(config: &Config, flags: &[&str]) -> anyhow::Result<()> {
-    if control::request(&config.control_socket, "status").await.is_ok() {
-        anyhow::bail!(
-            "a ringlet node is already running with control socket {}",
-            config.control_socket.display()
-        );
+/// Starts `ringlet up` detached, for one overlay or several in one process, and waits until
+/// every one is online (or the daemon has failed); the log is the first config's. `flags`
+/// are the logging flags to pass on (`-v`, `-q`).
+pub async fn start(configs: &[Config], flags: &[&str]) -> anyhow::Result<()> {
+    for config in configs {
+        if control::request(&config.control_socket, "status").await.is_ok() {
+            anyhow::bail!(
+                "a ringlet node is already running with control socket {}",
+                config.control_socket.display()
+            );
+        }
     }
+    let config = &configs[0];
     let log_path = log_file(config);
     let log = OpenOptions::new()
         .create(true)
@@ -79,10 +83,11 @@ pub async fn start(config: &Config, flags: &[&str]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open log file {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the ringlet executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("up")
-        .arg("--config")
-        .arg(&config.path)
-        .args(flags)
+    cmd.arg("up");
+    for c in configs {
+        cmd.arg("--config").arg(&c.path);
+    }
+    cmd.args(flags)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -104,11 +109,9 @@ pub async fn start(config: &Config, flags: &[&str]) -> anyhow::Result<()> {
                 tail(&log_path, 5)
             );
         }
-        if let Ok(v) = control::request(&config.control_socket, "status").await {
-            if v["state"] == "online" {
-                println!("ringlet is up (pid {pid}, log {})", log_path.display());
-                return Ok(());
-            }
+        if all_online(configs).await {
+            println!("ringlet is up (pid {pid}, log {})", log_path.display());
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             println!(
@@ -119,6 +122,16 @@ pub async fn start(config: &Config, flags: &[&str]) -> anyhow::Result<()> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+async fn all_online(configs: &[Config]) -> bool {
+    for c in configs {
+        match control::request(&c.control_socket, "status").await {
+            Ok(v) if v["state"] == "online" => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -1,6 +1,7 @@
-//! Subcommands of the `ringlet` binary beyond `up`, `status`, `ping` and `dht`.
+//! Subcommands of the `ringlet` binary beyond `status`, `ping` and `dht`.
 
 pub mod check;
 pub mod daemon;
 pub mod group;
 pub mod netcheck;
+pub mod up;

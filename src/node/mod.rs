@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 pub use self::status::Status;
 use crate::config::Config;
 use crate::identity::{IdentityError, NodeId, NodeKey};
+pub use ringlet_udp::SharedSocket;
 
 /// Events for the application embedding the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +278,16 @@ pub struct Options {
     pub app_queue: usize,
     /// Seed for the protocol cores' randomness; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// The process's UDP socket for all its overlays ([`bind_shared_udp`]); `None` binds the
+    /// config's `udp.bind` for this node alone.
+    pub shared_udp: Option<SharedSocket>,
+}
+
+/// Binds one UDP socket at `addr` for several overlays in this process: pass it to each
+/// node's [`Options::shared_udp`]. Datagrams find their overlay by the path id every frame
+/// carries (STUN by the transactions and ufrags the overlays used), so one port serves all.
+pub fn bind_shared_udp(addr: std::net::SocketAddr) -> Result<SharedSocket, StartError> {
+    reach::bind_shared(addr).map_err(|source| StartError::Udp { addr, source })
 }
 
 impl Default for Options {
@@ -284,6 +295,7 @@ impl Default for Options {
         Self {
             app_queue: 1024,
             seed: None,
+            shared_udp: None,
         }
     }
 }
@@ -349,13 +361,18 @@ pub async fn start_with_key(
     let mut path = [0u8; 8];
     hex::decode_to_slice(&ns, &mut path).map_err(|_| IdentityError::BadNodeId(ns.clone()))?;
     let bind = config.udp_enabled.then_some(config.udp_bind);
-    let (reach, resolved) =
-        reach::bind(bind, node_id.0, path, config.stun_servers.clone(), seed).map_err(|source| {
-            StartError::Udp {
-                addr: config.udp_bind,
-                source,
-            }
-        })?;
+    let (reach, resolved) = reach::bind(
+        bind,
+        options.shared_udp.as_ref(),
+        node_id.0,
+        path,
+        config.stun_servers.clone(),
+        seed,
+    )
+    .map_err(|source| StartError::Udp {
+        addr: config.udp_bind,
+        source,
+    })?;
     let mut reach = reach;
     reach.links.set_security(security);
     #[allow(clippy::disallowed_methods)] // the first tick is due at once

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ringlet_udp::{classify, Outgoing, PacketKind, Received, SocketId, UdpMux, MAIN_SOCKET};
+use ringlet_udp::{classify, Outgoing, PacketKind, Received, SharedSocket, SocketId, UdpMux, MAIN_SOCKET};
 use ringlet_xmpp::wire::addresses::Endpoint;
 use ringlet_xmpp::wire::extdisco::Service;
 use ringlet_xmpp::NodeIdBytes;
@@ -49,6 +49,10 @@ pub(super) struct SocketStats {
     pub send_calls: u64,
     pub datagrams_sent: u64,
     pub extra_sockets: u64,
+    /// Overlays on the shared socket (0: the node has a socket of its own).
+    pub shared_overlays: u64,
+    /// Datagrams the shared socket's dispatcher could give no overlay (process-wide).
+    pub shared_unclaimed: u64,
 }
 
 pub(super) struct Reach {
@@ -79,16 +83,21 @@ const OUTBOX_LIMIT: usize = 256;
 /// Lookups of STUN server names, answered to the runtime loop.
 pub(super) type Resolved = mpsc::Receiver<(ServerSource, Vec<SocketAddr>)>;
 
-/// Binds the sockets (unless `bind` is `None`: UDP disabled) and builds the cores. Must run
-/// inside the tokio runtime.
+/// Binds the sockets, or joins the process's `shared` socket (unless `bind` is `None`: UDP
+/// disabled), and builds the cores. Must run inside the tokio runtime.
 pub(super) fn bind(
     bind: Option<SocketAddr>,
+    shared: Option<&SharedSocket>,
     own: NodeIdBytes,
     path: PathId,
     config_servers: Vec<String>,
     seed: u64,
 ) -> std::io::Result<(Reach, Resolved)> {
-    let mut mux = bind.map(UdpMux::bind).transpose()?;
+    let mut mux = match (bind, shared) {
+        (None, _) => None,
+        (Some(_), Some(shared)) => Some(UdpMux::join(shared, path)?),
+        (Some(addr), None) => Some(UdpMux::bind(addr)?),
+    };
     let local = mux.as_ref().and_then(|m| m.local_addr(MAIN_SOCKET));
     // A second socket for the STUN filtering test (see stun_client).
     let probe_socket = match (&mut mux, bind) {
@@ -103,7 +112,8 @@ pub(super) fn bind(
     };
     let port = local.map_or(0, |l| l.port());
     let host_ips = bind.map(|b| host_ips(b.ip())).unwrap_or_default();
-    // An IPv6 twin of the main socket when the host has global IPv6 addresses.
+    // Where the host has IPv6, also an IPv6 twin of the main socket (a shared socket was
+    // bound with one by the same rule, see [`bind_shared`]).
     let port6 = match &mut mux {
         Some(m) if host_ips.iter().any(IpAddr::is_ipv6) => match m.add_ipv6() {
             Ok(addr) => Some(addr.port()),
@@ -132,6 +142,12 @@ pub(super) fn bind(
         counters: UdpCounters::default(),
     };
     Ok((reach, resolved_rx))
+}
+
+/// Binds one main socket for several overlays of this process (with an IPv6 twin where the
+/// host has global IPv6 addresses, as a node's own socket would have).
+pub fn bind_shared(addr: SocketAddr) -> std::io::Result<SharedSocket> {
+    SharedSocket::bind(addr, host_ips(addr.ip()).iter().any(IpAddr::is_ipv6))
 }
 
 /// Addresses of the host's interfaces when bound to 0.0.0.0: IPv4 except loopback and
@@ -212,6 +228,8 @@ impl Reach {
                 send_calls: m.send_calls,
                 datagrams_sent: m.datagrams_sent,
                 extra_sockets: m.extra_count() as u64,
+                shared_overlays: m.shared().map_or(0, |s| s.members() as u64),
+                shared_unclaimed: m.shared().map_or(0, |s| s.stats().unclaimed),
             })
     }
 

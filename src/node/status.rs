@@ -276,6 +276,8 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("udp_send_calls", sockets.send_calls),
         ("udp_send_errors", sockets.send_errors),
         ("udp_extra_sockets", sockets.extra_sockets),
+        ("udp_shared_overlays", sockets.shared_overlays),
+        ("udp_shared_unclaimed", sockets.shared_unclaimed),
         ("link_attempts", l.attempts),
         ("link_direct_up", l.direct_up),
         ("link_paths_lost", l.paths_lost),

@@ -5,8 +5,10 @@
 //! byte `0b11xx_xxxx`) and drops anything else.
 
 mod mux;
+mod shared;
 
 pub use mux::{Outgoing, Received, SocketId, UdpMux, MAIN_SOCKET};
+pub use shared::{PathKey, SharedSocket, SharedStats};
 
 /// Magic cookie of STUN (RFC 5389) at bytes 4..8.
 pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];

@@ -17,6 +17,8 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::shared::{Member, PathKey, SharedSocket};
+
 /// Identifies one socket of the mux.
 pub type SocketId = u16;
 
@@ -42,6 +44,14 @@ pub struct Outgoing<'a> {
     pub data: &'a [u8],
 }
 
+/// What [`UdpMux::poll_readable`] found.
+enum Ready {
+    /// A socket of this mux is readable.
+    Socket(SocketId),
+    /// The shared socket's dispatcher handed over a batch.
+    Shared(Vec<Received>),
+}
+
 /// One received datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -50,9 +60,9 @@ pub struct Received {
     pub data: Vec<u8>,
 }
 
-struct Slot {
-    socket: UdpSocket,
-    state: UdpSocketState,
+pub(crate) struct Slot {
+    pub(crate) socket: UdpSocket,
+    pub(crate) state: UdpSocketState,
 }
 
 pub struct UdpMux {
@@ -66,10 +76,13 @@ pub struct UdpMux {
     /// Send system calls made, and datagrams they carried (their ratio is the batching gain).
     pub send_calls: u64,
     pub datagrams_sent: u64,
+    /// The overlay's place on a [`SharedSocket`]: then the main socket and its twin are the
+    /// shared ones, and `slots` holds only extras.
+    shared: Option<Member>,
 }
 
 /// An IPv6-only socket, so that it can share the port number with the IPv4 main socket.
-fn open_v6(port: u16) -> io::Result<Slot> {
+pub(crate) fn open_v6(port: u16) -> io::Result<Slot> {
     let sock = socket2::Socket::new(
         socket2::Domain::IPV6,
         socket2::Type::DGRAM,
@@ -86,7 +99,7 @@ fn open_v6(port: u16) -> io::Result<Slot> {
     })
 }
 
-fn open(addr: SocketAddr) -> io::Result<Slot> {
+pub(crate) fn open(addr: SocketAddr) -> io::Result<Slot> {
     let std_sock = StdUdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
     let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
@@ -104,21 +117,61 @@ impl UdpMux {
         Ok(Self {
             slots,
             next_id: 1,
-            bufs: vec![vec![0u8; BUF_SIZE]; BATCH_SIZE],
+            bufs: recv_buffers(),
             scratch: Vec::new(),
             last_drained: MAIN_SOCKET,
             send_errors: 0,
             send_calls: 0,
             datagrams_sent: 0,
+            shared: None,
         })
     }
 
-    pub fn local_addr(&self, id: SocketId) -> Option<SocketAddr> {
-        self.slots.get(&id).and_then(|s| s.socket.local_addr().ok())
+    /// Uses `shared` as the main socket, for the overlay whose frames carry path id `key`;
+    /// refused when that overlay is already on it.
+    pub fn join(shared: &SharedSocket, key: PathKey) -> io::Result<Self> {
+        Ok(Self {
+            slots: BTreeMap::new(),
+            next_id: 1,
+            bufs: recv_buffers(),
+            scratch: Vec::new(),
+            last_drained: MAIN_SOCKET,
+            send_errors: 0,
+            send_calls: 0,
+            datagrams_sent: 0,
+            shared: Some(shared.join(key)?),
+        })
     }
 
-    /// Binds the IPv6 twin of the main socket (the main socket's port if it is free there).
+    /// The shared socket this mux joined, if any.
+    pub fn shared(&self) -> Option<&SharedSocket> {
+        self.shared.as_ref().map(Member::shared)
+    }
+
+    /// The socket behind `id`: the shared ones for the main socket and its twin if joined.
+    fn slot(&self, id: SocketId) -> Option<&Slot> {
+        match (&self.shared, id) {
+            (Some(m), MAIN_SOCKET) => Some(&m.sockets().v4),
+            (Some(m), MAIN_SOCKET_V6) => m.sockets().v6.as_ref(),
+            _ => self.slots.get(&id),
+        }
+    }
+
+    pub fn local_addr(&self, id: SocketId) -> Option<SocketAddr> {
+        self.slot(id).and_then(|s| s.socket.local_addr().ok())
+    }
+
+    /// Binds the IPv6 twin of the main socket (the main socket's port if it is free there);
+    /// on a shared socket, the twin it was bound with.
     pub fn add_ipv6(&mut self) -> io::Result<SocketAddr> {
+        if let Some(m) = &self.shared {
+            return m.shared().local_addr_v6().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    "the shared socket has no IPv6 twin",
+                )
+            });
+        }
         let port = self.local_addr(MAIN_SOCKET).map_or(0, |a| a.port());
         let slot = open_v6(port).or_else(|_| open_v6(0))?;
         let addr = slot.socket.local_addr()?;
@@ -199,8 +252,7 @@ impl UdpMux {
     fn gso_run(&self, batch: &[Outgoing<'_>]) -> usize {
         let first = batch[0];
         let max_segments = self
-            .slots
-            .get(&self.route(first.socket, first.to))
+            .slot(self.route(first.socket, first.to))
             .map_or(1, |s| s.state.max_gso_segments());
         let size = first.data.len();
         if max_segments < 2 || size == 0 {
@@ -251,7 +303,13 @@ impl UdpMux {
         contents: &[u8],
         segment_size: Option<usize>,
     ) -> bool {
-        let Some(slot) = self.slots.get(&self.route(id, to)) else {
+        let route = self.route(id, to);
+        if let (Some(m), MAIN_SOCKET | MAIN_SOCKET_V6) = (&self.shared, route) {
+            let segment = segment_size.unwrap_or(contents.len()).max(1);
+            contents.chunks(segment).for_each(|d| m.learn(d));
+        }
+        self.send_calls += 1;
+        let Some(slot) = self.slot(route) else {
             return false;
         };
         let transmit = Transmit {
@@ -261,7 +319,6 @@ impl UdpMux {
             segment_size,
             src_ip: None,
         };
-        self.send_calls += 1;
         // The socket is non-blocking and nothing ever waits for writability, so the send is
         // attempted directly rather than through tokio's readiness cache.
         slot.state
@@ -272,9 +329,16 @@ impl UdpMux {
     /// Waits until some socket has datagrams and returns a batch of them.
     pub async fn recv(&mut self) -> io::Result<Vec<Received>> {
         loop {
-            let ready = std::future::poll_fn(|cx| self.poll_readable(cx)).await?;
-            self.last_drained = ready;
-            let batch = self.drain(ready)?;
+            let batch = match std::future::poll_fn(|cx| self.poll_readable(cx)).await? {
+                Ready::Socket(id) => {
+                    self.last_drained = id;
+                    self.drain(id)?
+                }
+                Ready::Shared(batch) => {
+                    self.last_drained = MAIN_SOCKET;
+                    batch
+                }
+            };
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -282,50 +346,80 @@ impl UdpMux {
     }
 
     /// The first readable socket, looking from the one after the socket drained last, so
-    /// that a busy socket cannot starve the others.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<SocketId>> {
+    /// that a busy socket cannot starve the others. A joined mux's main socket is its queue
+    /// on the shared socket, looked at first unless it was drained last.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        let shared_first = self.last_drained != MAIN_SOCKET;
+        if shared_first {
+            if let Some(ready) = self.poll_shared(cx) {
+                return ready;
+            }
+        }
         let after = self.slots.range((Excluded(self.last_drained), Unbounded));
         let before = self.slots.range(..=self.last_drained);
         for (id, slot) in after.chain(before) {
             match slot.socket.poll_recv_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(*id)),
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Ready::Socket(*id))),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
         }
-        Poll::Pending
+        match self.poll_shared(cx) {
+            Some(ready) if !shared_first => ready,
+            _ => Poll::Pending,
+        }
+    }
+
+    /// A batch from the shared socket's dispatcher (`None`: not joined, or nothing yet).
+    fn poll_shared(&mut self, cx: &mut Context<'_>) -> Option<Poll<io::Result<Ready>>> {
+        match self.shared.as_mut()?.poll_recv(cx) {
+            Poll::Ready(batch) => Some(Poll::Ready(batch.map(Ready::Shared))),
+            Poll::Pending => None,
+        }
     }
 
     fn drain(&mut self, id: SocketId) -> io::Result<Vec<Received>> {
         let Some(slot) = self.slots.get(&id) else {
             return Ok(Vec::new());
         };
-        let mut meta = [RecvMeta::default(); BATCH_SIZE];
-        let mut slices: Vec<IoSliceMut<'_>> = self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let result = slot.socket.try_io(Interest::READABLE, || {
-            slot.state
-                .recv(UdpSockRef::from(&slot.socket), &mut slices, &mut meta)
-        });
-        let n = match result {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
-            // ICMP errors (port unreachable) surface here on Linux; they concern one peer only.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for (m, buf) in meta.iter().zip(self.bufs.iter()).take(n) {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            for chunk in buf[..m.len].chunks(stride.max(1)) {
-                out.push(Received {
-                    socket: if id == MAIN_SOCKET_V6 { MAIN_SOCKET } else { id },
-                    from: normalise(m.addr),
-                    data: chunk.to_vec(),
-                });
-            }
-        }
-        Ok(out)
+        let reported = if id == MAIN_SOCKET_V6 { MAIN_SOCKET } else { id };
+        drain_slot(slot, &mut self.bufs, reported)
     }
+}
+
+/// Buffers for one [`drain_slot`] call.
+pub(crate) fn recv_buffers() -> Vec<Vec<u8>> {
+    vec![vec![0u8; BUF_SIZE]; BATCH_SIZE]
+}
+
+/// Reads what one system call returns from `slot` (nothing if it would block), splitting
+/// coalesced (GRO) datagrams; each is reported as coming through socket `reported`.
+pub(crate) fn drain_slot(slot: &Slot, bufs: &mut [Vec<u8>], reported: SocketId) -> io::Result<Vec<Received>> {
+    let mut meta = [RecvMeta::default(); BATCH_SIZE];
+    let mut slices: Vec<IoSliceMut<'_>> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+    let result = slot.socket.try_io(Interest::READABLE, || {
+        slot.state
+            .recv(UdpSockRef::from(&slot.socket), &mut slices, &mut meta)
+    });
+    let n = match result {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+        // ICMP errors (port unreachable) surface here on Linux; they concern one peer only.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (m, buf) in meta.iter().zip(bufs.iter()).take(n) {
+        let stride = if m.stride == 0 { m.len } else { m.stride };
+        for chunk in buf[..m.len].chunks(stride.max(1)) {
+            out.push(Received {
+                socket: reported,
+                from: normalise(m.addr),
+                data: chunk.to_vec(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// IPv4-mapped IPv6 source addresses are reported as plain IPv4.
