@@ -7,7 +7,8 @@
 //! - symmetric ↔ port-restricted: share of 20 fresh attempts that go direct, and how fast;
 //! - STUN checks sent per successful punch, per pair of NAT types;
 //! - `ring`: 12 peers with the VPN at 20 ms delay — a consistent ring with direct neighbour
-//!   links, the first VPN ping, idle traffic per node (`RINGLET_BENCH_IDLE_S`, default 120 s)
+//!   links, the first VPN ping, idle traffic per node (`RINGLET_BENCH_IDLE_S`, default 120 s;
+//!   `RINGLET_BENCH_KEEP_LOGS=DIR` keeps the daemons' logs), what the idle traffic is made of
 //!   and daemon memory ([`ring`]).
 //!
 //! Run: `cargo bench --bench natlab` (`-- --quick` for fewer runs; or name sections:

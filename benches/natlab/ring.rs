@@ -51,6 +51,78 @@ fn lan_bytes(scene: &Scene, name: &str) -> u64 {
         .sum()
 }
 
+/// Per node: every status counter, the kernel's UDP and TCP packet counts (`snmp_*`), and
+/// how many peers it reaches directly (`direct_peers`).
+async fn idle_counters(scene: &Scene) -> Vec<std::collections::BTreeMap<String, u64>> {
+    let mut out = Vec::new();
+    for (i, st) in scene.statuses().await.into_iter().enumerate() {
+        let mut c = st.as_ref().map(|s| s.counters.clone()).unwrap_or_default();
+        let direct = st.map_or(0, |s| s.peers.iter().filter(|p| p.path == "direct").count());
+        c.insert("direct_peers".into(), direct as u64);
+        let snmp = scene
+            .lab
+            .peer(&format!("r{i}"))
+            .ns
+            .command("cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&snmp.stdout).into_owned();
+        for (proto, fields) in [
+            ("Udp:", ["InDatagrams", "OutDatagrams"]),
+            ("Tcp:", ["InSegs", "OutSegs"]),
+        ] {
+            let mut rows = text.lines().filter(|l| l.starts_with(proto));
+            let (Some(names), Some(values)) = (rows.next(), rows.next()) else {
+                continue;
+            };
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                if fields.contains(&name) {
+                    c.insert(
+                        format!("snmp_{}{name}", &proto[..3].to_lowercase()),
+                        value.parse().unwrap_or(0),
+                    );
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The counters that moved while idle, per node per minute (mean over the nodes), busiest
+/// first: where the idle bytes come from.
+fn print_idle_breakdown(
+    before: &[std::collections::BTreeMap<String, u64>],
+    after: &[std::collections::BTreeMap<String, u64>],
+    idle: Duration,
+) {
+    let minutes = idle.as_secs_f64() / 60.0;
+    let mut rates: Vec<(String, f64)> = after[0]
+        .keys()
+        .map(|k| {
+            let delta: u64 = before
+                .iter()
+                .zip(after)
+                .map(|(b, a)| {
+                    a.get(k)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(b.get(k).copied().unwrap_or(0))
+                })
+                .sum();
+            (k.clone(), delta as f64 / before.len() as f64 / minutes)
+        })
+        .filter(|(_, r)| *r > 0.0)
+        .collect();
+    rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let direct: Vec<u64> = after.iter().map(|c| c["direct_peers"]).collect();
+    println!("idle breakdown: direct peers per node {direct:?}; counters per node per minute:");
+    for (k, r) in rates.iter().take(16) {
+        println!("  {k:<32} {r:>10.1}");
+    }
+}
+
 /// (VmRSS, VmHWM) of a process, KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -143,7 +215,19 @@ pub async fn bench_ring(idle: Duration) {
     // Settle (address lookups, DHT puts), then count idle traffic.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before: Vec<u64> = names.iter().map(|n| lan_bytes(&scene, n)).collect();
+    let counters_before = idle_counters(&scene).await;
     tokio::time::sleep(idle).await;
+    let counters_after = idle_counters(&scene).await;
+    print_idle_breakdown(&counters_before, &counters_after, idle);
+    if let Ok(keep) = std::env::var("RINGLET_BENCH_KEEP_LOGS") {
+        for n in &names {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = std::fs::copy(
+                scene.dir.path().join(n).join("stderr.log"),
+                format!("{keep}/{n}.log"),
+            );
+        }
+    }
     let rates: Vec<f64> = names
         .iter()
         .zip(&before)

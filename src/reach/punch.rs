@@ -99,7 +99,7 @@ impl Default for Config {
             pair_tries: 40,
             attempt_timeout: Duration::from_secs(6),
             settle: Duration::from_millis(30),
-            keepalive: Duration::from_secs(15),
+            keepalive: Duration::from_secs(25),
             keepalive_rto: Duration::from_secs(1),
             keepalive_tries: 3,
             birthday_sockets: 256,

@@ -53,10 +53,16 @@ impl Ring {
         self.topology_changed(now);
     }
 
-    /// The link to `peer` is gone (closed, lost, or never came up).
+    /// The link to `peer` is gone (closed, lost, or never came up). One we did not need is
+    /// also released to the link layer, which would otherwise keep re-opening it for us (and
+    /// the peer, not needing it either, keep closing it).
     pub fn handle_link_down(&mut self, now: Instant, peer: RingAddr) {
         self.asked.remove(&peer);
+        let unneeded = self.table.get(&peer).is_some() && !self.needs(now, peer);
         self.drop_link(now, peer);
+        if unneeded {
+            self.emit(Event::Disconnect { peer });
+        }
     }
 
     /// The link layer could not link to `peer` directly (both behind hard NATs, say).

@@ -595,6 +595,30 @@ mod tests {
         );
     }
 
+    /// A link the ring does not need that goes down is released to the link layer (which
+    /// would re-open it otherwise); a near neighbour's is not.
+    #[test]
+    fn a_lost_link_is_released_unless_the_ring_needs_it() {
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        for n in [2, 3, 254, 255, 128] {
+            ring.handle_link_up(now, addr(n), LinkKind::Direct, Duration::from_millis(10));
+        }
+        while ring.poll_event().is_some() {}
+        let released = |ring: &mut Ring| {
+            std::iter::from_fn(|| ring.poll_event())
+                .filter_map(|e| match e {
+                    Event::Disconnect { peer } => Some(peer),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        ring.handle_link_down(now, addr(128));
+        assert_eq!(released(&mut ring), vec![addr(128)]);
+        ring.handle_link_down(now, addr(2));
+        assert_eq!(released(&mut ring), vec![], "a near neighbour is wanted back");
+    }
+
     #[test]
     fn a_silent_link_is_pinged_then_dropped() {
         let now = Instant::now();
