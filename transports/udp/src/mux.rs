@@ -114,7 +114,17 @@ impl UdpMux {
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let mut slots = BTreeMap::new();
         slots.insert(MAIN_SOCKET, open(addr)?);
-        Ok(Self {
+        Ok(Self::with(slots, None))
+    }
+
+    /// Uses `shared` as the main socket, for the overlay whose frames carry path id `key`;
+    /// refused when that overlay is already on it.
+    pub fn join(shared: &SharedSocket, key: PathKey) -> io::Result<Self> {
+        Ok(Self::with(BTreeMap::new(), Some(shared.join(key)?)))
+    }
+
+    fn with(slots: BTreeMap<SocketId, Slot>, shared: Option<Member>) -> Self {
+        Self {
             slots,
             next_id: 1,
             bufs: recv_buffers(),
@@ -123,24 +133,8 @@ impl UdpMux {
             send_errors: 0,
             send_calls: 0,
             datagrams_sent: 0,
-            shared: None,
-        })
-    }
-
-    /// Uses `shared` as the main socket, for the overlay whose frames carry path id `key`;
-    /// refused when that overlay is already on it.
-    pub fn join(shared: &SharedSocket, key: PathKey) -> io::Result<Self> {
-        Ok(Self {
-            slots: BTreeMap::new(),
-            next_id: 1,
-            bufs: recv_buffers(),
-            scratch: Vec::new(),
-            last_drained: MAIN_SOCKET,
-            send_errors: 0,
-            send_calls: 0,
-            datagrams_sent: 0,
-            shared: Some(shared.join(key)?),
-        })
+            shared,
+        }
     }
 
     /// The shared socket this mux joined, if any.
