@@ -290,8 +290,19 @@ async fn handle(req: Request, controller: &Controller, hooks: &Hooks) -> Respons
         result: Some(result),
         error: None,
     };
+    let serialized = |result: Result<Value, serde_json::Error>| match result {
+        Ok(v) => done(v),
+        Err(e) => fail(e.to_string()),
+    };
     let key = req.args.key.clone().unwrap_or_default();
     let value = req.args.value.clone().unwrap_or_default().into_bytes();
+    let node = || {
+        req.args
+            .node
+            .as_deref()
+            .unwrap_or_default()
+            .parse::<crate::NodeId>()
+    };
     match req.cmd.as_str() {
         "dht-put" | "dht-remove" | "dht-get" if key.is_empty() => fail("a DHT command needs a key".into()),
         "dht-put" | "dht-remove" if req.args.value.is_none() => fail(format!("{} needs a value", req.cmd)),
@@ -332,41 +343,18 @@ async fn handle(req: Request, controller: &Controller, hooks: &Hooks) -> Respons
             },
         },
         "status" => match controller.status().await {
-            Some(status) => Response {
-                id: req.id,
-                ok: true,
-                result: serde_json::to_value(status).ok(),
-                error: None,
-            },
+            Some(status) => serialized(serde_json::to_value(status)),
             None => fail("the node is stopping".into()),
         },
-        "ping" => {
-            let node = req
-                .args
-                .node
-                .as_deref()
-                .unwrap_or_default()
-                .parse::<crate::NodeId>();
-            match node {
+        "ping" => match node() {
+            Err(e) => fail(e.to_string()),
+            Ok(node) => match controller.ping(node).await {
+                Ok(reply) => serialized(serde_json::to_value(reply)),
                 Err(e) => fail(e.to_string()),
-                Ok(node) => match controller.ping(node).await {
-                    Ok(reply) => Response {
-                        id: req.id,
-                        ok: true,
-                        result: serde_json::to_value(reply).ok(),
-                        error: None,
-                    },
-                    Err(e) => fail(e.to_string()),
-                },
-            }
-        }
+            },
+        },
         "send" => {
-            let to = req
-                .args
-                .node
-                .as_deref()
-                .unwrap_or_default()
-                .parse::<crate::NodeId>();
+            let to = node();
             let data = req.args.value.as_deref().and_then(attach::decode);
             match (to, data) {
                 (Err(e), _) => fail(e.to_string()),
