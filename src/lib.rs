@@ -16,6 +16,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod fuzzing;
+pub mod groups;
 pub mod identity;
 pub mod link;
 pub mod node;

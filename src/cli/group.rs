@@ -9,10 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Subcommand;
 use ringlet::config::Config;
-use ringlet::control::{self, ControlError};
+use ringlet::groups::{self, Published};
 use ringlet::identity::NodeKey;
-use ringlet::secure::cert::Ca;
-use ringlet::secure::revocation::{Crl, Revocation, Target};
+use ringlet::secure::revocation::{Revocation, Target};
 use ringlet::secure::{admin, files};
 
 #[derive(Subcommand)]
@@ -67,6 +66,20 @@ pub enum GroupOp {
         node_key: Option<String>,
         #[arg(short, long)]
         config: Option<PathBuf>,
+    },
+    /// Run the group service beside this node: web pages to create groups, approve join
+    /// requests and revoke members (on localhost and the node's VPN address), with its state
+    /// in SQLite
+    Serve {
+        /// The administrator's node config (its VPN address is served, revocations go to it)
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        /// The service's database (default: groups.db beside the config)
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// TCP port on localhost and on the VPN address (0: any free port)
+        #[arg(long, default_value_t = 8377)]
+        port: u16,
     },
     /// Show the installed certificate
     Show {
@@ -166,10 +179,11 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
             let target = revocation_target(user, serial, node_key)?;
             let rev = Revocation::sign(&ca, target, unix_now());
             if let Some(config) = config {
-                publish(&Config::load(&config)?, &ca, &rev)?;
+                publish(&Config::load(&config)?, &rev)?;
             }
             print!("{}", rev.to_line());
         }
+        GroupOp::Serve { config, db, port } => super::groupd::serve(config, db, port)?,
         GroupOp::Show { config } => {
             let config = Config::load(&config)?;
             let cert = files::read_cert(&config.group_cert)
@@ -186,37 +200,22 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands a revocation to the node of `config`: a running one publishes it to the group at once
-/// (broadcast, DHT, its CRL file); otherwise it goes into the CRL file, and peers learn it when
-/// the node next shakes hands with them.
-fn publish(config: &Config, ca: &Ca, rev: &Revocation) -> anyhow::Result<()> {
-    let args = control::Args {
-        value: Some(rev.to_line().trim_end().to_owned()),
-        ..control::Args::default()
-    };
+/// Hands a revocation to the node of `config` and says what became of it.
+fn publish(config: &Config, rev: &Revocation) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match runtime.block_on(control::request_with(&config.control_socket, "revoke", args)) {
-        Ok(result) => {
-            let outcome = result["outcome"].as_str().unwrap_or("?");
+    match runtime.block_on(groups::publish(config, rev))? {
+        Published::ByNode { outcome } => {
             eprintln!("published by the running node ({outcome}); members close their links to it now");
-            Ok(())
         }
-        Err(ControlError::NotRunning { .. }) => {
-            let mut crl = Crl::load(&config.group_crl, &ca.public())?;
-            let added = crl.add(&ca.public(), rev.clone());
-            crl.save(&config.group_crl)?;
-            eprintln!(
-                "no node running: {} {} (now {} revocations); members learn it when the node next links to them",
-                if added { "added to" } else { "already in" },
-                config.group_crl.display(),
-                crl.version()
-            );
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
+        Published::ToFile { added, revocations } => eprintln!(
+            "no node running: {} {} (now {revocations} revocations); members learn it when the node next links to them",
+            if added { "added to" } else { "already in" },
+            config.group_crl.display(),
+        ),
     }
+    Ok(())
 }
 
 fn revocation_target(

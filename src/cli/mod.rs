@@ -3,5 +3,6 @@
 pub mod check;
 pub mod daemon;
 pub mod group;
+pub mod groupd;
 pub mod netcheck;
 pub mod up;

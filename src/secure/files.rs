@@ -24,7 +24,7 @@ pub enum FileError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("{path} is not a ringlet group CA key")]
     NotCa { path: PathBuf },
-    #[error("not a ringlet certificate (expected one line starting with '{CERT_TAG}')")]
+    #[error("not a ringlet certificate (expected one line starting with '{CERT_TAG}', comment lines aside)")]
     NotCertText,
     #[error("bad certificate: {0}")]
     Cert(#[from] CertError),
@@ -63,8 +63,17 @@ pub fn cert_to_text(cert: &MemberCert) -> String {
     format!("{CERT_TAG}{b64}\n")
 }
 
+/// Reads a certificate's text form; `#` comment lines and blank lines around it (a member
+/// bundle has them) are skipped, anything else is refused.
 pub fn cert_from_text(text: &str) -> Result<MemberCert, FileError> {
-    let b64 = text.trim().strip_prefix(CERT_TAG).ok_or(FileError::NotCertText)?;
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return Err(FileError::NotCertText);
+    };
+    let b64 = line.strip_prefix(CERT_TAG).ok_or(FileError::NotCertText)?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| FileError::NotCertText)?;

@@ -1,0 +1,47 @@
+//! `ringlet group serve`: the group service (web pages, join requests) beside this node.
+
+#![allow(clippy::disallowed_methods)] // the service reads the wall clock for expiries
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ringlet::config::Config;
+use ringlet::groups::{self, ServeOptions};
+
+/// Serves until Ctrl-C or SIGTERM.
+pub fn serve(config: PathBuf, db: Option<PathBuf>, port: u16) -> anyhow::Result<()> {
+    let node = Config::load(&config)?;
+    let db = db.unwrap_or_else(|| node.path.with_file_name("groups.db"));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let opts = ServeOptions {
+            db: db.clone(),
+            port,
+            node: Some(node),
+        };
+        let started = groups::serve(opts, Box::new(super::group::unix_now)).await?;
+        eprintln!(
+            "group service on http://{}/ (database {})",
+            started.local,
+            db.display()
+        );
+        if let Some(secret) = &started.first_secret {
+            eprintln!(
+                "administrator login secret: {secret} (kept in {}; log in at /login)",
+                started.secret_file.display()
+            );
+        }
+        started
+            .run_until(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = sigterm.recv() => {}
+                }
+            })
+            .await;
+        eprintln!("group service stopped");
+        anyhow::Ok(())
+    })
+}
