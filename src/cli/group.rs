@@ -81,6 +81,21 @@ pub enum GroupOp {
         #[arg(long, default_value_t = 8377)]
         port: u16,
     },
+    /// Ask a group's administrator to admit this node (over XMPP, to their group service);
+    /// waits for the decision and installs the certificate
+    Request {
+        #[arg(short, long, default_value = "ringlet.toml")]
+        config: PathBuf,
+        /// The administrator's bare JID (their group service logs in with it)
+        #[arg(long)]
+        admin: String,
+        /// The group's name
+        #[arg(long)]
+        group: String,
+        /// Seconds to wait for the decision
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
     /// Show the installed certificate
     Show {
         #[arg(short, long, default_value = "ringlet.toml")]
@@ -184,6 +199,12 @@ pub fn run(op: GroupOp) -> anyhow::Result<()> {
             print!("{}", rev.to_line());
         }
         GroupOp::Serve { config, db, port } => super::groupd::serve(config, db, port)?,
+        GroupOp::Request {
+            config,
+            admin,
+            group,
+            wait,
+        } => super::groupd::request(&config, &admin, &group, wait)?,
         GroupOp::Show { config } => {
             let config = Config::load(&config)?;
             let cert = files::read_cert(&config.group_cert)

@@ -45,3 +45,25 @@ pub fn serve(config: PathBuf, db: Option<PathBuf>, port: u16) -> anyhow::Result<
         anyhow::Ok(())
     })
 }
+
+/// Asks `admin`'s group service to admit this node; exits once the certificate is installed.
+pub fn request(config: &std::path::Path, admin: &str, group: &str, wait_s: u64) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let admin: ringlet_xmpp::BareJid = admin
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--admin: '{admin}' is not a bare JID"))?;
+    anyhow::ensure!(admin.node().is_some(), "--admin: '{admin}' has no local part");
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let wait = std::time::Duration::from_secs(wait_s);
+    let cert = runtime.block_on(groups::xmpp::request(&config, &admin, group, wait, |step| {
+        eprintln!("{step}")
+    }))?;
+    println!(
+        "joined group '{}' as {} (certificate {:016x}, installed at {}); start the node with `ringlet up`",
+        cert.group,
+        cert.user,
+        cert.serial,
+        config.group_cert.display()
+    );
+    Ok(())
+}

@@ -149,7 +149,7 @@ pub fn handshake(data: &[u8]) {
 
 /// Parses XML as each XMPP payload of ours; a relay frame must round-trip.
 pub fn xmpp_payload(data: &[u8]) {
-    use ringlet_xmpp::wire::{addresses, extdisco, overlay, relay};
+    use ringlet_xmpp::wire::{addresses, extdisco, join, overlay, relay};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -167,4 +167,18 @@ pub fn xmpp_payload(data: &[u8]) {
     let _ = addresses::AddressReply::parse(&elem);
     let _ = extdisco::parse(&elem);
     let _ = overlay::OverlayTag::parse(&elem);
+    if let Ok(q) = join::Query::parse(&elem) {
+        assert_eq!(
+            join::Query::parse(&q.emit()),
+            Ok(q),
+            "join query does not round-trip"
+        );
+    }
+    if let Ok(a) = join::Answer::parse(&elem) {
+        assert_eq!(
+            join::Answer::parse(&a.emit()),
+            Ok(a),
+            "join answer does not round-trip"
+        );
+    }
 }

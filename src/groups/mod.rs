@@ -11,11 +11,13 @@
 //! [`serve`] binds localhost at once and the node's VPN address as soon as the node reports
 //! one, so members reach the pages over the overlay and nobody needs a public web server.
 
+pub mod join;
 pub mod pages;
 mod publish;
 pub mod service;
 pub mod store;
 pub mod web;
+pub mod xmpp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("{}", .0.message)]
     Web(web::WebError),
+    #[error("node key: {0}")]
+    Key(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -74,7 +78,8 @@ impl Drop for Started {
     }
 }
 
-/// Opens the database and starts serving (within a tokio runtime).
+/// Opens the database and starts serving (within a tokio runtime): HTTP on localhost and,
+/// with a node, on its VPN address, and join requests over XMPP at the node's account.
 pub async fn serve(
     opts: ServeOptions,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -99,6 +104,10 @@ pub async fn serve(
     let web_for_caller = Arc::clone(&web);
     let mut tasks = vec![];
     if let Some(node) = opts.node {
+        let key = crate::identity::NodeKey::load_or_create(&node.key_file)
+            .map_err(|e| ServeError::Key(e.to_string()))?
+            .0;
+        tasks.push(tokio::spawn(xmpp::serve(node.clone(), key, Arc::clone(&web))));
         tasks.push(tokio::spawn(serve_on_vpn(node, local.port(), app.clone())));
     }
     tasks.push(tokio::spawn(async move {
@@ -142,4 +151,9 @@ async fn vpn_address(node: &Config) -> Option<Ipv4Addr> {
         .ok()?;
     let cidr = status["vpn"]["address"].as_str()?;
     cidr.split('/').next()?.parse().ok()
+}
+
+/// Compares secrets without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -244,6 +244,25 @@ impl Service {
         Ok(JoinState::Pending { request: id })
     }
 
+    /// Admits a node without asking (the administrator's own): an approved request and its
+    /// certificate.
+    pub fn enroll(
+        &self,
+        group: &str,
+        user: &BareJid,
+        node_key: &[u8; 32],
+        now: u64,
+    ) -> Result<String, ServiceError> {
+        let row = self.group(group)?;
+        let id = self
+            .store
+            .add_request(row.id, user.as_str(), node_key, now as i64)?;
+        match self.approve(group, id, now)? {
+            JoinState::Approved { cert } => Ok(cert),
+            _ => Err(invalid("enrolled without a certificate")),
+        }
+    }
+
     /// Where the newest request of `node_key` stands.
     pub fn join_state(&self, group: &str, node_key: &[u8; 32]) -> Result<JoinState, ServiceError> {
         let group = self.group(group)?;

@@ -20,6 +20,7 @@ use axum::Router;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::constant_time_eq;
 use super::pages::{self, AdminView};
 use super::service::{token, Policy, Service, ServiceError};
 use crate::config::Config;
@@ -254,7 +255,27 @@ async fn create_group(State(web): State<Arc<Web>>, headers: HeaderMap, Form(form
     };
     let now = web.now();
     let group = web.with(|s| s.create_group(&form.name, &form.description, policy, now))?;
-    Ok(Redirect::to(&format!("/groups/{}", group.name)).into_response())
+    let notice = match web.node.as_ref().filter(|n| !n.group_cert.exists()) {
+        Some(node) => match enroll_own_node(&web, node, &group.name, now) {
+            Ok(()) => format!(
+                "group created; this node is its first member (certificate in {}); start it with `ringlet up`",
+                node.group_cert.display()
+            ),
+            Err(e) => format!("group created, but this node could not be enrolled: {}", e.message),
+        },
+        None => "group created".to_owned(),
+    };
+    Ok(back_to(&group.name, &notice))
+}
+
+/// Gives the administrator's node, which has no certificate yet, one of the new group.
+fn enroll_own_node(web: &Web, node: &Config, group: &str, now: u64) -> Result<(), WebError> {
+    let (key, _) = crate::identity::NodeKey::load_or_create(&node.key_file)
+        .map_err(|e| WebError::internal(e.to_string()))?;
+    let text = web.with(|s| s.enroll(group, &node.jid, &key.public_bytes(), now))?;
+    crate::secure::admin::join(&text, &key.public_bytes(), &node.jid, &node.group_cert, now)
+        .map_err(|e| WebError::internal(e.to_string()))?;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -440,8 +461,4 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

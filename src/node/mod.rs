@@ -300,6 +300,31 @@ impl Default for Options {
     }
 }
 
+/// How `config`'s account logs in with `resource` (the node, the group service and join
+/// requests each use their own resource).
+pub fn login_config(config: &Config, resource: &str) -> Result<LoginConfig, LoginError> {
+    let jid = config
+        .jid
+        .with_resource_str(resource)
+        .map_err(|e| LoginError::Protocol {
+            server: String::new(),
+            reason: format!("bad resource: {e}"),
+        })?;
+    Ok(LoginConfig {
+        jid,
+        password: config.password.clone(),
+        server: config.server.clone(),
+        tls: config.tls,
+        ca_file: config.ca_file.clone(),
+        attempt_timeout: config.login_timeout,
+        // A silent server is probed after 30 s and given up 20 s later.
+        timeouts: Timeouts {
+            read_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(20),
+        },
+    })
+}
+
 /// Loads the node key, logs in and starts the node.
 pub async fn start(config: &Config, options: Options) -> Result<NodeHandle, StartError> {
     let (key, created) = NodeKey::load_or_create(&config.key_file)?;
@@ -336,26 +361,7 @@ pub async fn start_with_key(
     let ns = names::overlay_ns(&config.overlay);
     let instance = (seed as u32).to_le_bytes();
     let resource = names::resource(&ns, instance);
-    let jid = config
-        .jid
-        .with_resource_str(&resource)
-        .map_err(|e| LoginError::Protocol {
-            server: String::new(),
-            reason: format!("bad resource: {e}"),
-        })?;
-    let login = LoginConfig {
-        jid,
-        password: config.password.clone(),
-        server: config.server.clone(),
-        tls: config.tls,
-        ca_file: config.ca_file.clone(),
-        attempt_timeout: config.login_timeout,
-        // A silent server is probed after 30 s and given up 20 s later.
-        timeouts: Timeouts {
-            read_timeout: Duration::from_secs(30),
-            response_timeout: Duration::from_secs(20),
-        },
-    };
+    let login = login_config(config, &resource)?;
     let mut session_cfg = SessionConfig::new(login, seed);
     session_cfg.first_login_timeout = config.login_timeout;
     let mut path = [0u8; 8];

@@ -30,7 +30,8 @@ impl Reply {
     }
 }
 
-/// Sends one request; `cookie` is a `name=value` pair; a form body is sent urlencoded.
+/// Sends one request; `cookie` is a `name=value` pair. A server that cannot be reached gives
+/// status 0 with the reason as the body.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -38,10 +39,13 @@ pub async fn request(
     cookie: Option<&str>,
     body: Option<(&str, String)>,
 ) -> Reply {
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
+    let mut stream =
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            // Status 0: nobody listens (yet); callers that wait for a server poll on this.
+            Ok(Err(e)) => return unreachable(e.to_string()),
+            Err(_) => return unreachable("connect timed out".into()),
+        };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(c) = cookie {
         head.push_str(&format!("Cookie: {c}\r\n"));
@@ -64,6 +68,14 @@ pub async fn request(
         .expect("reply timed out")
         .expect("read reply");
     parse(&String::from_utf8_lossy(&raw))
+}
+
+fn unreachable(why: String) -> Reply {
+    Reply {
+        status: 0,
+        headers: BTreeMap::new(),
+        body: why,
+    }
 }
 
 pub async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Reply {

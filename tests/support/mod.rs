@@ -30,6 +30,7 @@ pub enum Membership {
 }
 
 #[allow(dead_code)] // only the NAT lab tests use scenes
+pub mod groups;
 pub mod http;
 pub mod scene;
 

@@ -5,6 +5,7 @@
 
 pub mod addresses;
 pub mod extdisco;
+pub mod join;
 pub mod overlay;
 pub mod relay;
 
