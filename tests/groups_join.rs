@@ -11,58 +11,10 @@
 
 mod support;
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::groups::{Admin, GroupService};
-use support::{prosody, ringlet_bin, tempdir, wait, Membership, NodeProcess, NodeSpec};
-
-const DOMAIN: &str = "groups.test";
-
-fn spec(server: &str, user: &str, friend: &str, extra: &str) -> NodeSpec {
-    let mut s = NodeSpec::new(
-        &format!("{user}@{DOMAIN}"),
-        server,
-        "friends",
-        &[&format!("{friend}@{DOMAIN}")],
-    );
-    s.membership = Membership::None;
-    s.extra = format!("[udp]\nbind = \"127.0.0.1:0\"\n{extra}");
-    s
-}
-
-fn request(config: &std::path::Path, group: &str, wait_s: u64) -> std::process::Child {
-    Command::new(ringlet_bin())
-        .args([
-            "group",
-            "request",
-            "--admin",
-            &format!("alice@{DOMAIN}"),
-            "--group",
-            group,
-        ])
-        .args(["--wait", &wait_s.to_string(), "-c"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn finish(child: std::process::Child) -> Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use support::groups::{finish, request, spec, text, Admin, GroupService, DOMAIN};
+use support::{prosody, tempdir, wait, NodeProcess};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_over_xmpp_is_approved_in_the_page_joins_the_ring_and_is_revoked() {

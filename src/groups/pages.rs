@@ -24,6 +24,20 @@ pub fn esc(text: &str) -> String {
     out
 }
 
+/// `YYYY-MM-DD` of a unix time (UTC), by Howard Hinnant's days-to-civil algorithm.
+pub fn date(unix: i64) -> String {
+    let z = unix.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// The admin's session as pages need it: the CSRF token every form carries.
 pub struct AdminView<'a> {
     pub csrf: &'a str,
@@ -177,7 +191,7 @@ fn pending_table(body: &mut String, o: &Overview, a: &AdminView<'_>) {
 
 fn members_table(body: &mut String, o: &Overview, admin: Option<&AdminView<'_>>) {
     let name = esc(&o.group.name);
-    body.push_str(r#"<h2>Members</h2><table id="members"><tr><th>user</th><th>node</th><th>certificate</th><th>expires (unix)</th><th></th></tr>"#);
+    body.push_str(r#"<h2>Members</h2><table id="members"><tr><th>user</th><th>node</th><th>certificate</th><th>expires (UTC)</th><th></th></tr>"#);
     for m in &o.members {
         let class = if m.revoked { "member revoked" } else { "member" };
         let serial = format!("{:016x}", m.cert.serial);
@@ -198,11 +212,27 @@ fn members_table(body: &mut String, o: &Overview, admin: Option<&AdminView<'_>>)
             r#"<tr class="{class}" data-user="{user}"><td>{user}</td><td><code>{node}</code></td><td><code>{serial}</code></td><td>{expires}</td><td>{actions}</td></tr>"#,
             user = esc(&m.cert.user),
             node = m.node,
-            expires = m.cert.expires,
+            expires = date(m.cert.expires),
         );
     }
     if o.members.is_empty() {
         body.push_str(r#"<tr><td colspan="5">none yet</td></tr>"#);
     }
     body.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_escaping() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(1_800_000_000), "2027-01-15");
+        assert_eq!(
+            esc(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
 }

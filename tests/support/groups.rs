@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use ringlet_lab::ChildGuard;
 
 use super::http::{get, post_form};
-use super::{ringlet_bin, wait};
+use super::{ringlet_bin, wait, Membership, NodeSpec};
 
 pub struct GroupService {
     pub addr: SocketAddr,
@@ -105,4 +105,53 @@ impl Admin {
         })
         .await
     }
+}
+
+pub const DOMAIN: &str = "groups.test";
+
+/// A node of the test domain in overlay `friends`, without a certificate, UDP on loopback.
+pub fn spec(server: &str, user: &str, friend: &str, extra: &str) -> NodeSpec {
+    let mut s = NodeSpec::new(
+        &format!("{user}@{DOMAIN}"),
+        server,
+        "friends",
+        &[&format!("{friend}@{DOMAIN}")],
+    );
+    s.membership = Membership::None;
+    s.extra = format!("[udp]\nbind = \"127.0.0.1:0\"\n{extra}");
+    s
+}
+
+/// `ringlet group request` for `group` at alice's service, as a child process.
+pub fn request(config: &std::path::Path, group: &str, wait_s: u64) -> std::process::Child {
+    Command::new(ringlet_bin())
+        .args([
+            "group",
+            "request",
+            "--admin",
+            &format!("alice@{DOMAIN}"),
+            "--group",
+            group,
+        ])
+        .args(["--wait", &wait_s.to_string(), "-c"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub async fn finish(child: std::process::Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

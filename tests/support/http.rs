@@ -62,12 +62,40 @@ pub async fn request(
     if let Some(b) = body {
         stream.write_all(b.as_bytes()).await.unwrap();
     }
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+    let raw = tokio::time::timeout(Duration::from_secs(30), read_reply(&mut stream))
         .await
-        .expect("reply timed out")
-        .expect("read reply");
+        .expect("reply timed out");
     parse(&String::from_utf8_lossy(&raw))
+}
+
+/// Reads one reply: up to Content-Length, the last chunk, or the end of the stream (some
+/// servers, chromedriver among them, keep the connection open despite `Connection: close`).
+async fn read_reply(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = raw.len() - end - 4;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| body >= n)
+                || (head.contains("transfer-encoding: chunked") && raw.ends_with(b"0\r\n\r\n"))
+            {
+                return raw;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn unreachable(why: String) -> Reply {

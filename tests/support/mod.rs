@@ -33,6 +33,7 @@ pub enum Membership {
 pub mod groups;
 pub mod http;
 pub mod scene;
+pub mod webdriver;
 
 #[allow(dead_code)] // only the NAT lab's man-in-the-middle test uses it
 pub mod mitm;
