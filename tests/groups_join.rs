@@ -151,3 +151,139 @@ async fn a_request_over_xmpp_is_approved_in_the_page_joins_the_ring_and_is_revok
 
     assert_eq!(service.stop(), Some(0), "{}", service.log());
 }
+
+/// Join queries that are malformed, forged, stale or for something else get clear stanza
+/// errors, change nothing, and the service keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_refuses_malformed_forged_and_stale_queries() {
+    use ringlet::groups::join;
+    use ringlet::identity::NodeKey;
+    use ringlet_xmpp::wire::join::{Answer, Query, Signed};
+    use ringlet_xmpp::xmpp_parsers::iq::Iq;
+    use ringlet_xmpp::Element;
+    use support::{error_condition, RawClient};
+
+    let server = prosody(DOMAIN, &["alice", "mallory"], false, |_| {});
+    let dir = tempdir("ringlet-groups-refuse-");
+    let alice_cfg = spec(&server.c2s_addr(), "alice", "bob", "").write(&dir.path().join("alice"));
+    let service = GroupService::start(&alice_cfg).await;
+    let admin = Admin::login(&service).await;
+    assert_eq!(
+        admin
+            .post("/groups", &[("name", "friends"), ("policy", "manual")])
+            .await
+            .status,
+        303
+    );
+
+    let mut mallory = RawClient::connect(&format!("mallory@{DOMAIN}"), &server.c2s_addr()).await;
+    let to: ringlet_xmpp::Jid = format!("alice@{DOMAIN}/ringlet-groups").parse().unwrap();
+    let mut n = 0;
+    let mut ask = |payload: Element, set: bool| {
+        n += 1;
+        let id = format!("q{n}");
+        let (to, id2) = (Some(to.clone()), id.clone());
+        let iq = if set {
+            Iq::Set {
+                from: None,
+                to,
+                id: id2,
+                payload,
+            }
+        } else {
+            Iq::Get {
+                from: None,
+                to,
+                id: id2,
+                payload,
+            }
+        };
+        (iq, id)
+    };
+    // The service is online once it answers the key query (bounded: 40 tries, 20 s).
+    let mut service_key = None;
+    for _ in 0..40 {
+        let (iq, id) = ask(Query::Service.emit(), false);
+        mallory.send(iq).await;
+        if let Some(Iq::Result { payload: Some(p), .. }) = mallory.reply(&id, Duration::from_secs(1)).await {
+            if let Ok(Answer::Service { key }) = Answer::parse(&p) {
+                service_key = Some(key);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let service_key =
+        service_key.unwrap_or_else(|| panic!("the service never answered over XMPP:\n{}", service.log()));
+
+    let key = NodeKey::from_secret([0x42; 32]);
+    let user: ringlet_xmpp::BareJid = format!("mallory@{DOMAIN}").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let valid = join::sign(&key, &service_key, &user, "friends", now).unwrap();
+    let cases: Vec<(&str, Element, bool, &str)> = vec![
+        (
+            "malformed",
+            r#"<request xmlns="urn:ringlet:join:0" group="friends"/>"#
+                .parse()
+                .unwrap(),
+            true,
+            "bad-request",
+        ),
+        (
+            "forged proof",
+            Query::Request(Signed {
+                proof: [7; 32],
+                ..valid.clone()
+            })
+            .emit(),
+            true,
+            "forbidden",
+        ),
+        (
+            "stale",
+            Query::Request(join::sign(&key, &service_key, &user, "friends", now - 3600).unwrap()).emit(),
+            true,
+            "not-acceptable",
+        ),
+        (
+            "unknown group",
+            Query::Request(join::sign(&key, &service_key, &user, "others", now).unwrap()).emit(),
+            true,
+            "item-not-found",
+        ),
+        (
+            "poll before asking",
+            Query::State(valid.clone()).emit(),
+            false,
+            "item-not-found",
+        ),
+        (
+            "not a join query",
+            r#"<query xmlns="jabber:iq:version"/>"#.parse().unwrap(),
+            false,
+            "service-unavailable",
+        ),
+    ];
+    for (what, payload, set, expected) in cases {
+        let (iq, id) = ask(payload, set);
+        mallory.send(iq).await;
+        let reply = mallory.reply(&id, Duration::from_secs(5)).await;
+        let condition = reply.as_ref().and_then(error_condition);
+        assert_eq!(condition, Some(expected), "{what}: {reply:?}");
+    }
+    let page = admin.page("/groups/friends").await;
+    assert!(!page.contains("mallory@"), "a refused query filed a request");
+
+    // The service still works: a valid request is filed and shows as pending.
+    let (iq, id) = ask(Query::Request(valid).emit(), true);
+    mallory.send(iq).await;
+    let reply = mallory.reply(&id, Duration::from_secs(5)).await;
+    assert!(matches!(reply, Some(Iq::Result { .. })), "{reply:?}");
+    assert!(admin
+        .pending_request("friends", &user.to_string(), Duration::from_secs(5))
+        .await
+        .is_some());
+}

@@ -465,3 +465,30 @@ fn opts(db: &Path) -> ServeOptions {
         node: None,
     }
 }
+
+/// The command itself: `group serve` on a file that is not its database stops with the reason
+/// and a non-zero exit, and leaves the file alone.
+#[test]
+fn group_serve_refuses_a_foreign_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = support::NodeSpec::new("alice@example.org", "127.0.0.1:1", "friends", &[]);
+    let config = support::NodeSpec {
+        membership: support::Membership::None,
+        ..spec
+    }
+    .write(dir.path());
+    let foreign = dir.path().join("photos.db");
+    std::fs::write(&foreign, b"not sqlite at all\n".repeat(300)).unwrap();
+    let before = std::fs::read(&foreign).unwrap();
+    let out = std::process::Command::new(support::ringlet_bin())
+        .args(["group", "serve", "--port", "0", "--db"])
+        .arg(&foreign)
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("not a ringlet group database"), "{stderr}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+}
