@@ -292,22 +292,8 @@ impl Service {
         let group = self.group(group)?;
         let row = self.pending(&group, request)?;
         let user: BareJid = row.user.parse().map_err(|_| invalid("stored JID unreadable"))?;
-        let serial = u64::from_be_bytes(random::<8>()?) >> 1; // fits SQLite's signed integer
-        let expires = now + CERT_DAYS * DAY;
-        let cert = self
-            .ca(&group)?
-            .sign(row.node_key, &user, serial, now.saturating_sub(60), expires);
-        self.store.add_cert(
-            group.id,
-            &CertRow {
-                serial,
-                user: row.user.clone(),
-                node_key: row.node_key,
-                expires: expires as i64,
-                text: files::cert_to_text(&cert),
-                request_id: Some(row.id),
-            },
-        )?;
+        let cert = self.issue(&group, &self.ca(&group)?, row.node_key, &user, Some(row.id), now)?;
+        let serial = cert.serial;
         self.store.decide(group.id, row.id, "approved", now as i64)?;
         tracing::info!(
             group = group.name,
@@ -399,22 +385,36 @@ impl Service {
             return Err(ServiceError::Refused("this certificate is revoked".into()));
         }
         let user = cert.user_jid().map_err(|e| invalid(e.to_string()))?;
-        let serial = u64::from_be_bytes(random::<8>()?) >> 1;
+        let renewed = self.issue(&group, &ca, cert.node_key, &user, None, now)?;
+        Ok(files::cert_to_text(&renewed))
+    }
+
+    /// Signs a certificate valid [`CERT_DAYS`] from now and records it.
+    fn issue(
+        &self,
+        group: &GroupRow,
+        ca: &Ca,
+        node_key: [u8; 32],
+        user: &BareJid,
+        request_id: Option<i64>,
+        now: u64,
+    ) -> Result<MemberCert, ServiceError> {
+        let serial = u64::from_be_bytes(random::<8>()?) >> 1; // fits SQLite's signed integer
         let expires = now + CERT_DAYS * DAY;
-        let renewed = ca.sign(cert.node_key, &user, serial, now.saturating_sub(60), expires);
-        let text = files::cert_to_text(&renewed);
+        // Valid from a minute ago: clocks of friends' machines are rarely exact.
+        let cert = ca.sign(node_key, user, serial, now.saturating_sub(60), expires);
         self.store.add_cert(
             group.id,
             &CertRow {
                 serial,
-                user: cert.user.clone(),
-                node_key: cert.node_key,
+                user: user.to_string(),
+                node_key,
                 expires: expires as i64,
-                text: text.clone(),
-                request_id: None,
+                text: files::cert_to_text(&cert),
+                request_id,
             },
         )?;
-        Ok(text)
+        Ok(cert)
     }
 
     /// What an approved member needs: the certificate and the group's settings for the config.

@@ -60,6 +60,8 @@ pub enum StoreError {
     Newer { path: PathBuf, found: i64, known: i64 },
     #[error("group database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot create the group database: {0}")]
+    Create(String),
 }
 
 /// One row of `groups`.
@@ -108,7 +110,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let fresh = !path.exists();
         if fresh {
-            create_private(path).map_err(|e| foreign(path, &e.to_string()))?;
+            // An empty file of mode 0600 first: SQLite would create it readable by others.
+            crate::secure::files::write_new_private(path, "")
+                .map_err(|e| StoreError::Create(e.to_string()))?;
         }
         let db = Connection::open(path)?;
         let check = (|| -> rusqlite::Result<(i64, i64, i64)> {
@@ -358,19 +362,6 @@ fn foreign(path: &Path, why: &str) -> StoreError {
         path: path.into(),
         why: why.to_owned(),
     }
-}
-
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
 }
 
 fn key32(bytes: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
