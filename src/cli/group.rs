@@ -1,16 +1,14 @@
 //! `ringlet id` and `ringlet group init | sign | join | revoke | show`: the node's identity and the
 //! group's certificates, handled offline (no running node needed).
 
-#![allow(clippy::disallowed_methods)] // the command line reads the wall clock for expiries
-
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Subcommand;
 use ringlet::config::Config;
 use ringlet::groups::{self, Published};
 use ringlet::identity::NodeKey;
+use ringlet::node::membership::unix_now;
 use ringlet::secure::revocation::{Revocation, Target};
 use ringlet::secure::{admin, files};
 
@@ -101,12 +99,6 @@ pub enum GroupOp {
         #[arg(short, long, default_value = "ringlet.toml")]
         config: PathBuf,
     },
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Prints the node's id and public key (creating the key on first use).

@@ -1,7 +1,5 @@
 //! `ringlet group serve`: the group service (web pages, join requests) beside this node.
 
-#![allow(clippy::disallowed_methods)] // the service reads the wall clock for expiries
-
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -21,7 +19,7 @@ pub fn serve(config: PathBuf, db: Option<PathBuf>, port: u16) -> anyhow::Result<
             port,
             node: Some(node),
         };
-        let started = groups::serve(opts, Box::new(super::group::unix_now)).await?;
+        let started = groups::serve(opts, Box::new(ringlet::node::membership::unix_now)).await?;
         eprintln!(
             "group service on http://{}/ (database {})",
             started.local,

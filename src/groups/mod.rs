@@ -101,7 +101,6 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr: local, source })?;
     let app = web::router(Arc::clone(&web));
-    let web_for_caller = Arc::clone(&web);
     let mut tasks = vec![];
     if let Some(node) = opts.node {
         let key = crate::identity::NodeKey::load_or_create(&node.key_file)
@@ -119,7 +118,7 @@ pub async fn serve(
         local,
         first_secret,
         secret_file,
-        web: web_for_caller,
+        web,
         tasks,
     })
 }

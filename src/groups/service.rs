@@ -293,17 +293,15 @@ impl Service {
         let row = self.pending(&group, request)?;
         let user: BareJid = row.user.parse().map_err(|_| invalid("stored JID unreadable"))?;
         let cert = self.issue(&group, &self.ca(&group)?, row.node_key, &user, Some(row.id), now)?;
-        let serial = cert.serial;
         self.store.decide(group.id, row.id, "approved", now as i64)?;
         tracing::info!(
             group = group.name,
             request,
-            serial = format!("{serial:016x}"),
+            serial = format!("{:016x}", cert.serial),
             "approved"
         );
-        self.state_of(&RequestRow {
-            state: "approved".into(),
-            ..row
+        Ok(JoinState::Approved {
+            cert: files::cert_to_text(&cert),
         })
     }
 

@@ -335,12 +335,9 @@ async fn revoke(
     web.admin_post(&headers, &form.csrf)?;
     let target = revocation_target(&form)?;
     let now = web.now();
-    let (rev, ca) = web.with(|s| {
-        let rev = s.revoke(&group, target, now)?;
-        Ok((rev, s.ca(&s.group(&group)?)?.public()))
-    })?;
+    let rev = web.with(|s| s.revoke(&group, target, now))?;
     let mut notice = "revoked".to_owned();
-    if let Some(node) = web.node.as_ref().filter(|n| node_is_in(n, &ca)) {
+    if let Some(node) = web.node.as_ref().filter(|n| node_is_in(n, &rev.ca)) {
         notice = match super::publish(node, &rev).await {
             Ok(super::Published::ByNode { outcome }) => {
                 format!("revoked; this node published it ({outcome})")

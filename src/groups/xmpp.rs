@@ -5,10 +5,10 @@
 //! Both are thin I/O loops around [`super::join`]: every IQ gets an answer, every wait is
 //! bounded, and a malformed query is refused with `bad-request` and counted in the log.
 
-#![allow(clippy::disallowed_methods)] // the doors read the wall clock for proofs and expiries
+#![allow(clippy::disallowed_methods)] // the doors wait on real time (IQ timeouts, polling)
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ringlet_xmpp::session::{Session, SessionConfig, SessionEvent};
 use ringlet_xmpp::wire::join::{Answer, Query, NS_JOIN, SERVICE_RESOURCE};
@@ -21,6 +21,7 @@ use super::join::{self, Refusal};
 use super::web::Web;
 use crate::config::Config;
 use crate::identity::NodeKey;
+use crate::node::membership::unix_now;
 use crate::secure::admin;
 use crate::secure::cert::MemberCert;
 
@@ -30,12 +31,6 @@ pub const POLL: Duration = Duration::from_secs(2);
 const IQ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause before the service logs in again after its session failed.
 const RELOGIN: Duration = Duration::from_secs(5);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Answers join queries for as long as it runs (log in again after failures).
 pub async fn serve(node: Config, key: NodeKey, web: Arc<Web>) {
@@ -369,8 +364,8 @@ impl Asker {
                 payload,
             }
         };
-        let permit = self.session.sender();
-        let permit = permit.reserve().await.ok_or(RequestError::SessionEnded)?;
+        let sender = self.session.sender();
+        let permit = sender.reserve().await.ok_or(RequestError::SessionEnded)?;
         permit.send(iq.into());
         let until = deadline.min(tokio::time::Instant::now() + IQ_TIMEOUT);
         loop {

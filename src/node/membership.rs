@@ -29,6 +29,13 @@ pub enum MembershipError {
 /// Loads and checks this node's certificate; returns the link layer's security settings and
 /// the certificate's bytes (rendezvous hands them out with our addresses).
 /// (The third part is our side of end-to-end sessions: the same key and certificate.)
+/// The wall clock in unix seconds: what certificate expiries and join proofs are judged by.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>, Local), MembershipError> {
     let path = config.group_cert.display().to_string();
     let cert = files::read_cert(&config.group_cert).map_err(|e| MembershipError::Missing {
@@ -52,9 +59,7 @@ pub fn security(config: &Config, key: &NodeKey) -> Result<(Security, Vec<u8>, Lo
             cert.user, config.jid
         )));
     }
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let unix = unix_now();
     cert.verify(&cert.ca, unix)
         .map_err(|e| wrong(format!("is not valid: {e}")))?;
     let crl = Crl::load(&config.group_crl, &cert.ca).map_err(|e| MembershipError::Crl(e.to_string()))?;

@@ -146,23 +146,20 @@ impl Browser {
 
     pub async fn text(&self, css: &str) -> String {
         let el = self.element(css).await;
-        self.cmd("GET", &format!("/element/{el}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        self.string(&format!("/element/{el}/text")).await
     }
 
     pub async fn source(&self) -> String {
-        self.cmd("GET", "/source", None)
-            .await
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
+        self.string("/source").await
     }
 
     pub async fn url(&self) -> String {
-        self.cmd("GET", "/url", None)
+        self.string("/url").await
+    }
+
+    /// A GET whose value is a string ("" when it is not).
+    async fn string(&self, path: &str) -> String {
+        self.cmd("GET", path, None)
             .await
             .as_str()
             .unwrap_or("")
