@@ -20,7 +20,14 @@ pub struct Connect {
 }
 
 impl Connect {
+    /// Opens the overlay; first sets up logging on stderr (`RUST_LOG`, warnings by default).
     pub async fn open(&self) -> anyhow::Result<Overlay> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
         let config = Config::load(&self.config)?;
         let overlay = if self.embed {
             Overlay::embed(&config)

@@ -78,7 +78,11 @@ impl Scene {
     ) -> Scene {
         let mut lab =
             NatLab::new(tag, peers, &options).expect("the NAT lab needs root and iproute2/iptables");
-        let dir = tempdir("ringlet-lab-");
+        let mut dir = tempdir("ringlet-lab-");
+        if std::env::var_os("RINGLET_KEEP_LAB").is_some() {
+            eprintln!("RINGLET_KEEP_LAB: keeping {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
         lab.start_coturn(dir.path()).unwrap();
         let users: Vec<String> = peers.iter().map(|(name, _)| format!("{name}@{DOMAIN}")).collect();
         let mut spec = ProsodySpec::new(DOMAIN).unwrap();
