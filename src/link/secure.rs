@@ -28,7 +28,6 @@ use crate::secure::noise::{
     respond, Established, Initiating, Local, Peer, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
 };
 use crate::secure::revocation::Crl;
-use crate::secure::transport::REKEY_AFTER_TIME;
 use crate::secure::wire::{self, Packet};
 use crate::secure::{member_check, Expect};
 
@@ -111,7 +110,7 @@ impl Session {
         let expiry = self
             .current
             .as_ref()
-            .map(|e| e.transport.started() + crate::secure::transport::REJECT_AFTER_TIME);
+            .map(|e| e.transport.reject_at());
         resend.into_iter().chain(expiry).min()
     }
 
@@ -235,9 +234,7 @@ impl Links {
         let header = wire::data_header(est.remote_index, est.transport.next_counter());
         let mut buf = frame;
         est.transport.seal(now, &header, &mut buf).ok()?;
-        let age = now.saturating_duration_since(est.transport.started());
-        let rekey =
-            est.transport.wants_rekey(now) && (began || age >= REKEY_AFTER_TIME + Duration::from_secs(10));
+        let rekey = est.transport.rekey_due(now, began);
         let mut packet = header.to_vec();
         packet.extend_from_slice(&buf);
         let outer = Frame {

@@ -24,7 +24,6 @@ use ringlet_xmpp::NodeIdBytes;
 
 use super::noise::{respond, Established, Initiating, Local, Purpose, Responded, Responding};
 use super::revocation::Crl;
-use super::transport::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use super::wire::{self, Packet};
 use super::{member_check, Expect};
 use crate::identity::NodeId;
@@ -143,9 +142,7 @@ impl EndToEnd {
                 self.transmits.push_back((to, packet));
                 self.counters.sealed += 1;
             }
-            let age = now.saturating_duration_since(est.transport.started());
-            let rekey = est.transport.wants_rekey(now)
-                && (peer.began_current || age >= REKEY_AFTER_TIME + Duration::from_secs(10));
+            let rekey = est.transport.rekey_due(now, peer.began_current);
             if rekey && peer.initiating.is_none() {
                 self.start(now, to, 0);
             }
@@ -432,9 +429,7 @@ impl EndToEnd {
                 continue;
             };
             for slot in [&mut p.current, &mut p.previous] {
-                if slot.as_ref().is_some_and(|e| {
-                    now.saturating_duration_since(e.transport.started()) >= REJECT_AFTER_TIME
-                }) {
+                if slot.as_ref().is_some_and(|e| e.transport.expired(now)) {
                     if let Some(old) = slot.take() {
                         self.index.remove(&old.local_index);
                     }
@@ -470,7 +465,7 @@ impl EndToEnd {
                 let expiry = p
                     .current
                     .as_ref()
-                    .map(|e| e.transport.started() + REJECT_AFTER_TIME);
+                    .map(|e| e.transport.reject_at());
                 resend.into_iter().chain(expiry)
             })
             .min()

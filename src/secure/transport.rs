@@ -3,6 +3,13 @@
 //! 4 zero bytes then the counter, little-endian), the packet header as associated data, a
 //! replay window, and the age and volume after which a fresh handshake must replace the
 //! session. Keys are erased when the transport is dropped.
+//!
+//! Busy sessions live as WireGuard's do (a new handshake after 2 min, dead after 3). A quiet
+//! one — an idle overlay link whose only traffic is keepalives and upkeep, fewer than
+//! [`BUSY_AFTER_MESSAGES`] datagrams both ways — rekeys after 10 min instead: a handshake per
+//! link every 2 min was a fifth of an idle node's traffic. The price is a longer
+//! forward-secrecy window for that control traffic only; once a session turns busy it is
+//! due for a handshake at once (or at 2 min of age) and dies a minute after that.
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +21,18 @@ use zeroize::Zeroize;
 use super::replay::ReplayWindow;
 
 pub const TAG_LEN: usize = 16;
-/// A session this old asks for a new handshake (WireGuard's REKEY_AFTER_TIME).
+/// A busy session this old asks for a new handshake (WireGuard's REKEY_AFTER_TIME).
 pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
-/// A session this old is dead: nothing is sealed or opened with it any more.
-pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
+/// A session is dead this long after its handshake was due: nothing is sealed or opened with
+/// it any more (WireGuard's REJECT_AFTER_TIME − REKEY_AFTER_TIME).
+pub const REJECT_GRACE: Duration = Duration::from_secs(60);
+/// A quiet session this old asks for a new handshake.
+pub const QUIET_REKEY_AFTER_TIME: Duration = Duration::from_secs(600);
+/// Datagrams, sealed and opened together, after which a session counts as busy.
+pub const BUSY_AFTER_MESSAGES: u64 = 512;
+/// The session's responder starts a handshake this long after the initiator would, so the
+/// two rarely cross.
+pub const RESPONDER_REKEY_DELAY: Duration = Duration::from_secs(10);
 /// Datagrams sealed before a session asks for a new handshake.
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 40;
 /// Datagrams after which a session seals nothing more (far below nonce reuse).
@@ -70,8 +85,11 @@ pub struct Transport {
     send: ErasedKey,
     recv: ErasedKey,
     next_counter: u64,
+    opened: u64,
     replay: ReplayWindow,
     started: Instant,
+    /// When sealed + opened reached [`BUSY_AFTER_MESSAGES`].
+    busy_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -87,8 +105,10 @@ impl Transport {
             send: ErasedKey::new(send_key),
             recv: ErasedKey::new(recv_key),
             next_counter: 0,
+            opened: 0,
             replay: ReplayWindow::default(),
             started: now,
+            busy_since: None,
         };
         send_key.zeroize();
         recv_key.zeroize();
@@ -104,14 +124,38 @@ impl Transport {
         self.next_counter
     }
 
+    /// When this session asks for a new handshake: 2 min after it started if it is busy (or
+    /// when it turned busy, if that was later), else 10 min after.
+    pub fn rekey_at(&self) -> Instant {
+        match self.busy_since {
+            Some(busy) => (self.started + REKEY_AFTER_TIME).max(busy),
+            None => self.started + QUIET_REKEY_AFTER_TIME,
+        }
+    }
+
+    /// When this session stops sealing and opening.
+    pub fn reject_at(&self) -> Instant {
+        self.rekey_at() + REJECT_GRACE
+    }
+
     pub fn wants_rekey(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) >= REKEY_AFTER_TIME
-            || self.next_counter >= REKEY_AFTER_MESSAGES
+        now >= self.rekey_at() || self.next_counter >= REKEY_AFTER_MESSAGES
+    }
+
+    /// Whether the side that sealed with this session should start a handshake now: the
+    /// session's initiator as soon as one is wanted, the responder a little later.
+    pub fn rekey_due(&self, now: Instant, initiator: bool) -> bool {
+        self.wants_rekey(now) && (initiator || now >= self.rekey_at() + RESPONDER_REKEY_DELAY)
     }
 
     pub fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.started) >= REJECT_AFTER_TIME
-            || self.next_counter >= REJECT_AFTER_MESSAGES
+        now >= self.reject_at() || self.next_counter >= REJECT_AFTER_MESSAGES
+    }
+
+    fn count(&mut self, now: Instant) {
+        if self.busy_since.is_none() && self.next_counter + self.opened >= BUSY_AFTER_MESSAGES {
+            self.busy_since = Some(now);
+        }
     }
 
     /// Encrypts `buf` in place and appends the tag; `header` (which must hold
@@ -128,6 +172,7 @@ impl Transport {
             .map_err(|_| TransportError::Expired)?;
         buf.extend_from_slice(tag.as_ref());
         self.next_counter += 1;
+        self.count(now);
         Ok(counter)
     }
 
@@ -140,7 +185,7 @@ impl Transport {
         counter: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), TransportError> {
-        if now.saturating_duration_since(self.started) >= REJECT_AFTER_TIME {
+        if now >= self.reject_at() {
             return Err(TransportError::Expired);
         }
         if buf.len() < TAG_LEN {
@@ -166,6 +211,8 @@ impl Transport {
             return Err(TransportError::Forged);
         }
         self.replay.accept(counter);
+        self.opened += 1;
+        self.count(now);
         *buf = body;
         Ok(())
     }
@@ -237,14 +284,46 @@ mod tests {
         assert_eq!(buf, b"secret");
     }
 
+    /// Makes a session busy: `n` datagrams from alice to bob at `at`.
+    fn traffic(alice: &mut Transport, bob: &mut Transport, at: Instant, n: u64) {
+        for _ in 0..n {
+            let mut buf = vec![0u8; 8];
+            let c = alice.seal(at, b"", &mut buf).unwrap();
+            bob.open(at, b"", c, &mut buf).unwrap();
+        }
+    }
+
     #[test]
-    fn old_sessions_ask_for_a_handshake_then_refuse_to_work() {
+    fn busy_sessions_ask_for_a_handshake_at_2_min_then_refuse_to_work_at_3() {
         let now = Instant::now();
-        let (mut alice, _) = pair(now);
+        let (mut alice, mut bob) = pair(now);
+        traffic(&mut alice, &mut bob, now, BUSY_AFTER_MESSAGES);
         assert!(!alice.wants_rekey(now));
         assert!(alice.wants_rekey(now + REKEY_AFTER_TIME));
-        let late = now + REJECT_AFTER_TIME;
+        assert!(bob.wants_rekey(now + REKEY_AFTER_TIME), "the receiver counts opened datagrams");
+        assert!(alice.rekey_due(now + REKEY_AFTER_TIME, true));
+        assert!(!alice.rekey_due(now + REKEY_AFTER_TIME, false), "the responder waits");
+        let late = now + REKEY_AFTER_TIME + REJECT_GRACE;
         assert!(alice.expired(late));
         assert_eq!(alice.seal(late, b"", &mut vec![0]), Err(TransportError::Expired));
+        let mut buf = vec![0u8; TAG_LEN];
+        assert_eq!(bob.open(late, b"", 99_999, &mut buf), Err(TransportError::Expired));
+    }
+
+    #[test]
+    fn quiet_sessions_live_10_min_and_turning_busy_late_rekeys_at_once() {
+        let now = Instant::now();
+        let (mut alice, mut bob) = pair(now);
+        traffic(&mut alice, &mut bob, now, BUSY_AFTER_MESSAGES - 2);
+        let later = now + Duration::from_secs(300);
+        assert!(!alice.wants_rekey(later), "a quiet session keeps its keys past 2 min");
+        assert!(!alice.expired(later));
+        assert!(alice.wants_rekey(now + QUIET_REKEY_AFTER_TIME));
+        assert!(alice.expired(now + QUIET_REKEY_AFTER_TIME + REJECT_GRACE));
+        // At 5 min the session turns busy: a handshake is due now, and the keys die 1 min on.
+        traffic(&mut alice, &mut bob, later, 2);
+        assert!(alice.wants_rekey(later) && bob.wants_rekey(later));
+        assert!(!alice.expired(later + REJECT_GRACE - Duration::from_secs(1)));
+        assert!(alice.expired(later + REJECT_GRACE) && bob.expired(later + REJECT_GRACE));
     }
 }

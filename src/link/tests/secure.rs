@@ -137,14 +137,19 @@ fn members_handshake_punch_and_carry_everything_sealed() {
 }
 
 #[test]
-fn sessions_rekey_every_two_minutes_without_losing_a_datagram() {
+fn busy_sessions_rekey_every_two_minutes_without_losing_a_datagram() {
     let mut w = secure_world(Kind::Full, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
     assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
-    let sends = 400;
+    // 8 datagrams a second both ways: busy (crate::secure::transport::BUSY_AFTER_MESSAGES)
+    // half a minute into each session.
+    let per_second = 4;
+    let sends = 400 * per_second;
     for n in 0..sends {
         w.send(0, &(n as u32).to_be_bytes());
         w.send(1, &(n as u32).to_be_bytes());
-        w.run_for(Duration::from_secs(1));
+        if n % per_second == per_second - 1 {
+            w.run_for(Duration::from_secs(1));
+        }
     }
     w.run_for(Duration::from_secs(1));
     for i in 0..2 {
@@ -156,10 +161,35 @@ fn sessions_rekey_every_two_minutes_without_losing_a_datagram() {
         let c = w.nodes[i].links.counters();
         assert!(
             c.handshakes >= 3,
-            "node {i}: {} handshakes in {sends} s",
+            "node {i}: {} handshakes in 400 s",
             c.handshakes
         );
         assert_eq!(c.secure_dropped, 0);
+    }
+}
+
+#[test]
+fn quiet_sessions_rekey_every_ten_minutes_without_losing_a_datagram() {
+    let mut w = secure_world(Kind::Full, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| w.direct()));
+    let handshakes = |w: &World| [0, 1].map(|i| w.nodes[i].links.counters().handshakes);
+    let first = handshakes(&w);
+    // A datagram each way every 20 s: upkeep-like traffic, far from busy.
+    let mut sent = 0;
+    for n in 0..50u32 {
+        w.send(0, &n.to_be_bytes());
+        w.send(1, &n.to_be_bytes());
+        sent += 1;
+        w.run_for(Duration::from_secs(20));
+        if n == 27 {
+            assert_eq!(handshakes(&w), first, "a handshake within 9.5 min of quiet traffic");
+        }
+    }
+    let after = handshakes(&w);
+    for i in 0..2 {
+        assert!(after[i] > first[i], "node {i}: no handshake in 1000 s");
+        assert_eq!(w.nodes[i].got.len(), sent, "node {i} lost datagrams across the rekey");
+        assert_eq!(w.nodes[i].links.counters().secure_dropped, 0);
     }
 }
 
