@@ -521,7 +521,8 @@ async fn netcheck_from_the_daemon_and_alone() {
 
 /// `up -c alpha -c beta` runs two overlays in one process on one UDP socket: each overlay's
 /// peer links to it directly at the same address, each config answers `status` and `ping` for
-/// its own overlay, and `down` on either stops the process. Configs that cannot share a
+/// its own overlay, and `down` on either stops the process. When the second overlay cannot
+/// start, the first leaves cleanly before the process fails. Configs that cannot share a
 /// process are refused with exit 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_several_overlays_on_one_udp_socket() {
@@ -587,6 +588,25 @@ async fn up_runs_several_overlays_on_one_udp_socket() {
     assert!(!alive(pid), "the process still runs after down");
     assert!(!dir.path().join("alpha/ringlet.sock").exists());
     assert!(!dir.path().join("beta/ringlet.pid").exists());
+
+    // A second overlay that cannot start (its account refuses the password): the process
+    // fails naming it, and the first overlay, already up, leaves the server cleanly.
+    let mut refused = spec("alice@one.test", "delta", "carol@one.test");
+    refused.password = "not-the-password".into();
+    let delta = refused.write(&dir.path().join("delta"));
+    let out = tokio::task::spawn_blocking({
+        let (a, d) = (alpha_cfg.to_owned(), delta.to_str().unwrap().to_owned());
+        move || ringlet(&["up", "-c", &a, "-c", &d])
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("overlay 'delta'"), "{err}");
+    assert!(err.contains("stopping the overlays already up"), "{err}");
+    assert!(err.contains("left the overlay"), "alpha did not leave cleanly:\n{err}");
+    assert!(!dir.path().join("alpha/ringlet.sock").exists());
+    assert!(!dir.path().join("alpha/ringlet.pid").exists());
 
     // What cannot share a process.
     let mut other_port = spec("alice@one.test", "gamma", "bob@one.test");

@@ -35,33 +35,27 @@ pub async fn run(configs: Vec<Config>, pid_file: Option<PathBuf>) -> anyhow::Res
     let (ended_tx, mut ended) = mpsc::channel(configs.len());
     let mut running = Vec::new();
     for (i, config) in configs.iter().enumerate() {
-        let mut server = ControlServer::bind(&config.control_socket).await?;
-        // After the control socket: holding it means no other node of this config runs.
         let pid_path = match (&pid_file, i) {
             (Some(path), 0) => path.clone(),
             _ => daemon::pid_file(config),
         };
-        let pid = PidFile::write(&pid_path)?;
-        let options = Options {
-            shared_udp: shared.clone(),
-            ..Options::default()
+        let ctx = Start {
+            shared: shared.clone(),
+            stop: stop_tx.clone(),
+            ended: ended_tx.clone(),
         };
-        let handle = node::start(config, options)
-            .await
-            .with_context(|| format!("overlay '{}'", config.overlay))?;
-        tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
-        tracing::debug!(jid = %handle.jid(), "node jid");
-        let hooks = control::Hooks::with_events(stop_tx.clone());
-        server.serve(handle.controller(), hooks.clone());
-        let (stop_node, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(forward(handle, hooks, stop_rx, ended_tx.clone(), i));
-        running.push(Running {
-            overlay: config.overlay.clone(),
-            _server: server,
-            _pid: pid,
-            stop: stop_node,
-            task,
-        });
+        match start(config, i, &pid_path, ctx).await {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                // The overlays already up leave cleanly (their servers see them go) rather
+                // than being dropped with the process.
+                if !running.is_empty() {
+                    tracing::info!(started = running.len(), "stopping the overlays already up");
+                }
+                stop_all(running).await.ok();
+                return Err(e);
+            }
+        }
     }
     if let Some(shared) = &shared {
         tracing::info!(
@@ -79,6 +73,49 @@ pub async fn run(configs: Vec<Config>, pid_file: Option<PathBuf>) -> anyhow::Res
     if ended_alone.is_none() {
         tracing::info!("shutting down");
     }
+    stop_all(running).await?;
+    match ended_alone {
+        Some(_) => anyhow::bail!("the node stopped"),
+        None => Ok(()),
+    }
+}
+
+/// What every overlay of the process shares.
+struct Start {
+    shared: Option<SharedSocket>,
+    stop: mpsc::Sender<()>,
+    ended: mpsc::Sender<usize>,
+}
+
+/// Starts overlay number `index`: control socket, pid file, node, and its event task.
+async fn start(config: &Config, index: usize, pid_path: &std::path::Path, ctx: Start) -> anyhow::Result<Running> {
+    let mut server = ControlServer::bind(&config.control_socket).await?;
+    // After the control socket: holding it means no other node of this config runs.
+    let pid = PidFile::write(pid_path)?;
+    let options = Options {
+        shared_udp: ctx.shared,
+        ..Options::default()
+    };
+    let handle = node::start(config, options)
+        .await
+        .with_context(|| format!("overlay '{}'", config.overlay))?;
+    tracing::info!(node = %handle.node_id(), overlay = %config.overlay, "node up");
+    tracing::debug!(jid = %handle.jid(), "node jid");
+    let hooks = control::Hooks::with_events(ctx.stop);
+    server.serve(handle.controller(), hooks.clone());
+    let (stop_node, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(forward(handle, hooks, stop_rx, ctx.ended, index));
+    Ok(Running {
+        overlay: config.overlay.clone(),
+        _server: server,
+        _pid: pid,
+        stop: stop_node,
+        task,
+    })
+}
+
+/// Shuts every running overlay down and waits for each; the first failure is returned.
+async fn stop_all(running: Vec<Running>) -> anyhow::Result<()> {
     let mut failure = None;
     for r in running {
         let _ = r.stop.send(());
@@ -87,11 +124,7 @@ pub async fn run(configs: Vec<Config>, pid_file: Option<PathBuf>) -> anyhow::Res
             failure.get_or_insert(e.context(format!("overlay '{}'", r.overlay)));
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None if ended_alone.is_some() => anyhow::bail!("the node stopped"),
-        None => Ok(()),
-    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// Hands the node's events to attached applications until `stop` (then shuts the node down)
