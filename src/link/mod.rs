@@ -68,8 +68,31 @@ pub struct Config {
     /// are punched and kept; offers from peers are answered either way.
     pub on_demand: bool,
     pub app_idle: Duration,
+    /// The punch agent's keepalive on a path the ring wants: the ring pings its links itself
+    /// (quiet links every 20 s growing to ~110 s, `overlay::Config::ping_after_max`), so the
+    /// agent's check only stands in when those pings stop. Other paths keep
+    /// `punch.keepalive`.
+    pub ring_keepalive: Duration,
     /// Inits a second above which inits must carry a cookie (see `cookie`).
     pub cookie_after: u32,
+}
+
+impl Config {
+    /// The keepalive a path's punch agent runs: long where the ring pings the path.
+    fn keepalive_for(&self, ring_wants: bool) -> Duration {
+        if ring_wants {
+            self.ring_keepalive
+        } else {
+            self.punch.keepalive
+        }
+    }
+
+    fn punch_for(&self, ring_wants: bool) -> punch::Config {
+        punch::Config {
+            keepalive: self.keepalive_for(ring_wants),
+            ..self.punch.clone()
+        }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +107,7 @@ impl Default for Config {
             direct: true,
             on_demand: false,
             app_idle: Duration::from_secs(300),
+            ring_keepalive: Duration::from_secs(120),
             cookie_after: 32,
         }
     }
@@ -377,6 +401,10 @@ impl Links {
             return false;
         };
         link.ring_wants = wanted;
+        let keepalive = self.cfg.keepalive_for(wanted);
+        if let Some(a) = link.attempt.as_mut() {
+            a.agent.set_keepalive(keepalive);
+        }
         if wanted {
             self.open(now, *peer);
         } else {
@@ -505,7 +533,7 @@ impl Links {
             return;
         };
         link.retry_at = None;
-        let agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
+        let agent = PunchAgent::new(now, self.cfg.punch_for(link.ring_wants), creds.clone(), seed);
         let offer = Offer {
             attempt: id,
             creds,
@@ -642,7 +670,7 @@ impl Links {
         link.retry_at = None;
         let seed: u64 = self.rng.random();
         let creds = Credentials::random(&mut self.rng);
-        let mut agent = PunchAgent::new(now, self.cfg.punch.clone(), creds.clone(), seed);
+        let mut agent = PunchAgent::new(now, self.cfg.punch_for(link.ring_wants), creds.clone(), seed);
         agent.set_remote(now, offer.creds.clone(), &offer.candidates);
         let mut attempt = Attempt::new(offer.attempt, agent, false);
         attempt.learn(now, &self.nat, offer.nat, &offer.candidates);

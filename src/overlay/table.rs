@@ -34,8 +34,13 @@ pub struct Link {
     pub rtt: Duration,
     pub since: Instant,
     pub last_rx: Instant,
-    /// Silence after which we ping (jittered per link so one side usually pings).
+    /// Silence after which we ping (jittered per link so one side usually pings). It grows
+    /// while the link stays quiet (see `Config::ping_after_max`).
     pub ping_after: Duration,
+    /// This link's jitter: its waits are the configured ones times 1 + `jitter`.
+    pub jitter: f64,
+    /// The longest silence a ping of ours was answered after.
+    pub quiet_ok: Duration,
     pub ping: Option<Ping>,
     /// We keep this link as one of our shortcuts.
     pub our_shortcut: bool,
@@ -57,6 +62,8 @@ impl Link {
             since: now,
             last_rx: now,
             ping_after,
+            jitter: 0.0,
+            quiet_ok: Duration::ZERO,
             ping: None,
             our_shortcut: false,
             drawn_for: 0.0,
@@ -72,6 +79,8 @@ pub struct Ping {
     pub nonce: u32,
     pub sent: Instant,
     pub tries: u8,
+    /// Silence on the link when the first try went out.
+    pub quiet: Duration,
 }
 
 /// What to do with a routed message at this node.

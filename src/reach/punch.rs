@@ -301,6 +301,11 @@ impl PunchAgent {
         self.remote.as_ref().map(|r| r.ufrag.as_str())
     }
 
+    /// Changes how long the peer may stay silent before a keepalive check.
+    pub fn set_keepalive(&mut self, every: Duration) {
+        self.cfg.keepalive = every;
+    }
+
     pub fn selected(&self) -> Option<Selected> {
         self.selected.filter(|_| self.state == State::Connected)
     }

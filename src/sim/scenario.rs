@@ -424,8 +424,11 @@ fn revocation(world: &mut World) -> RevocationReport {
             break ix;
         }
     };
-    // Let the ring notice the crash before the revocation goes out.
-    world.run_until(world.elapsed() + Duration::from_secs(30));
+    // Let the ring notice the crash before the revocation goes out: a quiet link is pinged
+    // after at most `ping_after_max` and dropped after its tries.
+    let cfg = crate::overlay::Config::default();
+    let notice = cfg.ping_after_max + cfg.ping_timeout * u32::from(cfg.ping_tries);
+    world.run_until(world.elapsed() + notice + Duration::from_secs(10));
     let ca = crate::secure::cert::Ca::from_seed("sim", [7; 32])
         .unwrap_or_else(|_| unreachable!("a valid group name"));
     let rev = Revocation::sign(&ca, Target::User(format!("n{target}@sim.test")), 1);

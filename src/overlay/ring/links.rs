@@ -35,8 +35,7 @@ impl Ring {
                 link.rtt = rtt;
             }
             None => {
-                let jitter = self.rng.random_range(0.0..0.1);
-                let mut link = Link::new(now, kind, rtt, self.cfg.ping_after.mul_f64(1.0 + jitter));
+                let mut link = self.new_link(now, kind, rtt);
                 link.our_shortcut = asked == Some(Asked::Ours(Purpose::Shortcut));
                 link.drawn_for = self.size_estimate() as f32;
                 self.links_due = Some(self.links_due.map_or(now, |d| d.min(now + link.ping_after)));
@@ -136,6 +135,13 @@ impl Ring {
         self.drop_link(now, peer);
     }
 
+    fn new_link(&mut self, now: Instant, kind: LinkKind, rtt: Duration) -> Link {
+        let jitter = self.rng.random_range(0.0..0.1);
+        let mut link = Link::new(now, kind, rtt, self.cfg.ping_after.mul_f64(1.0 + jitter));
+        link.jitter = jitter;
+        link
+    }
+
     /// Pings silent links; drops those that stay silent.
     pub(super) fn keepalive(&mut self, now: Instant) {
         let mut dead = Vec::new();
@@ -172,6 +178,7 @@ impl Ring {
             .min();
         for peer in dead {
             debug!(%peer, "overlay link silent: dropped");
+            self.remember_quiet_cap(peer);
             self.close(now, peer);
         }
     }
@@ -187,10 +194,47 @@ impl Ring {
     }
 
     pub(super) fn on_pong(&mut self, now: Instant, from: RingAddr, nonce: u32) {
+        let limit = self.quiet_limit(from);
         if let Some(link) = self.table.get_mut(&from) {
             if let Some(p) = link.ping.filter(|p| p.nonce == nonce) {
                 link.rtt = now.saturating_duration_since(p.sent);
                 link.ping = None;
+                if p.tries == 1 {
+                    link.quiet_ok = link.quiet_ok.max(p.quiet);
+                    // The path outlived a full wait: try twice as long next time.
+                    if p.quiet >= link.ping_after {
+                        link.ping_after = (link.ping_after * 2).min(limit.mul_f64(1.0 - link.jitter));
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a link to `peer` may stay quiet at most.
+    fn quiet_limit(&self, peer: RingAddr) -> Duration {
+        let cap = self.quiet_caps.get(&peer).copied().unwrap_or(Duration::MAX);
+        self.cfg.ping_after_max.min(cap).max(self.cfg.ping_after)
+    }
+
+    /// A link died quiet after a longer silence than it had ever survived: the path (a NAT
+    /// mapping, most likely) does not last that long, so the next link to the peer stops at
+    /// what it survived. (A crashed peer lowers its own cap the same way; that costs only
+    /// pings.)
+    fn remember_quiet_cap(&mut self, peer: RingAddr) {
+        let Some(link) = self.table.get(&peer) else {
+            return;
+        };
+        let Some(p) = link.ping else { return };
+        if p.quiet <= link.quiet_ok || link.quiet_ok.is_zero() {
+            return;
+        }
+        let cap = link.quiet_ok.max(self.cfg.ping_after);
+        debug!(%peer, ?cap, "quiet link died: capping its keepalive wait");
+        self.quiet_caps.insert(peer, cap);
+        if self.quiet_caps.len() > MAX_KNOWN_LISTS {
+            let first = self.quiet_caps.keys().next().copied();
+            if let Some(first) = first.filter(|f| *f != peer) {
+                self.quiet_caps.remove(&first);
             }
         }
     }
@@ -411,12 +455,7 @@ impl Ring {
                 self.stats.dropped += 1;
                 return;
             }
-            let link = Link::new(
-                now,
-                LinkKind::Tunnel { via },
-                via_rtt(self, via),
-                self.cfg.ping_after,
-            );
+            let link = self.new_link(now, LinkKind::Tunnel { via }, via_rtt(self, via));
             self.links_due = Some(self.links_due.map_or(now, |d| d.min(now + link.ping_after)));
             self.table.insert(peer, link);
             self.tunnels_wanted.remove(&peer);
@@ -447,6 +486,7 @@ fn first_ping(now: Instant, link: &mut Link) -> u32 {
         nonce,
         sent: now,
         tries: 1,
+        quiet: now.saturating_duration_since(link.last_rx),
     });
     nonce
 }

@@ -43,6 +43,11 @@ pub struct Config {
     pub max_degree: usize,
     /// Silence on a link before we ping it (each link jitters it by up to +10 %).
     pub ping_after: Duration,
+    /// How far that wait grows on a quiet link: each ping answered after a full wait doubles
+    /// it, up to this less the link's jitter (the NAT mappings on the path must outlive it:
+    /// RFC 4787 asks NATs for ≥ 2 min, Linux conntrack keeps a two-way UDP flow 120 s). A
+    /// link that dies quiet caps the next one to that peer at the longest silence it survived.
+    pub ping_after_max: Duration,
     pub ping_timeout: Duration,
     pub ping_tries: u8,
     /// Hops a routed message may take.
@@ -66,6 +71,7 @@ impl Default for Config {
             pns_candidates: 3,
             max_degree: 48,
             ping_after: Duration::from_secs(20),
+            ping_after_max: Duration::from_secs(110),
             ping_timeout: Duration::from_secs(2),
             ping_tries: 3,
             ttl: 64,
@@ -167,6 +173,8 @@ pub struct Ring {
     size_cache: std::cell::Cell<Option<f64>>,
     direct_failed: BTreeMap<RingAddr, Instant>,
     tunnels_wanted: BTreeMap<RingAddr, Instant>,
+    /// Peers whose link died quiet: the longest silence it had survived.
+    quiet_caps: BTreeMap<RingAddr, Duration>,
     next_tick: Instant,
     /// A pending look for our true neighbours (after a change, or while sides are short).
     seek_at: Option<Instant>,
@@ -204,6 +212,7 @@ impl Ring {
             size_cache: std::cell::Cell::new(None),
             direct_failed: BTreeMap::new(),
             tunnels_wanted: BTreeMap::new(),
+            quiet_caps: BTreeMap::new(),
             next_tick: now + cfg.tick,
             seek_at: None,
             links_due: None,
@@ -645,6 +654,106 @@ mod tests {
             "dropped after {waited:?}"
         );
         assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::Disconnect { peer: addr(2) }));
+    }
+
+    /// Two linked rings for `run` of virtual time over a path that forgets a flow silent for
+    /// longer than `nat_lifetime` (a NAT mapping). Returns when keepalive pings went out,
+    /// when anything went out, and how often the link died (each time it is linked again at
+    /// once, as a re-punch would).
+    fn quiet_pair(nat_lifetime: Duration, run: Duration) -> (Vec<Instant>, Vec<Instant>, u32) {
+        let now = Instant::now();
+        // One near neighbour a side: the two are each other's whole ring (no seeking).
+        let cfg = Config {
+            near: 1,
+            ..Config::default()
+        };
+        let mut rings = [1u8, 2].map(|i| Ring::new(now, addr(i), cfg.clone(), u64::from(i)));
+        let link_both = |rings: &mut [Ring; 2], t: Instant| {
+            rings[0].handle_link_up(t, addr(2), LinkKind::Direct, Duration::from_millis(10));
+            rings[1].handle_link_up(t, addr(1), LinkKind::Direct, Duration::from_millis(10));
+        };
+        link_both(&mut rings, now);
+        let (mut t, mut last_traffic, mut deaths) = (now, now, 0);
+        let (mut pings, mut sent) = (Vec::new(), Vec::new());
+        while t < now + run {
+            t = rings.iter().filter_map(Ring::poll_timeout).min().unwrap().max(t);
+            for r in &mut rings {
+                r.handle_timeout(t);
+            }
+            let mut moved = true;
+            while moved {
+                moved = false;
+                for i in 0..2 {
+                    while let Some(tx) = rings[i].poll_transmit() {
+                        moved = true;
+                        if matches!(Message::parse(&tx.bytes), Ok(Message::Ping(_))) {
+                            pings.push(t);
+                        }
+                        sent.push(t);
+                        if t - last_traffic > nat_lifetime {
+                            continue; // the mapping is gone: the datagram is lost
+                        }
+                        last_traffic = t;
+                        rings[1 - i].handle_message(t, addr(i as u8 + 1), &tx.bytes);
+                    }
+                }
+            }
+            let died = rings.iter().any(|r| r.table().is_empty());
+            for r in &mut rings {
+                while r.poll_event().is_some() {}
+            }
+            if died {
+                deaths += 1;
+                rings[0].handle_link_down(t, addr(2));
+                rings[1].handle_link_down(t, addr(1));
+                link_both(&mut rings, t);
+                last_traffic = t;
+            }
+            t += Duration::from_millis(1);
+        }
+        (pings, sent, deaths)
+    }
+
+    /// Exchanges (datagrams closer than the ping retry timeout belong to one).
+    fn rounds(times: &[Instant]) -> Vec<Instant> {
+        let mut out: Vec<Instant> = Vec::new();
+        for p in times {
+            if out.last().is_none_or(|l| *p - *l > Duration::from_secs(10)) {
+                out.push(*p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_quiet_link_pings_less_and_less_up_to_the_maximum() {
+        let cfg = Config::default();
+        let (pings, _, deaths) = quiet_pair(Duration::MAX, Duration::from_secs(1200));
+        assert_eq!(deaths, 0);
+        let rounds = rounds(&pings);
+        let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 8 && gaps.len() <= 16, "{} rounds in 20 min: {gaps:?}", rounds.len());
+        let late = &gaps[gaps.len() - 4..];
+        assert!(
+            late.iter().all(|g| *g >= cfg.ping_after_max.mul_f64(0.9) && *g <= cfg.ping_after_max),
+            "late gaps {late:?}"
+        );
+    }
+
+    #[test]
+    fn a_link_that_dies_quiet_keeps_the_next_one_within_what_it_survived() {
+        let lifetime = Duration::from_secs(50);
+        let (_, sent, deaths) = quiet_pair(lifetime, Duration::from_secs(1800));
+        assert_eq!(deaths, 1, "the first link dies probing past 50 s; the next ones do not");
+        let rounds = rounds(&sent);
+        let last_15_min: Vec<Duration> = rounds
+            .windows(2)
+            .filter(|w| w[0] - rounds[0] > Duration::from_secs(900))
+            .map(|w| w[1] - w[0])
+            .collect();
+        assert!(!last_15_min.is_empty());
+        assert!(last_15_min.iter().all(|g| *g <= lifetime), "gaps {last_15_min:?}");
+        assert!(last_15_min.iter().all(|g| *g >= Duration::from_secs(20)), "gaps {last_15_min:?}");
     }
 }
 
