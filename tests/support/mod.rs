@@ -480,6 +480,7 @@ pub fn outcome(out: std::process::Output) -> Result<String, String> {
 /// stdout lines collected as they come; killed by PID when dropped.
 pub struct AppProcess {
     pub name: String,
+    stderr: PathBuf,
     stdin: Option<std::process::ChildStdin>,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     guard: ChildGuard,
@@ -497,12 +498,13 @@ impl AppProcess {
             .join("examples")
             .join(example);
         assert!(bin.exists(), "{} was not built", bin.display());
+        let stderr = dir.join(format!("{name}.stderr"));
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("RUST_LOG", "ringlet=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap());
+            .stderr(std::fs::File::create(&stderr).unwrap());
         let mut guard = ChildGuard::spawn(name, &mut cmd).unwrap();
         let (stdin, stdout) = guard.take_stdio();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -516,6 +518,7 @@ impl AppProcess {
         });
         Self {
             name: name.into(),
+            stderr,
             stdin,
             lines,
             guard,
@@ -543,9 +546,10 @@ impl AppProcess {
         .await;
         assert!(
             seen.is_some(),
-            "{} did not print {want:?} within {timeout:?}; it printed:\n{}",
+            "{} did not print {want:?} within {timeout:?}; it printed:\n{}\nand logged:\n{}",
             self.name,
-            self.output().join("\n")
+            self.output().join("\n"),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
         );
     }
 
