@@ -199,7 +199,11 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 Some(cmd) => rt.on_command(cmd),
             },
             read = read_tun(&rt.vpn, &mut tun_buf) => match read {
-                Ok(n) => rt.on_tun(Instant::now(), tun_buf[..n].to_vec()),
+                Ok(n) => {
+                    let now = Instant::now();
+                    rt.on_tun(now, tun_buf[..n].to_vec());
+                    rt.on_tun_burst(now, &mut tun_buf);
+                }
                 Err(e) => {
                     if let Some(vpn) = rt.vpn.as_mut() {
                         vpn.device_errors += 1;

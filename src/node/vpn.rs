@@ -34,6 +34,9 @@ pub const BROADCAST_VPN: u8 = 2;
 
 /// Lease of the address records (kept alive by the ring while the node runs).
 const CLAIM_LEASE_S: u32 = 3600;
+/// Packets read from the device in one loop turn at most (the rest wait for the next turn,
+/// so XMPP and timers are not starved).
+const TUN_BURST: usize = 64;
 /// How long after a claim its check looks (the put must reach the replicas first).
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// How often addresses are looked at: while settling, and after.
@@ -163,6 +166,25 @@ impl Runtime {
         let Some(vpn) = self.vpn.as_mut() else { return };
         vpn.core.handle_tun(now, packet);
         self.drain_vpn(now);
+    }
+
+    /// The rest of a burst on the device, up to [`TUN_BURST`] packets: their datagrams then
+    /// leave in one batch (GSO) when the loop turn ends, not one system call each.
+    pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8]) {
+        for _ in 1..TUN_BURST {
+            let Some(vpn) = self.vpn.as_ref() else { return };
+            match vpn.tun.try_recv(buf) {
+                Ok(n) => self.on_tun(now, buf[..n].to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    if let Some(vpn) = self.vpn.as_mut() {
+                        vpn.device_errors += 1;
+                    }
+                    tracing::warn!(error = %e, "VPN device read failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// A VPN packet from member `from` (a datagram on the VPN channel, or a broadcast).

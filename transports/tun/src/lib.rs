@@ -89,6 +89,12 @@ impl Tun {
         }
     }
 
+    /// Reads one IP packet if one is waiting now; an empty queue is `WouldBlock`. Lets a
+    /// caller that was woken by [`Tun::recv`] take the rest of a burst in the same turn.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        ioctl::read(self.fd.get_ref().as_raw_fd(), buf)
+    }
+
     /// Writes one IP packet if the device takes it now; a full device queue is
     /// `WouldBlock` (the packet is dropped, as a router would).
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {

@@ -81,6 +81,46 @@ pub struct UdpMux {
     shared: Option<Member>,
 }
 
+/// Kernel buffer asked for on main sockets, each way. The default (~208 KiB) overflowed
+/// under a VPN transfer: the receive side dropped datagrams between two loop turns.
+const MAIN_BUFFER_BYTES: usize = 4 << 20;
+
+/// Gives a main socket bigger kernel buffers: past `net.core.rmem_max` where the process may
+/// (CAP_NET_ADMIN, as the VPN needs anyway), else as far as that limit lets it.
+pub(crate) fn enlarge_buffers(slot: &Slot) {
+    use std::os::fd::AsRawFd;
+    let fd = slot.socket.as_raw_fd();
+    let bytes = MAIN_BUFFER_BYTES as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(fd, force, bytes).is_err() {
+            if let Err(e) = setsockopt_int(fd, plain, bytes) {
+                tracing::debug!(error = %e, "UDP socket buffer left at its default");
+            }
+        }
+    }
+}
+
+fn setsockopt_int(fd: std::os::fd::RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// An IPv6-only socket, so that it can share the port number with the IPv4 main socket.
 pub(crate) fn open_v6(port: u16) -> io::Result<Slot> {
     let sock = socket2::Socket::new(
@@ -113,7 +153,9 @@ impl UdpMux {
     /// Binds the main socket (must be called inside a tokio runtime).
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let mut slots = BTreeMap::new();
-        slots.insert(MAIN_SOCKET, open(addr)?);
+        let main = open(addr)?;
+        enlarge_buffers(&main);
+        slots.insert(MAIN_SOCKET, main);
         Ok(Self::with(slots, None))
     }
 
@@ -168,6 +210,7 @@ impl UdpMux {
         }
         let port = self.local_addr(MAIN_SOCKET).map_or(0, |a| a.port());
         let slot = open_v6(port).or_else(|_| open_v6(0))?;
+        enlarge_buffers(&slot);
         let addr = slot.socket.local_addr()?;
         self.slots.insert(MAIN_SOCKET_V6, slot);
         Ok(addr)

@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::mux::{drain_slot, open, open_v6, recv_buffers, Slot};
+use crate::mux::{drain_slot, enlarge_buffers, open, open_v6, recv_buffers, Slot};
 use crate::{classify, PacketKind, Received, MAIN_SOCKET};
 
 /// An overlay's key on the shared socket: its path id (bytes 2..10 of every frame).
@@ -103,8 +103,12 @@ impl SharedSocket {
     /// twin that cannot be bound is left out); must be called inside a tokio runtime.
     pub fn bind(addr: SocketAddr, ipv6: bool) -> io::Result<Self> {
         let v4 = open(addr)?;
+        enlarge_buffers(&v4);
         let port = v4.socket.local_addr()?.port();
         let v6 = ipv6.then(|| open_v6(port).ok()).flatten();
+        if let Some(v6) = &v6 {
+            enlarge_buffers(v6);
+        }
         let sockets = Arc::new(Sockets { v4, v6 });
         let table = Arc::new(Mutex::new(Table::default()));
         let dispatcher = tokio::spawn(dispatch(sockets.clone(), table.clone()));
