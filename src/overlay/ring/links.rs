@@ -464,8 +464,22 @@ impl Ring {
             debug!(%peer, %via, "tunnel up");
             self.topology_changed(now);
         }
+        let mut moved = false;
+        let via_hop = self.table.get(&via).map(|l| l.rtt);
         if let Some(link) = self.table.get_mut(&peer) {
             link.last_rx = now;
+            // The far end reaches us through another relay than ours (it opened the tunnel
+            // anew, its way to our relay is gone): answer the way that works, or our answers
+            // die at a relay it no longer links to while its traffic keeps our end alive.
+            if matches!(link.kind, LinkKind::Tunnel { via: old } if old != via) {
+                link.kind = LinkKind::Tunnel { via };
+                link.rtt = via_rtt_of(via_hop);
+                moved = true;
+            }
+        }
+        if moved {
+            debug!(%peer, %via, "tunnel moved to another relay");
+            self.emit(Event::TunnelUp { peer, via });
         }
         match Message::parse(inner) {
             Ok(msg) => self.dispatch(now, peer, msg, false),
@@ -476,7 +490,11 @@ impl Ring {
 
 /// A tunnel's first RTT guess: twice the hop to its relay.
 fn via_rtt(ring: &Ring, via: RingAddr) -> Duration {
-    ring.table.get(&via).map_or(Duration::from_secs(1), |l| l.rtt * 2)
+    via_rtt_of(ring.table.get(&via).map(|l| l.rtt))
+}
+
+fn via_rtt_of(hop: Option<Duration>) -> Duration {
+    hop.map_or(Duration::from_secs(1), |rtt| rtt * 2)
 }
 
 /// Starts a keepalive round on `link`; returns the nonce to send.

@@ -656,6 +656,35 @@ mod tests {
         assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::Disconnect { peer: addr(2) }));
     }
 
+    /// Tunnel traffic from a peer that now comes through another relay moves our end of the
+    /// tunnel there: our answers take the relay that works.
+    #[test]
+    fn a_tunnel_follows_the_relay_its_traffic_comes_through() {
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        for relay in [addr(3), addr(4)] {
+            ring.handle_link_up(now, relay, LinkKind::Direct, Duration::from_millis(10));
+        }
+        while ring.poll_transmit().is_some() {}
+        let relayed = |nonce: u32| {
+            Message::Relayed {
+                from: addr(2),
+                inner: Message::Ping(nonce).emit(),
+            }
+            .emit()
+        };
+        ring.handle_message(now, addr(3), &relayed(5));
+        assert_eq!(ring.table().get(&addr(2)).map(|l| l.kind), Some(LinkKind::Tunnel { via: addr(3) }));
+        while ring.poll_transmit().is_some() {}
+        ring.handle_message(now, addr(4), &relayed(6));
+        assert_eq!(ring.table().get(&addr(2)).map(|l| l.kind), Some(LinkKind::Tunnel { via: addr(4) }));
+        let pong = std::iter::from_fn(|| ring.poll_transmit())
+            .find(|t| matches!(Message::parse(&t.bytes), Ok(Message::Relay { to, .. }) if to == addr(2)))
+            .expect("the pong goes back through a relay");
+        assert_eq!(pong.peer, addr(4), "answered through the relay that works");
+        assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::TunnelUp { peer: addr(2), via: addr(4) }));
+    }
+
     /// Two linked rings for `run` of virtual time over a path that forgets a flow silent for
     /// longer than `nat_lifetime` (a NAT mapping). Returns when keepalive pings went out,
     /// when anything went out, and how often the link died (each time it is linked again at
