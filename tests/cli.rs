@@ -604,7 +604,10 @@ async fn up_runs_several_overlays_on_one_udp_socket() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("overlay 'delta'"), "{err}");
     assert!(err.contains("stopping the overlays already up"), "{err}");
-    assert!(err.contains("left the overlay"), "alpha did not leave cleanly:\n{err}");
+    assert!(
+        err.contains("left the overlay"),
+        "alpha did not leave cleanly:\n{err}"
+    );
     assert!(!dir.path().join("alpha/ringlet.sock").exists());
     assert!(!dir.path().join("alpha/ringlet.pid").exists());
 

@@ -88,7 +88,12 @@ struct Start {
 }
 
 /// Starts overlay number `index`: control socket, pid file, node, and its event task.
-async fn start(config: &Config, index: usize, pid_path: &std::path::Path, ctx: Start) -> anyhow::Result<Running> {
+async fn start(
+    config: &Config,
+    index: usize,
+    pid_path: &std::path::Path,
+    ctx: Start,
+) -> anyhow::Result<Running> {
     let mut server = ControlServer::bind(&config.control_socket).await?;
     // After the control socket: holding it means no other node of this config runs.
     let pid = PidFile::write(pid_path)?;

@@ -107,10 +107,7 @@ impl Session {
             .initiating
             .as_ref()
             .map(|p| p.sent + FIRST_RESEND * 2u32.pow(p.tries));
-        let expiry = self
-            .current
-            .as_ref()
-            .map(|e| e.transport.reject_at());
+        let expiry = self.current.as_ref().map(|e| e.transport.reject_at());
         resend.into_iter().chain(expiry).min()
     }
 

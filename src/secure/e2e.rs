@@ -462,10 +462,7 @@ impl EndToEnd {
                     .initiating
                     .as_ref()
                     .map(|(_, sent, tries)| *sent + FIRST_RESEND * 2u32.pow(*tries));
-                let expiry = p
-                    .current
-                    .as_ref()
-                    .map(|e| e.transport.reject_at());
+                let expiry = p.current.as_ref().map(|e| e.transport.reject_at());
                 resend.into_iter().chain(expiry)
             })
             .min()

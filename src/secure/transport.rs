@@ -300,14 +300,23 @@ mod tests {
         traffic(&mut alice, &mut bob, now, BUSY_AFTER_MESSAGES);
         assert!(!alice.wants_rekey(now));
         assert!(alice.wants_rekey(now + REKEY_AFTER_TIME));
-        assert!(bob.wants_rekey(now + REKEY_AFTER_TIME), "the receiver counts opened datagrams");
+        assert!(
+            bob.wants_rekey(now + REKEY_AFTER_TIME),
+            "the receiver counts opened datagrams"
+        );
         assert!(alice.rekey_due(now + REKEY_AFTER_TIME, true));
-        assert!(!alice.rekey_due(now + REKEY_AFTER_TIME, false), "the responder waits");
+        assert!(
+            !alice.rekey_due(now + REKEY_AFTER_TIME, false),
+            "the responder waits"
+        );
         let late = now + REKEY_AFTER_TIME + REJECT_GRACE;
         assert!(alice.expired(late));
         assert_eq!(alice.seal(late, b"", &mut vec![0]), Err(TransportError::Expired));
         let mut buf = vec![0u8; TAG_LEN];
-        assert_eq!(bob.open(late, b"", 99_999, &mut buf), Err(TransportError::Expired));
+        assert_eq!(
+            bob.open(late, b"", 99_999, &mut buf),
+            Err(TransportError::Expired)
+        );
     }
 
     #[test]
@@ -316,7 +325,10 @@ mod tests {
         let (mut alice, mut bob) = pair(now);
         traffic(&mut alice, &mut bob, now, BUSY_AFTER_MESSAGES - 2);
         let later = now + Duration::from_secs(300);
-        assert!(!alice.wants_rekey(later), "a quiet session keeps its keys past 2 min");
+        assert!(
+            !alice.wants_rekey(later),
+            "a quiet session keeps its keys past 2 min"
+        );
         assert!(!alice.expired(later));
         assert!(alice.wants_rekey(now + QUIET_REKEY_AFTER_TIME));
         assert!(alice.expired(now + QUIET_REKEY_AFTER_TIME + REJECT_GRACE));

@@ -182,13 +182,21 @@ fn quiet_sessions_rekey_every_ten_minutes_without_losing_a_datagram() {
         sent += 1;
         w.run_for(Duration::from_secs(20));
         if n == 27 {
-            assert_eq!(handshakes(&w), first, "a handshake within 9.5 min of quiet traffic");
+            assert_eq!(
+                handshakes(&w),
+                first,
+                "a handshake within 9.5 min of quiet traffic"
+            );
         }
     }
     let after = handshakes(&w);
     for i in 0..2 {
         assert!(after[i] > first[i], "node {i}: no handshake in 1000 s");
-        assert_eq!(w.nodes[i].got.len(), sent, "node {i} lost datagrams across the rekey");
+        assert_eq!(
+            w.nodes[i].got.len(),
+            sent,
+            "node {i} lost datagrams across the rekey"
+        );
         assert_eq!(w.nodes[i].links.counters().secure_dropped, 0);
     }
 }

@@ -674,15 +674,25 @@ mod tests {
             .emit()
         };
         ring.handle_message(now, addr(3), &relayed(5));
-        assert_eq!(ring.table().get(&addr(2)).map(|l| l.kind), Some(LinkKind::Tunnel { via: addr(3) }));
+        assert_eq!(
+            ring.table().get(&addr(2)).map(|l| l.kind),
+            Some(LinkKind::Tunnel { via: addr(3) })
+        );
         while ring.poll_transmit().is_some() {}
         ring.handle_message(now, addr(4), &relayed(6));
-        assert_eq!(ring.table().get(&addr(2)).map(|l| l.kind), Some(LinkKind::Tunnel { via: addr(4) }));
+        assert_eq!(
+            ring.table().get(&addr(2)).map(|l| l.kind),
+            Some(LinkKind::Tunnel { via: addr(4) })
+        );
         let pong = std::iter::from_fn(|| ring.poll_transmit())
             .find(|t| matches!(Message::parse(&t.bytes), Ok(Message::Relay { to, .. }) if to == addr(2)))
             .expect("the pong goes back through a relay");
         assert_eq!(pong.peer, addr(4), "answered through the relay that works");
-        assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e == Event::TunnelUp { peer: addr(2), via: addr(4) }));
+        assert!(std::iter::from_fn(|| ring.poll_event()).any(|e| e
+            == Event::TunnelUp {
+                peer: addr(2),
+                via: addr(4)
+            }));
     }
 
     /// Two linked rings for `run` of virtual time over a path that forgets a flow silent for
@@ -761,10 +771,15 @@ mod tests {
         assert_eq!(deaths, 0);
         let rounds = rounds(&pings);
         let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(gaps.len() >= 8 && gaps.len() <= 16, "{} rounds in 20 min: {gaps:?}", rounds.len());
+        assert!(
+            gaps.len() >= 8 && gaps.len() <= 16,
+            "{} rounds in 20 min: {gaps:?}",
+            rounds.len()
+        );
         let late = &gaps[gaps.len() - 4..];
         assert!(
-            late.iter().all(|g| *g >= cfg.ping_after_max.mul_f64(0.9) && *g <= cfg.ping_after_max),
+            late.iter()
+                .all(|g| *g >= cfg.ping_after_max.mul_f64(0.9) && *g <= cfg.ping_after_max),
             "late gaps {late:?}"
         );
     }
@@ -773,7 +788,10 @@ mod tests {
     fn a_link_that_dies_quiet_keeps_the_next_one_within_what_it_survived() {
         let lifetime = Duration::from_secs(50);
         let (_, sent, deaths) = quiet_pair(lifetime, Duration::from_secs(1800));
-        assert_eq!(deaths, 1, "the first link dies probing past 50 s; the next ones do not");
+        assert_eq!(
+            deaths, 1,
+            "the first link dies probing past 50 s; the next ones do not"
+        );
         let rounds = rounds(&sent);
         let last_15_min: Vec<Duration> = rounds
             .windows(2)
@@ -782,7 +800,10 @@ mod tests {
             .collect();
         assert!(!last_15_min.is_empty());
         assert!(last_15_min.iter().all(|g| *g <= lifetime), "gaps {last_15_min:?}");
-        assert!(last_15_min.iter().all(|g| *g >= Duration::from_secs(20)), "gaps {last_15_min:?}");
+        assert!(
+            last_15_min.iter().all(|g| *g >= Duration::from_secs(20)),
+            "gaps {last_15_min:?}"
+        );
     }
 }
 
