@@ -199,17 +199,8 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
                 Some(cmd) => rt.on_command(cmd),
             },
             read = read_tun(&rt.vpn, &mut tun_buf) => match read {
-                Ok(n) => {
-                    let now = Instant::now();
-                    rt.on_tun(now, tun_buf[..n].to_vec());
-                    rt.on_tun_burst(now, &mut tun_buf);
-                }
-                Err(e) => {
-                    if let Some(vpn) = rt.vpn.as_mut() {
-                        vpn.device_errors += 1;
-                    }
-                    tracing::warn!(error = %e, "VPN device read failed");
-                }
+                Ok(n) => rt.on_tun_burst(Instant::now(), &mut tun_buf, n),
+                Err(e) => rt.vpn_read_failed(&e),
             },
             lookup = resolved.recv() => {
                 if let Some((source, addrs)) = lookup {

@@ -162,29 +162,32 @@ fn underlay_mtu() -> u32 {
 
 impl Runtime {
     /// A packet read from the device.
-    pub(super) fn on_tun(&mut self, now: Instant, packet: Vec<u8>) {
+    fn on_tun(&mut self, now: Instant, packet: Vec<u8>) {
         let Some(vpn) = self.vpn.as_mut() else { return };
         vpn.core.handle_tun(now, packet);
         self.drain_vpn(now);
     }
 
-    /// The rest of a burst on the device, up to [`TUN_BURST`] packets: their datagrams then
-    /// leave in one batch (GSO) when the loop turn ends, not one system call each.
-    pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8]) {
+    /// The packet read into `buf[..first]`, then the rest of the burst waiting on the device,
+    /// up to [`TUN_BURST`] packets: their datagrams leave in one batch (GSO) when the loop
+    /// turn ends, not one system call each.
+    pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8], first: usize) {
+        self.on_tun(now, buf[..first].to_vec());
         for _ in 1..TUN_BURST {
             let Some(vpn) = self.vpn.as_ref() else { return };
             match vpn.tun.try_recv(buf) {
                 Ok(n) => self.on_tun(now, buf[..n].to_vec()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    if let Some(vpn) = self.vpn.as_mut() {
-                        vpn.device_errors += 1;
-                    }
-                    tracing::warn!(error = %e, "VPN device read failed");
-                    return;
-                }
+                Err(e) => return self.vpn_read_failed(&e),
             }
         }
+    }
+
+    pub(super) fn vpn_read_failed(&mut self, e: &std::io::Error) {
+        if let Some(vpn) = self.vpn.as_mut() {
+            vpn.device_errors += 1;
+        }
+        tracing::warn!(error = %e, "VPN device read failed");
     }
 
     /// A VPN packet from member `from` (a datagram on the VPN channel, or a broadcast).
