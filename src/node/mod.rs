@@ -317,9 +317,11 @@ pub fn login_config(config: &Config, resource: &str) -> Result<LoginConfig, Logi
         tls: config.tls,
         ca_file: config.ca_file.clone(),
         attempt_timeout: config.login_timeout,
-        // A silent server is probed after 30 s and given up 20 s later.
+        // A silent server is probed after 2 min and given up 20 s later: under the ~2 h that
+        // NATs keep an idle TCP mapping (RFC 5382) by far, and each probe is a ping and its
+        // answer, which an idle node would otherwise send every 30 s for nothing.
         timeouts: Timeouts {
-            read_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(120),
             response_timeout: Duration::from_secs(20),
         },
     })
