@@ -7,8 +7,9 @@
 //! Frames wait (at most [`QUEUE_MAX`] per peer) while the first handshake runs — or ride in
 //! its IK init when the peer's certificate (from its presence) checked out beforehand; an
 //! init is resent with backoff ([`HANDSHAKE_TRIES`] times). A session asks for a fresh
-//! handshake after two minutes (the side that began it first); the old one still opens what
-//! is in flight until the new one carries traffic. Crossing inits: the lower NodeId's wins.
+//! handshake after two minutes while busy, thirty while quiet (`secure::transport`; the side
+//! that began it first); the old one still opens what is in flight until the new one carries
+//! traffic. Crossing inits: the lower NodeId's wins.
 //! Inits carry a timestamp (a replayed one is refused) and are read at most [`INIT_BURST`]
 //! at once per peer, then one per [`INIT_REFILL`].
 

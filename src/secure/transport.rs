@@ -6,10 +6,12 @@
 //!
 //! Busy sessions live as WireGuard's do (a new handshake after 2 min, dead after 3). A quiet
 //! one — an idle overlay link whose only traffic is keepalives and upkeep, fewer than
-//! [`BUSY_AFTER_MESSAGES`] datagrams both ways — rekeys after 10 min instead: a handshake per
-//! link every 2 min was a fifth of an idle node's traffic. The price is a longer
-//! forward-secrecy window for that control traffic only; once a session turns busy it is
-//! due for a handshake at once (or at 2 min of age) and dies a minute after that.
+//! [`BUSY_AFTER_MESSAGES`] datagrams both ways — rekeys after 30 min instead (OpenVPN's
+//! default is an hour, SSH's is a volume limit only): a handshake carries both certificates,
+//! and at one per link every 2 min they were a fifth of an idle node's traffic, at one every
+//! 10 min still a sixth. The price is a longer forward-secrecy window for that control
+//! traffic only; once a session turns busy it is due for a handshake at once (or at 2 min of
+//! age) and dies a minute after that.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// it any more (WireGuard's REJECT_AFTER_TIME − REKEY_AFTER_TIME).
 pub const REJECT_GRACE: Duration = Duration::from_secs(60);
 /// A quiet session this old asks for a new handshake.
-pub const QUIET_REKEY_AFTER_TIME: Duration = Duration::from_secs(600);
+pub const QUIET_REKEY_AFTER_TIME: Duration = Duration::from_secs(1800);
 /// Datagrams, sealed and opened together, after which a session counts as busy.
 pub const BUSY_AFTER_MESSAGES: u64 = 512;
 /// The session's responder starts a handshake this long after the initiator would, so the
@@ -125,7 +127,7 @@ impl Transport {
     }
 
     /// When this session asks for a new handshake: 2 min after it started if it is busy (or
-    /// when it turned busy, if that was later), else 10 min after.
+    /// when it turned busy, if that was later), else 30 min after.
     pub fn rekey_at(&self) -> Instant {
         match self.busy_since {
             Some(busy) => (self.started + REKEY_AFTER_TIME).max(busy),
@@ -320,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn quiet_sessions_live_10_min_and_turning_busy_late_rekeys_at_once() {
+    fn quiet_sessions_live_30_min_and_turning_busy_late_rekeys_at_once() {
         let now = Instant::now();
         let (mut alice, mut bob) = pair(now);
         traffic(&mut alice, &mut bob, now, BUSY_AFTER_MESSAGES - 2);
