@@ -322,6 +322,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("ring_links_down", rt.ring.stats().links_down),
     ]
     .into_iter()
+    .chain(ring_kind_counters(rt))
     .chain(vpn_counters(rt))
     .chain([("app_malformed", rt.app_malformed)])
     .map(|(k, v)| (k.to_owned(), v))
@@ -329,6 +330,40 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
 }
 
 /// The VPN's counters (zeros without a VPN, so every key is always present).
+/// Ring messages out per kind: what the ring spends its traffic on.
+fn ring_kind_counters(rt: &Runtime) -> impl Iterator<Item = (&'static str, u64)> {
+    const NAMES: [&str; 10] = [
+        "ring_out_other",
+        "ring_out_ping",
+        "ring_out_pong",
+        "ring_out_routed",
+        "ring_out_broadcast",
+        "ring_out_relay",
+        "ring_out_replicate",
+        "ring_out_bye",
+        "ring_out_neighbours",
+        "ring_out_relayed",
+    ];
+    const BODIES: [&str; 11] = [
+        "ring_routed_other",
+        "ring_routed_ctm",
+        "ring_routed_ctm_reply",
+        "ring_routed_dht_put",
+        "ring_routed_dht_get",
+        "ring_routed_dht_values",
+        "ring_routed_app",
+        "ring_routed_neighbours_request",
+        "ring_routed_neighbours_reply",
+        "ring_routed_broadcast",
+        "ring_routed_via",
+    ];
+    let stats = rt.ring.stats();
+    NAMES
+        .into_iter()
+        .zip(stats.out_by_kind)
+        .chain(BODIES.into_iter().zip(stats.routed_by_body))
+}
+
 fn vpn_counters(rt: &Runtime) -> Vec<(&'static str, u64)> {
     let (c, conflicts, device_errors) = match &rt.vpn {
         Some(v) => (v.core.counters.clone(), v.conflicts, v.device_errors),

@@ -4,10 +4,11 @@
 //! rings that formed apart, and the periodic tick that ties it together.
 
 use std::time::{Duration, Instant};
+use tracing::debug;
 
 use rand::RngExt;
 
-use super::{Asked, Event, Pending, Ring};
+use super::{Asked, Event, Pending, Ring, RESEEK_MAX_FACTOR};
 use crate::overlay::addr::{RingAddr, RING_SIZE};
 use crate::overlay::table::LinkKind;
 use crate::overlay::wire::{Mode, Purpose, RoutedBody};
@@ -113,6 +114,7 @@ impl Ring {
             },
         );
         self.stats.ctm_sent += 1;
+        debug!(%target, ?mode, ?purpose, "sending a CTM");
         let candidates = self.candidates.clone();
         let reply_via = self.first_hop(target, mode);
         self.originate(
@@ -427,8 +429,11 @@ impl Ring {
             self.asked.remove(&peer);
             self.emit(Event::Disconnect { peer });
         }
-        if self.seek_at.is_none() && now >= self.last_seek + self.cfg.reseek {
+        if self.seek_at.is_none() && now >= self.last_seek + self.reseek_after {
             self.seek_at = Some(now);
+            // Each re-check that changes nothing makes the next one later (a change of our
+            // near neighbours resets the wait).
+            self.reseek_after = (self.reseek_after * 2).min(self.cfg.reseek * RESEEK_MAX_FACTOR);
         }
         if self.table.has_routing_links() {
             self.keep_shortcuts(now);
@@ -437,7 +442,6 @@ impl Ring {
         let (table, wanted) = (&self.table, &self.tunnels_wanted);
         self.lists
             .retain(|a, _| table.get(a).is_some() || wanted.contains_key(a));
-        self.size_cache.set(None);
         // Retry what our near neighbours told us of (a CTM may have been lost to churn).
         let heard: Vec<RingAddr> = self
             .near

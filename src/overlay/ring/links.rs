@@ -275,8 +275,14 @@ impl Ring {
                 None => return,
             }
         }
+        if self.lists.get(&peer) == Some(&list) {
+            return;
+        }
         self.lists.insert(peer, list);
-        self.size_cache.set(None);
+        // Only our near neighbours' lists feed the size estimate.
+        if self.near.contains(&peer) {
+            self.size_cache.set(None);
+        }
     }
 
     /// Whether we need the link to `peer`: a near neighbour, our shortcut, the relay of one of
@@ -352,6 +358,7 @@ impl Ring {
             self.hand_over(now, *peer);
         }
         self.seek_backoff = Duration::from_secs(2);
+        self.reseek_after = self.cfg.reseek;
         let soon = now + Duration::from_millis(200);
         self.seek_at = Some(self.seek_at.map_or(soon, |at| at.min(soon)));
     }

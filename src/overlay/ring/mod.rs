@@ -134,6 +134,12 @@ pub struct Stats {
     pub links_up: u64,
     pub links_down: u64,
     pub broadcasts_forwarded: u64,
+    /// Messages out by their wire kind (`overlay::wire`'s kind byte: 1 ping, 2 pong, 3
+    /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed).
+    pub out_by_kind: [u64; 10],
+    /// Routed messages out by their body (1 CTM, 2 CTM reply, 3 DHT put, 4 DHT get, 5 DHT
+    /// values, 6 app, 7 neighbours request, 8 neighbours reply, 9 broadcast, 10 via).
+    pub routed_by_body: [u64; 11],
 }
 
 /// Why we asked the link layer for a link.
@@ -156,6 +162,8 @@ struct Pending {
 
 /// Entries kept about peers we learnt of: their neighbour lists (for tunnels).
 const MAX_KNOWN_LISTS: usize = 256;
+/// A quiet ring re-checks its place at most this many `reseek` periods apart.
+const RESEEK_MAX_FACTOR: u32 = 6;
 /// How long a failed direct link makes us prefer a tunnel to that peer.
 const DIRECT_FAILED_FOR: Duration = Duration::from_secs(600);
 
@@ -183,6 +191,9 @@ pub struct Ring {
     links_due: Option<Instant>,
     last_seek: Instant,
     seek_backoff: Duration,
+    /// The wait before the next re-check of our place: `reseek`, doubled after each re-check
+    /// while our near neighbours stay the same (up to [`RESEEK_MAX_FACTOR`] times).
+    reseek_after: Duration,
     store: Store,
     puts: Puts,
     lookups: Lookups,
@@ -218,6 +229,7 @@ impl Ring {
             links_due: None,
             last_seek: now,
             seek_backoff: Duration::from_secs(2),
+            reseek_after: cfg.reseek,
             store: Store::default(),
             puts: Puts::default(),
             lookups: Lookups::default(),
@@ -554,6 +566,21 @@ impl Ring {
     fn push(&mut self, peer: RingAddr, bytes: Vec<u8>) {
         self.stats.messages_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
+        if let Some(n) = bytes
+            .get(1)
+            .and_then(|k| self.stats.out_by_kind.get_mut(usize::from(*k)))
+        {
+            *n += 1;
+        }
+        // A routed message's body kind follows version, kind, src, dst, mode, ttl, hops, uphill.
+        if bytes.get(1) == Some(&3) {
+            if let Some(n) = bytes
+                .get(46)
+                .and_then(|b| self.stats.routed_by_body.get_mut(usize::from(*b)))
+            {
+                *n += 1;
+            }
+        }
         if self.outbox.len() >= QUEUE_LIMIT {
             self.outbox.pop_front();
         }
@@ -602,6 +629,63 @@ mod tests {
             (t.peer, Message::parse(&t.bytes)),
             (addr(2), Ok(Message::Pong(5)))
         );
+    }
+
+    #[test]
+    fn messages_out_are_counted_by_kind_and_routed_body() {
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        ring.handle_link_up(now, addr(2), LinkKind::Direct, Duration::from_millis(10));
+        while ring.poll_transmit().is_some() {}
+        let before = ring.stats().clone();
+        ring.handle_message(now, addr(2), &Message::Ping(5).emit());
+        ring.send(now, addr(2), b"hi".to_vec()).unwrap();
+        let after = ring.stats();
+        assert_eq!(after.out_by_kind[2] - before.out_by_kind[2], 1, "one pong");
+        assert_eq!(
+            after.out_by_kind[3] - before.out_by_kind[3],
+            1,
+            "one routed message"
+        );
+        assert_eq!(
+            after.routed_by_body[6] - before.routed_by_body[6],
+            1,
+            "an app body"
+        );
+        assert_eq!(after.messages_out - before.messages_out, 2);
+    }
+
+    /// With nothing changing, the periodic re-check of our place backs off: 10, 20, 40 min
+    /// apart, then at most an hour.
+    #[test]
+    fn a_quiet_ring_rechecks_its_place_less_and_less_often() {
+        let start = Instant::now();
+        let cfg = Config {
+            shortcuts: Some(0),
+            ..Config::default()
+        };
+        let reseek = cfg.reseek;
+        let mut ring = Ring::new(start, addr(1), cfg, 7);
+        let peers = [2, 3, 254, 255];
+        for n in peers {
+            ring.handle_link_up(start, addr(n), LinkKind::Direct, Duration::from_millis(10));
+        }
+        let mut rechecks = Vec::new();
+        let mut sent = ring.stats().ctm_sent;
+        for step in 0..(140 * 60 / 5) {
+            let now = start + Duration::from_secs(step * 5);
+            for n in peers {
+                ring.handle_message(now, addr(n), &Message::Ping(step as u32).emit());
+            }
+            ring.handle_timeout(now);
+            while ring.poll_transmit().is_some() {}
+            if ring.stats().ctm_sent > sent {
+                sent = ring.stats().ctm_sent;
+                rechecks.push((now - start).as_secs() / 60);
+            }
+        }
+        // The first seek follows the links coming up; then 10, 20, 40 and 60 min apart.
+        assert_eq!(rechecks, vec![0, 10, 30, 70, 130], "{reseek:?}");
     }
 
     /// A link the ring does not need that goes down is released to the link layer (which
