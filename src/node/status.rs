@@ -329,7 +329,6 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
     .collect()
 }
 
-/// The VPN's counters (zeros without a VPN, so every key is always present).
 /// Ring messages out per kind: what the ring spends its traffic on.
 fn ring_kind_counters(rt: &Runtime) -> impl Iterator<Item = (&'static str, u64)> {
     const NAMES: [&str; 10] = [
@@ -364,6 +363,7 @@ fn ring_kind_counters(rt: &Runtime) -> impl Iterator<Item = (&'static str, u64)>
         .chain(BODIES.into_iter().zip(stats.routed_by_body))
 }
 
+/// The VPN's counters (zeros without a VPN, so every key is always present).
 fn vpn_counters(rt: &Runtime) -> Vec<(&'static str, u64)> {
     let (c, conflicts, device_errors) = match &rt.vpn {
         Some(v) => (v.core.counters.clone(), v.conflicts, v.device_errors),

@@ -4,9 +4,9 @@
 //! rings that formed apart, and the periodic tick that ties it together.
 
 use std::time::{Duration, Instant};
-use tracing::debug;
 
 use rand::RngExt;
+use tracing::debug;
 
 use super::{Asked, Event, Pending, Ring, RESEEK_MAX_FACTOR};
 use crate::overlay::addr::{RingAddr, RING_SIZE};
