@@ -29,7 +29,7 @@ use super::addr::RingAddr;
 use super::broadcast::Seen;
 use super::dht::{self, Found, Lookups, Puts, Store};
 use super::table::{Decision, LinkKind, Table};
-use super::wire::{Message, Mode, Purpose, Routed, RoutedBody};
+use super::wire::{self, Message, Mode, Purpose, Routed, RoutedBody};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -566,18 +566,13 @@ impl Ring {
     fn push(&mut self, peer: RingAddr, bytes: Vec<u8>) {
         self.stats.messages_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
-        if let Some(n) = bytes
-            .get(1)
-            .and_then(|k| self.stats.out_by_kind.get_mut(usize::from(*k)))
-        {
-            *n += 1;
-        }
-        // A routed message's body kind follows version, kind, src, dst, mode, ttl, hops, uphill.
-        if bytes.get(1) == Some(&3) {
-            if let Some(n) = bytes
-                .get(46)
-                .and_then(|b| self.stats.routed_by_body.get_mut(usize::from(*b)))
-            {
+        let (kind, body) = wire::kind_and_body(&bytes);
+        let stats = &mut self.stats;
+        for (count, slot) in [
+            (&mut stats.out_by_kind[..], kind),
+            (&mut stats.routed_by_body[..], body),
+        ] {
+            if let Some(n) = slot.and_then(|k| count.get_mut(usize::from(k))) {
                 *n += 1;
             }
         }
