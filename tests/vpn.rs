@@ -352,8 +352,21 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
     sender.join().unwrap();
     for (name, handle) in listeners {
         let got = handle.join().unwrap();
-        let (data, from) = got.unwrap_or_else(|| panic!("{name} got no broadcast"));
+        let (data, from) = got.unwrap_or_else(|| {
+            let i = PEERS.iter().position(|(n, _)| n == name).unwrap();
+            panic!(
+                "{name} got no broadcast\n--- v0 log tail ---\n{}\n--- {name} log tail ---\n{}",
+                log_tail(&scene.nodes[0].log()),
+                log_tail(&scene.nodes[i].log())
+            )
+        });
         assert_eq!(data, b"who hosts a game?", "{name}");
         assert_eq!(from.ip(), std::net::IpAddr::V4(ips[0]), "{name}: source");
     }
+}
+
+/// The last lines of a daemon log: enough to see the ring around a failure.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(150)..].join("\n")
 }
