@@ -45,7 +45,15 @@ fn addr(peer: NodeIdBytes) -> RingAddr {
 impl Runtime {
     pub(super) fn ring_path_changed(&mut self, now: Instant, peer: NodeIdBytes, path: Path) {
         match path {
-            Path::Direct { rtt, .. } => self.ring.handle_link_up(now, addr(peer), LinkKind::Direct, rtt),
+            Path::Direct { rtt, .. } => {
+                self.ring.handle_link_up(now, addr(peer), LinkKind::Direct, rtt);
+                if self.ring.table().get(&addr(peer)).is_some() {
+                    // A path the peer opened is our ring link too, and the ring pings it: the
+                    // path's own keepalive stands back as on the paths we asked for (without
+                    // this it checked the path after every 25 s of silence between pings).
+                    self.reach.links.want(now, &peer, true);
+                }
+            }
             Path::Xmpp => self.ring.handle_link_down(now, addr(peer)),
         }
         // A first link turns bootstrap into linking the members that are near; a lost one
