@@ -146,6 +146,7 @@ impl Ring {
     pub(super) fn keepalive(&mut self, now: Instant) {
         let mut dead = Vec::new();
         let mut ping = Vec::new();
+        let mut next_due = None;
         let (timeout, tries) = (self.cfg.ping_timeout, self.cfg.ping_tries);
         for (peer, link) in self.table.iter_mut() {
             match link.ping {
@@ -164,18 +165,16 @@ impl Ring {
                 None if now >= link.last_rx + link.ping_after => ping.push((*peer, first_ping(now, link))),
                 _ => {}
             }
+            let due = match link.ping {
+                Some(p) => p.sent + timeout,
+                None => link.last_rx + link.ping_after,
+            };
+            next_due = Some(next_due.map_or(due, |d: Instant| d.min(due)));
         }
         for (peer, nonce) in ping {
             self.send_link(peer, &Message::Ping(nonce));
         }
-        self.links_due = self
-            .table
-            .iter()
-            .map(|(_, l)| match l.ping {
-                Some(p) => p.sent + timeout,
-                None => l.last_rx + l.ping_after,
-            })
-            .min();
+        self.links_due = next_due;
         for peer in dead {
             debug!(%peer, "overlay link silent: dropped");
             self.remember_quiet_cap(peer);
