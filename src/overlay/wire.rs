@@ -175,7 +175,9 @@ pub enum Message {
 
 impl Message {
     pub fn emit(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        // Most messages fit: growing from one byte would reallocate five times.
+        let mut out = Vec::with_capacity(96);
+        out.push(VERSION);
         match self {
             Message::Ping(n) => {
                 out.push(1);
