@@ -1016,4 +1016,64 @@ mod small_ring_tests {
         let forwarded: u64 = net.nodes.iter().map(|r| r.stats().broadcasts_forwarded).sum();
         assert_eq!(forwarded, 6);
     }
+
+    /// A shortcut reply makes us link to its sender and, where the ring is big enough, also
+    /// to the sender's neighbours nearest the drawn point (proximity trials); in a ring of a
+    /// dozen those trials would be a quarter of it, so only the sender is linked.
+    #[test]
+    fn proximity_trials_only_in_rings_big_enough_for_them() {
+        use crate::overlay::addr::filled as addr;
+        // Near neighbours `spread` apart on each side: 2 per side over 4·spread of 256.
+        for (spread, links_asked) in [(20u8, 1usize), (1, 3)] {
+            let now = Instant::now();
+            let mut ring = Ring::new(now, addr(100), Config::default(), 7);
+            for n in [100 - 2 * spread, 100 - spread, 100 + spread, 100 + 2 * spread] {
+                ring.handle_link_up(now, addr(n), LinkKind::Direct, Duration::from_millis(10));
+            }
+            while ring.poll_event().is_some() {}
+            while ring.poll_transmit().is_some() {}
+            let later = now + ring.cfg.tick;
+            ring.handle_timeout(later);
+            let token = std::iter::from_fn(|| ring.poll_transmit())
+                .find_map(|t| match Message::parse(&t.bytes) {
+                    Ok(Message::Routed(Routed {
+                        body:
+                            RoutedBody::Ctm {
+                                token,
+                                purpose: Purpose::Shortcut,
+                                ..
+                            },
+                        ..
+                    })) => Some(token),
+                    _ => None,
+                })
+                .expect("a shortcut CTM");
+            while ring.poll_event().is_some() {}
+            let (sender, beside) = (addr(200), [addr(199), addr(201), addr(202)]);
+            let reply = Message::Routed(Routed {
+                src: sender,
+                dst: ring.me(),
+                mode: Mode::Exact,
+                ttl: 8,
+                hops: 2,
+                uphill: false,
+                body: RoutedBody::CtmReply {
+                    token,
+                    candidates: vec![1, 2, 3],
+                    neighbours: beside.to_vec(),
+                },
+            });
+            ring.handle_message(later, addr(100 + spread), &reply.emit());
+            let mut asked: Vec<RingAddr> = std::iter::from_fn(|| ring.poll_event())
+                .filter_map(|e| match e {
+                    Event::Connect { peer, .. } => Some(peer),
+                    _ => None,
+                })
+                .collect();
+            asked.sort();
+            let n_hat = ring.size_estimate();
+            assert_eq!(asked.len(), links_asked, "N̂ {n_hat:.0}: asked {asked:?}");
+            assert!(asked.contains(&sender), "N̂ {n_hat:.0}");
+        }
+    }
 }
