@@ -21,8 +21,8 @@ const MAX_ASKED: usize = 64;
 const BOOTSTRAP_LINKS: usize = 3;
 const MAX_SEEK_BACKOFF: Duration = Duration::from_secs(60);
 const LEAF_SEEK_EVERY: Duration = Duration::from_secs(10);
-/// Ring-size estimate below which shortcuts are drawn without proximity trials (3 trial
-/// links in a 12-member ring are a quarter of it).
+/// Ring-size estimate below which shortcuts are drawn without proximity trials (the 3
+/// candidates of a draw in a 12-member ring are a quarter of it).
 const PNS_MIN_RING: f64 = 32.0;
 
 impl Ring {
@@ -231,7 +231,7 @@ impl Ring {
     /// Proximity neighbour selection: also link to the nodes nearest the drawn point among
     /// the responder's neighbours; `keep_shortcuts` keeps the lowest-RTT ones. Not in a ring
     /// smaller than `PNS_MIN_RING`: there the nodes nearest a point are a large part of the
-    /// ring, routes are a hop or two, and the trial links would be most of its link churn.
+    /// ring and routes are a hop or two, so a trial link buys nothing for its punch and handshake.
     fn try_alternatives(&mut self, now: Instant, target: RingAddr, neighbours: &[RingAddr]) {
         if self.size_estimate() < PNS_MIN_RING {
             return;
