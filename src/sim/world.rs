@@ -9,10 +9,9 @@
 //! 3. schedule the core's `poll_timeout`.
 
 use std::collections::{HashMap, HashSet};
-
-use foldhash::fast::FixedState;
 use std::time::{Duration, Instant};
 
+use foldhash::fast::FixedState;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
