@@ -45,6 +45,9 @@ struct Args {
     /// Joins per second while the ring forms (at least a 30 s window).
     #[arg(long, default_value_t = 200)]
     join_rate: u32,
+    /// Route without lookahead (links do not tell each other whom they link to).
+    #[arg(long)]
+    no_lookahead: bool,
     #[arg(long)]
     json: bool,
 }
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
     opts.samples = args.samples;
     opts.dht_quorum = args.dht_quorum;
     opts.dht_points = args.dht_points;
+    opts.lookahead = !args.no_lookahead;
     opts.join_window = Options::join_window(args.nodes, args.join_rate);
     let report = run(&opts);
     if args.json {

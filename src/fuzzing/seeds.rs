@@ -92,6 +92,7 @@ pub fn overlay_messages() -> Vec<Message> {
         }]),
         Message::Bye,
         Message::Neighbours(vec![addr(1), addr(2)]),
+        Message::Links(vec![addr(1).prefix(), addr(5).prefix(), u64::MAX]),
     ]
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::addr::{RingAddr, RING_SIZE};
+use super::addr::{prefix_distance, RingAddr, RING_SIZE};
 use super::wire::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,10 @@ pub struct Link {
     pub released: bool,
     /// Last time we relayed tunnel traffic over this link.
     pub relayed_at: Option<Instant>,
+    /// The peer's routing links as it last told us (address prefixes): lookahead.
+    pub peer_links: Box<[u64]>,
+    /// The peer has our current link list.
+    pub told_links: bool,
 }
 
 impl Link {
@@ -70,6 +74,8 @@ impl Link {
             peer_needs: true,
             released: false,
             relayed_at: None,
+            peer_links: Box::default(),
+            told_links: false,
         }
     }
 }
@@ -289,7 +295,7 @@ impl Table {
         let mine = metric(self.me);
         let best = match (mode, best) {
             (Mode::Exact | Mode::Closest, Some(b)) if metric(b) < mine => {
-                Some(self.nearest_in_time(b, mine, from, metric))
+                Some(self.nearest_in_time(b, dst.prefix(), mine, from, metric))
             }
             _ => best,
         };
@@ -302,24 +308,33 @@ impl Table {
         }
     }
 
-    /// Proximity route selection: among the links that make progress, the one that trades
-    /// least latency for the progress it gives up against `best` (each halving of the
-    /// remaining distance not made is worth `PROGRESS_WORTH` of one-way latency).
+    /// Proximity route selection with lookahead: among the links that make progress, the one
+    /// that trades least latency for the progress it gives up. A link's progress is how near
+    /// `dst` it or one of its own links comes (the lists peers send us: one decision sees two
+    /// hops ahead, as Symphony's 1-lookahead); each halving of the remaining distance not made
+    /// against the best such is worth `PROGRESS_WORTH` of one-way latency. Only links nearer
+    /// than we are qualify, so every hop still makes progress whatever the lists say.
     fn nearest_in_time(
         &self,
         best: RingAddr,
+        dst: u64,
         mine: RingAddr,
         from: Option<RingAddr>,
         metric: impl Fn(RingAddr) -> RingAddr,
     ) -> RingAddr {
-        let best_left = metric(best).as_f64().max(1.0);
-        let cost = |a: RingAddr, l: &Link| {
-            let doublings = (metric(a).as_f64().max(1.0) / best_left).log2();
-            l.rtt.as_secs_f64() / 2.0 + PROGRESS_WORTH.as_secs_f64() * doublings
+        let reach = |a: &RingAddr, l: &Link| {
+            let own = prefix_distance(a.prefix(), dst);
+            l.peer_links
+                .iter()
+                .fold(own, |r, p| r.min(prefix_distance(*p, dst)))
         };
+        // Against the best reach every cost has the same `- log2(best)` term: leave it out.
+        let worth = PROGRESS_WORTH.as_secs_f64();
+        let cost =
+            |a: &RingAddr, l: &Link| l.rtt.as_secs_f64() / 2.0 + worth * (reach(a, l).max(1) as f64).log2();
         self.routing()
             .filter(|(a, _)| Some(**a) != from && metric(**a) < mine)
-            .map(|(a, l)| (*a, cost(*a, l)))
+            .map(|(a, l)| (*a, cost(a, l)))
             .min_by(|x, y| x.1.total_cmp(&y.1))
             .map_or(best, |(a, _)| a)
     }
@@ -422,15 +437,39 @@ mod tests {
         panic!("routing loop");
     }
 
+    /// What peers told each link about their own links: 0 nothing, 1 the truth, 2 junk (a
+    /// stale or lying peer): routing must stay correct whatever the lists say.
+    fn tell_lists(tables: &mut [Table], lists: u8, junk: u64) {
+        let truth: Vec<(RingAddr, Box<[u64]>)> = tables
+            .iter()
+            .map(|t| (t.me(), t.keys.iter().map(|a| a.prefix()).collect()))
+            .collect();
+        for t in tables.iter_mut() {
+            for (i, (a, l)) in t.iter_mut().enumerate() {
+                l.peer_links = match lists {
+                    0 => Box::default(),
+                    1 => truth
+                        .iter()
+                        .find(|(b, _)| b == a)
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default(),
+                    _ => (0..3u64).map(|k| junk.wrapping_mul(i as u64 + k + 1)).collect(),
+                };
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn greedy_routing_reaches_every_node_on_a_consistent_ring(
             ids in proptest::collection::btree_set(any::<u64>(), 3..60),
             extra in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..80),
             from in any::<usize>(), to in any::<usize>(),
+            lists in 0u8..3, junk in any::<u64>(),
         ) {
             let ids: Vec<RingAddr> = ids.into_iter().map(addr).collect();
-            let tables = ring(&ids, 2, &extra);
+            let mut tables = ring(&ids, 2, &extra);
+            tell_lists(&mut tables, lists, junk);
             let (from, to) = (from % tables.len(), to % tables.len());
             let dst = tables[to].me();
             let (at, hops) = route(&tables, from, dst, Mode::Exact);
@@ -443,9 +482,11 @@ mod tests {
             ids in proptest::collection::btree_set(any::<u64>(), 3..60),
             extra in proptest::collection::vec((any::<usize>(), any::<usize>()), 0..80),
             from in any::<usize>(), target in any::<u64>(),
+            lists in 0u8..3, junk in any::<u64>(),
         ) {
             let ids: Vec<RingAddr> = ids.into_iter().map(addr).collect();
-            let tables = ring(&ids, 2, &extra);
+            let mut tables = ring(&ids, 2, &extra);
+            tell_lists(&mut tables, lists, junk);
             let dst = addr(target);
             for mode in [Mode::Closest, Mode::Right, Mode::Left] {
                 let mut at = from % tables.len();
@@ -477,6 +518,28 @@ mod tests {
         assert!((n - 100.0).abs() < 1.0, "estimate {n}");
         assert!(t.would_be_near(addr(10 * (u64::MAX / 100) + 5), 2));
         assert!(!t.would_be_near(ids[50], 2));
+    }
+
+    /// Lookahead: a link whose own links come much nearer the destination wins over one that is
+    /// a little nearer itself; a link that makes no progress never wins, whatever it links to.
+    #[test]
+    fn a_link_whose_links_come_nearest_wins_but_only_among_links_that_make_progress() {
+        let now = Instant::now();
+        let mut t = Table::new(addr(10 << 56));
+        let (nearer, farther, backwards) = (addr(60 << 56), addr(50 << 56), addr(5 << 56));
+        for a in [nearer, farther, backwards] {
+            t.insert(a, link(now, LinkKind::Direct));
+        }
+        let dst = addr(120 << 56);
+        let next = |t: &Table| match t.decide(dst, Mode::Closest, None, false) {
+            Decision::Forward { next, .. } => next,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(next(&t), nearer, "plain greedy");
+        t.get_mut(&backwards).unwrap().peer_links = vec![dst.prefix()].into();
+        assert_eq!(next(&t), nearer, "a link that goes backwards is no candidate");
+        t.get_mut(&farther).unwrap().peer_links = vec![(118u64 << 56), (3 << 56)].into();
+        assert_eq!(next(&t), farther, "two hops ahead");
     }
 
     #[test]

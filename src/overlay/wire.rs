@@ -3,7 +3,7 @@
 //! ```text
 //! byte 0   version (0)
 //! byte 1   kind: 1 ping, 2 pong, 3 routed, 4 broadcast, 5 relay, 6 replicate, 7 bye,
-//!          8 neighbours, 9 relayed
+//!          8 neighbours, 9 relayed, 10 links
 //! ping/pong   nonce u32
 //! routed      src 20, dst 20, mode u8 (0 exact, 1 closest, 2 path, 3 right, 4 left), ttl u8, hops u8, flags u8, then a routed body:
 //!             kind u8 (1 ctm, 2 ctm reply, 3 dht put, 4 dht get, 5 dht values, 6 app,
@@ -15,6 +15,7 @@
 //! replicate   count u8, then per record: point 20, key 20, lease seconds u32, value (u16 len)
 //! bye         nothing
 //! neighbours  count u8, addresses 20 each
+//! links       count u8, address prefixes (top 8 bytes) of the sender's routing links
 //! ```
 //! Integers are big-endian. Parsing never panics; anything short, long or unknown is an error.
 
@@ -29,6 +30,8 @@ pub const MAX_VALUE: usize = 1024;
 pub const MAX_CANDIDATES: usize = 1024;
 /// Most addresses in one neighbour list.
 pub const MAX_NEIGHBOURS: usize = 16;
+/// Most address prefixes in one links message.
+pub const MAX_LINKS: usize = 64;
 /// Most records in one replicate message and values in one DHT answer.
 pub const MAX_RECORDS: usize = 16;
 /// Largest app or broadcast payload.
@@ -171,6 +174,8 @@ pub enum Message {
     Replicate(Vec<Record>),
     Bye,
     Neighbours(Vec<RingAddr>),
+    /// The sender's routing links as address prefixes (`RingAddr::prefix`): lookahead.
+    Links(Vec<u64>),
 }
 
 impl Message {
@@ -229,6 +234,13 @@ impl Message {
                 out.push(8);
                 put_addrs(&mut out, list);
             }
+            Message::Links(prefixes) => {
+                out.push(10);
+                out.push(prefixes.len() as u8);
+                for p in prefixes {
+                    out.extend_from_slice(&p.to_be_bytes());
+                }
+            }
         }
         out
     }
@@ -282,6 +294,13 @@ impl Message {
             }
             7 => Message::Bye,
             8 => Message::Neighbours(r.addrs()?),
+            10 => {
+                let count = r.u8()? as usize;
+                if count > MAX_LINKS {
+                    return Err(Error::TooLong("links"));
+                }
+                Message::Links((0..count).map(|_| r.u64()).collect::<Result<_, _>>()?)
+            }
             kind => return Err(Error::Kind(kind)),
         };
         r.finish()?;
@@ -522,6 +541,12 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    fn u64(&mut self) -> Result<u64, Error> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(b))
+    }
+
     fn addr(&mut self) -> Result<RingAddr, Error> {
         let mut a = [0u8; 20];
         a.copy_from_slice(self.take(20)?);
@@ -611,6 +636,11 @@ mod tests {
         let len = put.len();
         put[len - 2..].copy_from_slice(&((MAX_VALUE + 1) as u16).to_be_bytes());
         assert_eq!(Message::parse(&put), Err(Error::TooLong("value")));
+        let mut links = Message::Links(vec![7; MAX_LINKS + 1]).emit();
+        assert_eq!(Message::parse(&links), Err(Error::TooLong("links")));
+        links.truncate(3 + 8 * MAX_LINKS);
+        links[2] = MAX_LINKS as u8;
+        assert_eq!(Message::parse(&links), Ok(Message::Links(vec![7; MAX_LINKS])));
     }
 
     proptest! {

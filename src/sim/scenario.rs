@@ -32,6 +32,8 @@ pub struct Options {
     pub join_window: Duration,
     /// Fixed shortcut count (None: the ring's own estimate-based count).
     pub shortcuts: Option<usize>,
+    /// Routing with lookahead (see `overlay::ring::Config::lookahead`).
+    pub lookahead: bool,
 }
 
 impl Options {
@@ -54,6 +56,7 @@ impl Options {
             dht_points: crate::overlay::dht::Config::default().points,
             join_window: Options::join_window(nodes, 200),
             shortcuts: None,
+            lookahead: true,
         }
     }
 }
@@ -267,6 +270,7 @@ fn build(opts: &Options, groups: u8) -> World {
     cfg.dht.quorum = opts.dht_quorum;
     cfg.dht.points = opts.dht_points;
     cfg.shortcuts = opts.shortcuts;
+    cfg.lookahead = opts.lookahead;
     let mut world = World::new(opts.seed, cfg, Instant::now());
     world.loss = opts.loss;
     world.merged = groups == 1;

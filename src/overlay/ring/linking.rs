@@ -445,6 +445,7 @@ impl Ring {
         }
         if self.table.has_routing_links() {
             self.keep_shortcuts(now);
+            self.share_links(now);
         }
         // Lists matter while we link to the peer or want a tunnel to it.
         let (table, wanted) = (&self.table, &self.tunnels_wanted);

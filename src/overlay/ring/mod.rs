@@ -10,10 +10,12 @@
 //!
 //! Submodules own one concern each: `links` (link table upkeep, keepalive, trimming,
 //! tunnels), `linking` (ConnectToMe, near-neighbour seeking, shortcuts, rendezvous),
-//! `services` (routing of app messages, DHT and broadcast).
+//! `services` (routing of app messages, DHT and broadcast), `lookahead` (telling links whom
+//! we link to, so routing sees two hops ahead).
 
 mod linking;
 mod links;
+mod lookahead;
 mod services;
 pub use services::Error as ServiceError;
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub trim_grace: Duration,
     /// Re-check of our place on the ring even when nothing changed.
     pub reseek: Duration,
+    /// Tell links whom we link to and route with what they tell us (see `lookahead`).
+    pub lookahead: bool,
     pub dht: dht::Config,
 }
 
@@ -79,6 +83,7 @@ impl Default for Config {
             tick: Duration::from_secs(5),
             trim_grace: Duration::from_secs(30),
             reseek: Duration::from_secs(600),
+            lookahead: true,
             dht: dht::Config::default(),
         }
     }
@@ -135,8 +140,8 @@ pub struct Stats {
     pub links_down: u64,
     pub broadcasts_forwarded: u64,
     /// Messages out by their wire kind (`overlay::wire`'s kind byte: 1 ping, 2 pong, 3
-    /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed).
-    pub out_by_kind: [u64; 10],
+    /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed, 10 links).
+    pub out_by_kind: [u64; 11],
     /// Routed messages out by their body (1 CTM, 2 CTM reply, 3 DHT put, 4 DHT get, 5 DHT
     /// values, 6 app, 7 neighbours request, 8 neighbours reply, 9 broadcast, 10 via).
     pub routed_by_body: [u64; 11],
@@ -198,6 +203,9 @@ pub struct Ring {
     puts: Puts,
     lookups: Lookups,
     seen: Seen,
+    /// Our routing links as last sent to them (lookahead), and when.
+    links_told: Vec<u64>,
+    links_told_at: Option<Instant>,
     /// Sub-ranges we handed links in recent broadcasts, for `cut_off`.
     handed: services::Handed,
     broadcast_seq: u32,
@@ -234,6 +242,8 @@ impl Ring {
             puts: Puts::default(),
             lookups: Lookups::default(),
             seen: Seen::default(),
+            links_told: Vec::new(),
+            links_told_at: None,
             handed: Default::default(),
             broadcast_seq: 0,
             outbox: VecDeque::new(),
@@ -384,6 +394,7 @@ impl Ring {
             }
             Message::Bye => self.on_bye(now, from),
             Message::Neighbours(list) => self.on_neighbours(now, from, list),
+            Message::Links(prefixes) => self.on_links(from, prefixes),
         }
     }
 
