@@ -50,20 +50,18 @@ impl Ring {
         if self.links_told.is_empty() {
             return;
         }
-        let untold: Vec<RingAddr> = self
-            .table
-            .iter()
-            .filter(|(_, l)| lasting(l) && !l.told_links)
-            .map(|(a, _)| *a)
-            .collect();
+        let mut untold = Vec::new();
+        for (peer, link) in self.table.iter_mut() {
+            if lasting(link) && !link.told_links {
+                link.told_links = true;
+                untold.push(*peer);
+            }
+        }
         if untold.is_empty() {
             return;
         }
         let msg = Message::Links(self.links_told.clone());
         for peer in untold {
-            if let Some(link) = self.table.get_mut(&peer) {
-                link.told_links = true;
-            }
             self.send_link(peer, &msg);
         }
     }
