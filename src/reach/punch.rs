@@ -72,7 +72,8 @@ pub struct Config {
     /// Gap between two tries of one pair.
     pub pair_retry: Duration,
     pub pair_tries: u32,
-    /// An attempt that has not connected by then fails.
+    /// An attempt that has not connected by then fails, unless the peer's checks reached us
+    /// lately: see [`LATE_CHECK_GRACE`].
     pub attempt_timeout: Duration,
     /// Wait after the first success for lower-RTT pairs.
     pub settle: Duration,
@@ -224,6 +225,11 @@ struct Pair {
 const MAX_PAIRS: usize = 512;
 /// Most checks one attempt waits for answers to.
 const MAX_TXNS: usize = 4096;
+/// How long an attempt outlives its timeout after an authenticated check from the peer, so
+/// that the check back can be answered. Without it, a peer whose (later) attempt finds a way
+/// in just before ours times out would be connected while we had given up and closed the
+/// socket it found: a half-open path (seen with birthday probing, whose hits come late).
+pub const LATE_CHECK_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Txn {
@@ -243,6 +249,8 @@ pub struct PunchAgent {
     selected: Option<Selected>,
     started: Instant,
     first_success: Option<Instant>,
+    /// When the peer's last authenticated check arrived while we were still checking.
+    last_peer_check: Option<Instant>,
     next_check: Instant,
     last_heard: Instant,
     keepalive_tries: u32,
@@ -276,6 +284,7 @@ impl PunchAgent {
             selected: None,
             started: now,
             first_success: None,
+            last_peer_check: None,
             next_check: now,
             last_heard: now,
             keepalive_tries: 0,
@@ -464,6 +473,9 @@ impl PunchAgent {
             self.refused += 1;
             return;
         }
+        if self.state == State::Checking {
+            self.last_peer_check = Some(now);
+        }
         let response = stun_msg::check_response(msg.transaction_id(), from, &self.local.pwd);
         self.transmits.push_back(Transmit {
             socket,
@@ -601,7 +613,7 @@ impl PunchAgent {
             self.select(now);
             return;
         }
-        if now.duration_since(self.started) >= self.cfg.attempt_timeout {
+        if now >= self.deadline() {
             self.events.push_back(Event::Failed);
             self.finish();
             return;
@@ -632,6 +644,13 @@ impl PunchAgent {
             };
             self.next_check = self.next_check.max(now.checked_sub(pace).unwrap_or(now)) + pace;
         }
+    }
+
+    /// When checking gives up: the attempt's timeout, or later if the peer checked lately.
+    fn deadline(&self) -> Instant {
+        let timeout = self.started + self.cfg.attempt_timeout;
+        self.last_peer_check
+            .map_or(timeout, |t| timeout.max(t + LATE_CHECK_GRACE))
     }
 
     fn send_check(&mut self, now: Instant, pair: usize, keepalive: bool) {
@@ -771,7 +790,7 @@ impl PunchAgent {
             State::Done => None,
             State::Checking => {
                 let settle = self.first_success.map(|t| t + self.cfg.settle);
-                let deadline = Some(self.started + self.cfg.attempt_timeout);
+                let deadline = Some(self.deadline());
                 let check = if self.remote.is_some() {
                     self.pairs
                         .iter()

@@ -13,7 +13,7 @@ use stun_codec::MessageClass;
 
 use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
-use crate::reach::punch::{plan_birthday, Config, Credentials, Event, PunchAgent};
+use crate::reach::punch::{plan_birthday, Config, Credentials, Event, PunchAgent, LATE_CHECK_GRACE};
 use crate::reach::stun_msg;
 use crate::reach::testnet::{Kind, Nat, Step, Wire};
 
@@ -580,4 +580,65 @@ fn a_check_that_overtakes_the_answer_is_checked_back_when_the_answer_lands() {
             .any(|t| t.to == peer && stun_msg::decode(&t.data).unwrap().class() == MessageClass::Request),
         "the check back must leave with the answer, not a retry later: {sent:?}"
     );
+}
+
+/// A peer whose attempt started later may find its way in just before ours times out (birthday
+/// probing hits late): our attempt stays up long enough for the check back to be answered, so
+/// both ends connect, and then gives up if it never is.
+#[test]
+fn a_check_just_before_the_timeout_is_checked_back_and_connects_both_ends() {
+    let cfg = Config::default();
+    let t0 = Instant::now();
+    let mut rng = StdRng::seed_from_u64(11);
+    let peer = Credentials::random(&mut rng);
+    let mut agent = PunchAgent::new(t0, cfg.clone(), Credentials::random(&mut rng), 11);
+    let ours = agent.local().clone();
+    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
+    let peer_check =
+        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
+    let silent: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+    agent.set_remote(
+        t0,
+        peer.clone(),
+        &[Candidate::new(CandidateKind::ServerReflexive, silent, 1)],
+    );
+    let late = t0 + cfg.attempt_timeout - Duration::from_millis(10);
+    agent.handle_timeout(late);
+    requests(&mut agent);
+    assert!(path_events(&mut agent).is_empty());
+
+    let found: SocketAddr = "198.51.100.1:26740".parse().unwrap();
+    agent.handle_request(late, MAIN_SOCKET, found, &peer_check([3; 12]));
+    let (to, tid) = requests(&mut agent).pop().expect("a check back");
+    assert_eq!(to, found);
+    agent.handle_timeout(t0 + cfg.attempt_timeout);
+    assert!(
+        !path_events(&mut agent).contains(&Event::Failed),
+        "gave up with a check back in flight"
+    );
+    let answered = t0 + cfg.attempt_timeout + Duration::from_millis(40);
+    agent.handle_response(answered, MAIN_SOCKET, found, &answer(tid));
+    agent.handle_timeout(answered + cfg.settle);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(found));
+
+    // The same, but the check back is never answered: the attempt still ends, a grace later.
+    let mut agent = PunchAgent::new(t0, cfg.clone(), Credentials::random(&mut rng), 12);
+    let ours = agent.local().clone();
+    let peer_check =
+        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
+    agent.set_remote(t0, peer.clone(), &[]);
+    agent.handle_request(late, MAIN_SOCKET, found, &peer_check([4; 12]));
+    let mut t = late;
+    while let Some(next) = agent.poll_timeout() {
+        assert!(
+            next < late + LATE_CHECK_GRACE + Duration::from_millis(1),
+            "runs on past the grace"
+        );
+        t = next.max(t);
+        agent.handle_timeout(t);
+        requests(&mut agent);
+    }
+    assert!(path_events(&mut agent).contains(&Event::Failed));
+    assert_eq!(t, late + LATE_CHECK_GRACE);
 }
