@@ -220,6 +220,9 @@ pub struct Counters {
     pub held_out: u64,
     /// Frames that waited for a handshake and rode in its IK init.
     pub early_out: u64,
+    /// Sealed packets that arrived before the handshake packet finishing their session and
+    /// were held until it did.
+    pub overtaken_held: u64,
     /// Inits left unread: the peer sent more than its allowance (`INIT_BURST`, one a second).
     pub inits_limited: u64,
     /// Revocations refused: not our CA's, malformed.
@@ -300,8 +303,9 @@ pub struct Links {
     session_index: BTreeMap<u32, NodeIdBytes>,
     /// The last timestamp one of our inits carried.
     last_timestamp: u64,
-    /// Frames that came early, in an IK init, waiting to be handled.
-    early_in: Vec<(NodeIdBytes, Frame)>,
+    /// Frames opened out of turn, waiting to be handled: those that rode in an IK init (no
+    /// address: handled as relayed) and those that overtook their session's handshake.
+    early_in: Vec<(NodeIdBytes, Frame, Option<secure::Via>)>,
     cookies: cookie::Cookies,
 }
 
@@ -574,11 +578,15 @@ impl Links {
         self.drain(now);
     }
 
-    /// Frames that rode in an IK init (signalling, mostly): handled as relay frames of their
-    /// sender, whose handshake just authenticated them.
+    /// Frames opened out of turn: those that rode in an IK init (signalling, mostly) are
+    /// handled as relay frames of their sender, whose handshake just authenticated them; those
+    /// that overtook a handshake, as they came.
     fn handle_early(&mut self, now: Instant) {
-        for (peer, frame) in std::mem::take(&mut self.early_in) {
-            self.on_relay_frame(now, peer, frame);
+        for (peer, frame, via) in std::mem::take(&mut self.early_in) {
+            match via {
+                Some(secure::Via::Udp(socket, from)) => self.on_direct_frame(now, socket, from, peer, frame),
+                Some(secure::Via::Relay(_)) | None => self.on_relay_frame(now, peer, frame),
+            }
         }
     }
 
@@ -785,6 +793,19 @@ impl Links {
                 return;
             }
         };
+        self.on_direct_frame(now, socket, from, id, frame);
+        self.drain(now);
+    }
+
+    /// A frame of member `id` that came over UDP from `from` (opened, when links are secure).
+    fn on_direct_frame(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        id: NodeIdBytes,
+        frame: Frame,
+    ) {
         if let Some(a) = self.links.get_mut(&id).and_then(|l| l.attempt.as_mut()) {
             a.agent.heard(now, socket, from);
         }
@@ -805,7 +826,6 @@ impl Links {
             // Signalling travels over the relay only.
             Body::Offer(_) | Body::Answer(_) | Body::Candidates { .. } | Body::Secure(_) => {}
         }
-        self.drain(now);
     }
 
     /// The member whose direct path (or running punch) is this socket and address. The

@@ -34,6 +34,10 @@ use crate::secure::{member_check, Expect};
 
 /// Frames held per peer while its first handshake runs.
 pub const QUEUE_MAX: usize = 64;
+/// Sealed packets held per peer that arrived for a handshake of ours still finishing: the
+/// peer's side is up and its data came over a direct path faster than its handshake answer
+/// came over the relay. They are opened once the answer lands.
+pub const OVERTAKEN_MAX: usize = 16;
 /// Inits sent before a handshake is given up (and its queue dropped).
 pub const HANDSHAKE_TRIES: u32 = 5;
 const FIRST_RESEND: Duration = Duration::from_secs(1);
@@ -66,6 +70,9 @@ pub(super) struct Session {
     initiating: Option<Pending>,
     responding: Option<Box<Responding>>,
     queued: VecDeque<(Vec<u8>, bool)>,
+    /// Data packets that overtook the handshake packet finishing their session (see
+    /// [`OVERTAKEN_MAX`]): where each came from and its bytes.
+    overtaken: Vec<(Via, Vec<u8>)>,
     /// The newest init timestamp taken from this peer: older or equal ones are replays.
     last_init: u64,
     /// Inits this peer may still send now (a token bucket of [`INIT_BURST`]), as of `refilled`.
@@ -127,7 +134,7 @@ impl Session {
 }
 
 /// Where a secure packet came from.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Via {
     Relay(NodeIdBytes),
     Udp(SocketId, SocketAddr),
@@ -572,7 +579,7 @@ impl Links {
         for bytes in early {
             match Frame::parse(&bytes) {
                 Ok(f) if f.path == self.path_id && !matches!(f.body, Body::Secure(_)) => {
-                    self.early_in.push((peer, f))
+                    self.early_in.push((peer, f, None))
                 }
                 _ => self.counters.malformed_frames += 1,
             }
@@ -679,6 +686,7 @@ impl Links {
             }
         }
         self.push_crl(now, peer, peer_crl);
+        self.open_overtaken(now, peer);
     }
 
     fn open_data(
@@ -691,6 +699,10 @@ impl Links {
         sealed: &[u8],
     ) -> Option<(NodeIdBytes, Frame)> {
         let peer = self.session_index.get(&receiver).copied();
+        if let Some(peer) = peer.filter(|p| self.finishing(p, receiver)) {
+            self.hold_overtaken(peer, via, header, sealed);
+            return None;
+        }
         let opened = peer.and_then(|peer| {
             let link = self.links.get_mut(&peer)?;
             let s = &mut link.session;
@@ -716,6 +728,52 @@ impl Links {
             _ => {
                 self.counters.malformed_frames += 1;
                 None
+            }
+        }
+    }
+
+    /// Whether `receiver` is our index in a handshake with `peer` that the peer may already
+    /// have finished: our init waiting for its response, or our response waiting for its final.
+    fn finishing(&self, peer: &NodeIdBytes, receiver: u32) -> bool {
+        self.links.get(peer).is_some_and(|l| {
+            l.session
+                .initiating
+                .as_ref()
+                .is_some_and(|p| p.init.index() == receiver)
+                || l.session
+                    .responding
+                    .as_ref()
+                    .is_some_and(|r| r.index() == receiver)
+        })
+    }
+
+    /// Keeps a data packet that overtook its session's last handshake packet (bounded; the
+    /// oldest goes first), to be opened when that packet lands.
+    fn hold_overtaken(&mut self, peer: NodeIdBytes, via: Via, header: &[u8], sealed: &[u8]) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let held = &mut link.session.overtaken;
+        if held.len() >= OVERTAKEN_MAX {
+            held.remove(0);
+            self.counters.secure_dropped += 1;
+        }
+        let mut packet = header.to_vec();
+        packet.extend_from_slice(sealed);
+        held.push((via, packet));
+        self.counters.overtaken_held += 1;
+    }
+
+    /// A session with `peer` is up: opens the packets that overtook its handshake, for the
+    /// caller to handle as arrived.
+    fn open_overtaken(&mut self, now: Instant, peer: NodeIdBytes) {
+        let held = match self.links.get_mut(&peer) {
+            Some(link) => std::mem::take(&mut link.session.overtaken),
+            None => return,
+        };
+        for (via, packet) in held {
+            if let Some((from, frame)) = self.open_secure(now, via, &packet) {
+                self.early_in.push((from, frame, Some(via)));
             }
         }
     }

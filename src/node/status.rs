@@ -298,6 +298,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_handshake_packets_out", l.handshake_packets_out),
         ("link_held_out", l.held_out),
         ("link_early_out", l.early_out),
+        ("link_overtaken_held", l.overtaken_held),
         ("link_inits_limited", l.inits_limited),
         ("link_revoked", l.links_revoked),
         ("link_revoked_refused", l.revoked_refused),

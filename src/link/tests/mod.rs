@@ -61,6 +61,8 @@ struct World {
     seen_to: Vec<usize>,
     /// A man in the middle of the relay: may rewrite each relayed datagram.
     relay_mitm: Option<fn(&mut Vec<u8>)>,
+    /// How long the relay takes (`RELAY_LATENCY` unless a test slows it).
+    relay_latency: Duration,
 }
 
 fn node(now: Instant, i: usize, kind: Kind, cfg: &Config) -> Node {
@@ -145,6 +147,7 @@ fn world_of(now: Instant, nodes: Vec<Node>) -> World {
         seen: Vec::new(),
         seen_to: Vec::new(),
         relay_mitm: None,
+        relay_latency: RELAY_LATENCY,
     };
     for i in 0..2 {
         let (peer, jid) = (w.nodes[1 - i].id, w.nodes[1 - i].jid.clone());
@@ -176,7 +179,10 @@ impl World {
         match self.nodes[from].links.send(self.now, &to, data).unwrap() {
             Some(Transmit::Relay { data, .. }) => {
                 self.sent.1 += 1;
-                self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - from, data })
+                self.put(
+                    self.now + self.relay_latency,
+                    Packet::Relay { to: 1 - from, data },
+                )
             }
             Some(Transmit::Udp { socket, to, data }) => {
                 self.sent.0 += 1;
@@ -199,7 +205,7 @@ impl World {
                     moved = true;
                     match t {
                         Transmit::Relay { data, .. } => {
-                            self.put(self.now + RELAY_LATENCY, Packet::Relay { to: 1 - i, data })
+                            self.put(self.now + self.relay_latency, Packet::Relay { to: 1 - i, data })
                         }
                         Transmit::Udp { socket, to, data } => self.route(i, socket, to, data),
                     }

@@ -599,3 +599,34 @@ fn a_cookie_for_an_init_that_is_not_pending_is_dropped() {
     assert_eq!(c.secure_dropped, before.secure_dropped + 1);
     assert_eq!(c.cookie_inits, before.cookie_inits);
 }
+
+/// The responder's side of a handshake is up as soon as it answers, and its punch may go
+/// direct before its answer, on the slower relay, reaches the initiator: data it sends then
+/// overtakes the answer. The initiator holds it and opens it when the answer lands.
+#[test]
+fn data_that_overtakes_the_handshake_answer_is_held_not_lost() {
+    let cfg = Config {
+        on_demand: true,
+        ..Config::default()
+    };
+    let mut w = secure_world_with(Kind::Open, Kind::PortRestricted, [MEMBER_0, MEMBER_1], &cfg);
+    // A busy XMPP server: the relay takes longer than a punch (two UDP round trips).
+    w.relay_latency = Duration::from_millis(80);
+    w.send(0, b"first");
+    assert!(w.run_until(w.now + Duration::from_secs(3), |w| matches!(
+        w.path(1),
+        Some(Path::Direct { .. })
+    )));
+    assert_eq!(
+        w.nodes[0].links.counters().handshakes,
+        0,
+        "the race needs node 1 direct before node 0's session is up"
+    );
+    w.send(1, b"overtakes");
+    assert_eq!(w.sent.0, 1, "the reply went direct");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.nodes[0].got, vec![b"overtakes".to_vec()]);
+    let c = w.nodes[0].links.counters();
+    assert_eq!((c.overtaken_held, c.secure_dropped), (1, 0));
+    assert_eq!(w.nodes[1].got, vec![b"first".to_vec()]);
+}
