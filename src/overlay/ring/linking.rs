@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tracing::debug;
 
-use super::{Asked, Event, Pending, Ring, RESEEK_MAX_FACTOR};
+use super::{
+    Asked, Event, Pending, Ring, COALESCE, COALESCE_MIN_RING, MAX_NEAR_CANDIDATES, RESEEK_MAX_FACTOR,
+};
 use crate::overlay::addr::{RingAddr, RING_SIZE};
 use crate::overlay::table::LinkKind;
 use crate::overlay::wire::{Mode, Purpose, RoutedBody};
@@ -74,14 +76,51 @@ impl Ring {
 
     /// Links to `peer` if it would be one of our near neighbours. A leaf links only to whom
     /// its seeks find: with no routing links, everyone would be near.
+    /// In a big ring, candidates heard within [`COALESCE`] are weighed together: lists arrive
+    /// in bursts while the ring forms, and only the nearest few per side are still near once
+    /// they link.
     pub(super) fn consider_near(&mut self, now: Instant, peer: RingAddr) {
-        if peer != self.me()
+        if !self.wants_near(peer) {
+            return;
+        }
+        if self.size_estimate() < COALESCE_MIN_RING {
+            self.request_link(now, peer, Purpose::Near);
+            return;
+        }
+        if self.near_candidates.len() < MAX_NEAR_CANDIDATES {
+            self.near_candidates.insert(peer);
+        }
+        self.link_candidates_at.get_or_insert(now + COALESCE);
+    }
+
+    fn wants_near(&self, peer: RingAddr) -> bool {
+        peer != self.me()
             && self.table.has_routing_links()
             && self.table.get(&peer).is_none()
             && !self.asked.contains_key(&peer)
             && self.table.would_be_near(peer, self.cfg.near)
-        {
-            self.request_link(now, peer, Purpose::Near);
+    }
+
+    /// Asks for links to the nearest candidates on each side, as many as a side holds.
+    pub(super) fn link_near_candidates(&mut self, now: Instant) {
+        self.link_candidates_at = None;
+        let me = self.me();
+        let mut candidates: Vec<RingAddr> = std::mem::take(&mut self.near_candidates)
+            .into_iter()
+            .filter(|a| self.wants_near(*a))
+            .collect();
+        candidates.sort_by_key(|a| a.distance(me));
+        let (mut right, mut left) = (0, 0);
+        for peer in candidates {
+            let side = if me.offset_to(peer) <= peer.offset_to(me) {
+                &mut right
+            } else {
+                &mut left
+            };
+            if *side < self.cfg.near {
+                *side += 1;
+                self.request_link(now, peer, Purpose::Near);
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 use tracing::{debug, trace};
 
-use super::{Asked, Event, Ring, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
+use super::{Asked, Event, Ring, COALESCE, COALESCE_MIN_RING, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::table::{Link, LinkKind, Ping};
 use crate::overlay::wire::{Message, Mode, Purpose, Record, RoutedBody, MAX_RECORDS};
@@ -347,11 +347,19 @@ impl Ring {
             return;
         }
         let old = std::mem::replace(&mut self.near, near.clone());
-        // Those who dropped out of our set hear of it too: they learn who is nearer.
-        for peer in near.iter().chain(old.iter().filter(|p| !near.contains(p))) {
-            if self.table.get(peer).is_some() {
-                self.send_link(*peer, &Message::Neighbours(near.clone()));
-            }
+        // In a big ring that is forming, near sets change in bursts (a CTM reply's list links
+        // several nodes within a few RTTs): tell the set once the burst is over.
+        if self.told_near.is_none() {
+            self.told_near = Some(old.clone());
+            let wait = if self.size_estimate() >= COALESCE_MIN_RING {
+                COALESCE
+            } else {
+                Duration::ZERO
+            };
+            self.tell_near_at = Some(now + wait);
+        }
+        if self.tell_near_at.is_some_and(|at| at <= now) {
+            self.tell_near();
         }
         for peer in near.iter().filter(|p| !old.contains(p)) {
             self.hand_over(now, *peer);
@@ -360,6 +368,24 @@ impl Ring {
         self.reseek_after = self.cfg.reseek;
         let soon = now + Duration::from_millis(200);
         self.seek_at = Some(self.seek_at.map_or(soon, |at| at.min(soon)));
+    }
+
+    /// Tells our near set who it is, and those who dropped out of it since we last told:
+    /// they learn who is nearer.
+    pub(super) fn tell_near(&mut self) {
+        self.tell_near_at = None;
+        let Some(told) = self.told_near.take() else {
+            return;
+        };
+        if told == self.near {
+            return;
+        }
+        let near = self.near.clone();
+        for peer in near.iter().chain(told.iter().filter(|p| !near.contains(p))) {
+            if self.table.get(peer).is_some() {
+                self.send_link(*peer, &Message::Neighbours(near.clone()));
+            }
+        }
     }
 
     /// Sends `peer` the records it is now one of the `copies` closest holders of.

@@ -13,13 +13,15 @@
 //! `services` (routing of app messages, DHT and broadcast), `lookahead` (telling links whom
 //! we link to, so routing sees two hops ahead).
 
+#[cfg(test)]
+mod coalesce_tests;
 mod linking;
 mod links;
 mod lookahead;
 mod services;
 pub use services::Error as ServiceError;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -191,6 +193,12 @@ pub struct Ring {
     next_tick: Instant,
     /// A pending look for our true neighbours (after a change, or while sides are short).
     seek_at: Option<Instant>,
+    /// Our near set as last told to it, while a change waits to be told, and when it is due.
+    told_near: Option<Vec<RingAddr>>,
+    tell_near_at: Option<Instant>,
+    /// Addresses that would be near neighbours, waiting to be weighed together, and when.
+    near_candidates: BTreeSet<RingAddr>,
+    link_candidates_at: Option<Instant>,
     /// The earliest keepalive deadline of any link as of the last keepalive pass (traffic
     /// only moves deadlines later, so waking here is never late).
     links_due: Option<Instant>,
@@ -214,6 +222,14 @@ pub struct Ring {
     stats: Stats,
 }
 
+/// In rings of at least [`COALESCE_MIN_RING`], how long a change of near set waits before it
+/// is told and near candidates wait to be weighed together: a forming ring changes in bursts.
+/// Smaller rings act at once (a friend group's ring forms in a second).
+const COALESCE: Duration = Duration::from_millis(250);
+const COALESCE_MIN_RING: f64 = 32.0;
+/// Most near candidates waiting to be weighed.
+const MAX_NEAR_CANDIDATES: usize = 64;
+
 /// Bound on queued transmits and events (a driver that stops draining loses the oldest).
 const QUEUE_LIMIT: usize = 4096;
 
@@ -234,6 +250,10 @@ impl Ring {
             quiet_caps: BTreeMap::new(),
             next_tick: now + cfg.tick,
             seek_at: None,
+            told_near: None,
+            tell_near_at: None,
+            near_candidates: BTreeSet::new(),
+            link_candidates_at: None,
             links_due: None,
             last_seek: now,
             seek_backoff: Duration::from_secs(2),
@@ -320,7 +340,13 @@ impl Ring {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut at = self.next_tick;
-        let due = [self.links_due, self.lookups.next_deadline(), self.seek_at];
+        let due = [
+            self.links_due,
+            self.lookups.next_deadline(),
+            self.seek_at,
+            self.tell_near_at,
+            self.link_candidates_at,
+        ];
         for d in due.into_iter().flatten() {
             at = at.min(d);
         }
@@ -332,6 +358,12 @@ impl Ring {
         // before `links_due` would find nothing to do.
         if self.links_due.is_some_and(|d| d <= now) {
             self.keepalive(now);
+        }
+        if self.tell_near_at.is_some_and(|at| at <= now) {
+            self.tell_near();
+        }
+        if self.link_candidates_at.is_some_and(|at| at <= now) {
+            self.link_near_candidates(now);
         }
         if self.seek_at.is_some_and(|at| at <= now) {
             self.seek(now);
