@@ -14,6 +14,7 @@
 //! we link to, so routing sees two hops ahead).
 
 #[cfg(test)]
+#[path = "tests/coalesce.rs"]
 mod coalesce_tests;
 mod linking;
 mod links;
