@@ -117,10 +117,14 @@ pub async fn run(start: Instant, dir: &Path) -> anyhow::Result<()> {
         Ok(out) => {
             print!("{}", String::from_utf8_lossy(&out.stdout));
             if !out.status.success() {
-                let log = std::fs::read_to_string(&peers[from].log).unwrap_or_default();
+                let log = |i: usize| std::fs::read_to_string(&peers[i].log).unwrap_or_default();
                 bail!(
-                    "the VPN ping failed:\n{}\n{log}",
-                    String::from_utf8_lossy(&out.stderr)
+                    "the VPN ping failed:\n{}\n{}'s log:\n{}\n{}'s log:\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    PEERS[from].0,
+                    log(from),
+                    PEERS[to].0,
+                    log(to)
                 );
             }
         }
