@@ -76,6 +76,7 @@ impl Ring {
 
     /// Links to `peer` if it would be one of our near neighbours. A leaf links only to whom
     /// its seeks find: with no routing links, everyone would be near.
+    ///
     /// In a big ring, candidates heard within [`COALESCE`] are weighed together: lists arrive
     /// in bursts while the ring forms, and only the nearest few per side are still near once
     /// they link.

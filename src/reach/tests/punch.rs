@@ -415,9 +415,7 @@ fn a_rebinding_peer_is_followed_to_its_new_address() {
 #[test]
 fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
     let t0 = Instant::now();
-    let mut rng = StdRng::seed_from_u64(3);
-    let peer = Credentials::random(&mut rng);
-    let mut agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), 3);
+    let Scripted { mut agent, peer } = Scripted::new(t0, 3);
     let slow: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     let fast: SocketAddr = "198.51.100.2:4000".parse().unwrap();
     let silent: SocketAddr = "198.51.100.3:4000".parse().unwrap();
@@ -426,7 +424,7 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
         Candidate::new(CandidateKind::ServerReflexive, fast, 1),
         Candidate::new(CandidateKind::ServerReflexive, silent, 0),
     ];
-    agent.set_remote(t0, peer.clone(), &candidates);
+    agent.set_remote(t0, peer.creds.clone(), &candidates);
     let mut checks = BTreeMap::new();
     let mut now = t0;
     while checks.len() < 3 && now < t0 + Duration::from_millis(50) {
@@ -440,12 +438,10 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
     let (slow_sent, slow_tid) = checks[&slow];
     let (fast_sent, fast_tid) = checks[&fast];
     assert!(slow_sent < fast_sent, "the higher-priority pair is checked first");
-    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
-    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
 
     // The slow pair answers first (RTT 20 ms): connected at once, without waiting to settle.
     let at = slow_sent + Duration::from_millis(20);
-    agent.handle_response(at, MAIN_SOCKET, slow, &answer(slow_tid));
+    agent.handle_response(at, MAIN_SOCKET, slow, &peer.answer(slow_tid));
     let events = path_events(&mut agent);
     assert!(
         matches!(events.as_slice(), [Event::Connected(s)] if s.remote == slow),
@@ -460,7 +456,7 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
         at + Duration::from_millis(3),
         MAIN_SOCKET,
         fast,
-        &answer(fast_tid),
+        &peer.answer(fast_tid),
     );
     let settled = at + Config::default().settle;
     agent.handle_timeout(settled);
@@ -483,22 +479,15 @@ fn the_first_answer_connects_at_once_and_a_faster_pair_takes_over() {
 #[test]
 fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() {
     let t0 = Instant::now();
-    let mut rng = StdRng::seed_from_u64(9);
-    let peer = Credentials::random(&mut rng);
-    let mut agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), 9);
-    let ours = agent.local().clone();
-    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
-    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
-    let peer_check =
-        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
+    let Scripted { mut agent, peer } = Scripted::new(t0, 9);
     let selected: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     agent.set_remote(
         t0,
-        peer.clone(),
+        peer.creds.clone(),
         &[Candidate::new(CandidateKind::ServerReflexive, selected, 1)],
     );
     let (_, tid) = requests(&mut agent).pop().unwrap();
-    agent.handle_response(t0, MAIN_SOCKET, selected, &answer(tid));
+    agent.handle_response(t0, MAIN_SOCKET, selected, &peer.answer(tid));
     let t1 = t0 + Config::default().settle;
     agent.handle_timeout(t1);
     assert_eq!(agent.selected().map(|s| s.remote), Some(selected));
@@ -507,13 +496,13 @@ fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() 
     // The peer checks from another address; our check back is answered. We probe the
     // selected pair, it answers: the path stays, and frames from either address are the peer's.
     let other: SocketAddr = "198.51.100.1:4001".parse().unwrap();
-    agent.handle_request(t1, MAIN_SOCKET, other, &peer_check([1; 12]));
+    agent.handle_request(t1, MAIN_SOCKET, other, &peer.check([1; 12]));
     let (to, tid) = requests(&mut agent).pop().unwrap();
     assert_eq!(to, other, "a check back to the new address");
-    agent.handle_response(t1, MAIN_SOCKET, other, &answer(tid));
+    agent.handle_response(t1, MAIN_SOCKET, other, &peer.answer(tid));
     let (to, keepalive) = requests(&mut agent).pop().expect("a probe of the selected pair");
     assert_eq!(to, selected);
-    agent.handle_response(t1, MAIN_SOCKET, selected, &answer(keepalive));
+    agent.handle_response(t1, MAIN_SOCKET, selected, &peer.answer(keepalive));
     agent.handle_timeout(t1 + Duration::from_secs(5));
     assert_eq!(agent.selected().map(|s| s.remote), Some(selected));
     assert!(path_events(&mut agent)
@@ -525,9 +514,9 @@ fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() 
     // moves once the probe goes unanswered.
     let t2 = t1 + Duration::from_secs(6);
     let rebound: SocketAddr = "198.51.100.1:4002".parse().unwrap();
-    agent.handle_request(t2, MAIN_SOCKET, rebound, &peer_check([2; 12]));
+    agent.handle_request(t2, MAIN_SOCKET, rebound, &peer.check([2; 12]));
     let (_, tid) = requests(&mut agent).pop().unwrap();
-    agent.handle_response(t2, MAIN_SOCKET, rebound, &answer(tid));
+    agent.handle_response(t2, MAIN_SOCKET, rebound, &peer.answer(tid));
     assert!(
         requests(&mut agent).iter().any(|(to, _)| *to == selected),
         "the selected pair is probed"
@@ -535,6 +524,52 @@ fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() 
     agent.handle_timeout(t2 + Config::default().keepalive_rto);
     assert_eq!(agent.selected().map(|s| s.remote), Some(rebound));
     assert!(matches!(path_events(&mut agent).as_slice(), [Event::Moved(s)] if s.remote == rebound));
+}
+
+/// An agent alone, and what its peer would send it: checks keyed with the agent's password,
+/// answers with the peer's (`creds`).
+struct Scripted {
+    agent: PunchAgent,
+    peer: ScriptedPeer,
+}
+
+struct ScriptedPeer {
+    creds: Credentials,
+    /// The agent's credentials, which the peer's checks name.
+    agent: Credentials,
+}
+
+impl Scripted {
+    fn new(t0: Instant, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let creds = Credentials::random(&mut rng);
+        let agent = PunchAgent::new(t0, Config::default(), Credentials::random(&mut rng), seed);
+        let peer = ScriptedPeer {
+            creds,
+            agent: agent.local().clone(),
+        };
+        Self { agent, peer }
+    }
+}
+
+impl ScriptedPeer {
+    /// The peer's answer to our check `tid`.
+    fn answer(&self, tid: stun_codec::TransactionId) -> stun_msg::StunMessage {
+        let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
+        stun_msg::decode(&stun_msg::check_response(tid, us, &self.creds.pwd)).unwrap()
+    }
+
+    /// A check from the peer.
+    fn check(&self, tid: [u8; 12]) -> stun_msg::StunMessage {
+        let to = &self.agent;
+        stun_msg::decode(&stun_msg::check_request(
+            tid,
+            &to.ufrag,
+            &self.creds.ufrag,
+            &to.pwd,
+        ))
+        .unwrap()
+    }
 }
 
 /// The binding requests an agent sent since the last call: destination and transaction id.
@@ -589,18 +624,11 @@ fn a_check_that_overtakes_the_answer_is_checked_back_when_the_answer_lands() {
 fn a_check_just_before_the_timeout_is_checked_back_and_connects_both_ends() {
     let cfg = Config::default();
     let t0 = Instant::now();
-    let mut rng = StdRng::seed_from_u64(11);
-    let peer = Credentials::random(&mut rng);
-    let mut agent = PunchAgent::new(t0, cfg.clone(), Credentials::random(&mut rng), 11);
-    let ours = agent.local().clone();
-    let us: SocketAddr = "192.0.2.10:5000".parse().unwrap();
-    let answer = |tid| stun_msg::decode(&stun_msg::check_response(tid, us, &peer.pwd)).unwrap();
-    let peer_check =
-        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
+    let Scripted { mut agent, peer } = Scripted::new(t0, 11);
     let silent: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     agent.set_remote(
         t0,
-        peer.clone(),
+        peer.creds.clone(),
         &[Candidate::new(CandidateKind::ServerReflexive, silent, 1)],
     );
     let late = t0 + cfg.attempt_timeout - Duration::from_millis(10);
@@ -609,7 +637,7 @@ fn a_check_just_before_the_timeout_is_checked_back_and_connects_both_ends() {
     assert!(path_events(&mut agent).is_empty());
 
     let found: SocketAddr = "198.51.100.1:26740".parse().unwrap();
-    agent.handle_request(late, MAIN_SOCKET, found, &peer_check([3; 12]));
+    agent.handle_request(late, MAIN_SOCKET, found, &peer.check([3; 12]));
     let (to, tid) = requests(&mut agent).pop().expect("a check back");
     assert_eq!(to, found);
     agent.handle_timeout(t0 + cfg.attempt_timeout);
@@ -618,17 +646,14 @@ fn a_check_just_before_the_timeout_is_checked_back_and_connects_both_ends() {
         "gave up with a check back in flight"
     );
     let answered = t0 + cfg.attempt_timeout + Duration::from_millis(40);
-    agent.handle_response(answered, MAIN_SOCKET, found, &answer(tid));
+    agent.handle_response(answered, MAIN_SOCKET, found, &peer.answer(tid));
     agent.handle_timeout(answered + cfg.settle);
     assert_eq!(agent.selected().map(|s| s.remote), Some(found));
 
     // The same, but the check back is never answered: the attempt still ends, a grace later.
-    let mut agent = PunchAgent::new(t0, cfg.clone(), Credentials::random(&mut rng), 12);
-    let ours = agent.local().clone();
-    let peer_check =
-        |tid| stun_msg::decode(&stun_msg::check_request(tid, &ours.ufrag, &peer.ufrag, &ours.pwd)).unwrap();
-    agent.set_remote(t0, peer.clone(), &[]);
-    agent.handle_request(late, MAIN_SOCKET, found, &peer_check([4; 12]));
+    let Scripted { mut agent, peer } = Scripted::new(t0, 12);
+    agent.set_remote(t0, peer.creds.clone(), &[]);
+    agent.handle_request(late, MAIN_SOCKET, found, &peer.check([4; 12]));
     let mut t = late;
     while let Some(next) = agent.poll_timeout() {
         assert!(

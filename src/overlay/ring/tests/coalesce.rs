@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Config, Ring, COALESCE};
+use super::{Config, Ring, COALESCE, COALESCE_MIN_RING};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::table::LinkKind;
 use crate::overlay::wire::{Message, Mode, Purpose, RoutedBody};
@@ -61,7 +61,7 @@ fn a_burst_of_near_changes_is_told_once_in_a_big_ring_and_at_once_in_a_small_one
         let start = Instant::now();
         let mut r = ring(start, parts);
         assert_eq!(
-            r.size_estimate() >= 32.0,
+            r.size_estimate() >= COALESCE_MIN_RING,
             big,
             "size estimate {}",
             r.size_estimate()
