@@ -137,6 +137,13 @@ fn settle(world: &mut World, limit: Duration) -> Option<f64> {
                 world.queue_len(),
                 world.kinds
             );
+            let mut ctms = [0u64; 4];
+            for n in world.nodes.iter() {
+                for (c, k) in ctms.iter_mut().zip(n.ring.stats().ctm_by_cause) {
+                    *c += k;
+                }
+            }
+            eprintln!("  CTMs sent (seek, known address, shortcut, leaf): {ctms:?}");
             if world.inconsistent() <= 16 {
                 for l in world.explain(24) {
                     eprintln!("  {l}");

@@ -393,7 +393,10 @@ impl World {
             }
         }
         if let Some(at) = self.nodes[ix as usize].ring.poll_timeout() {
-            let at_us = at.saturating_duration_since(self.base).as_micros() as u64;
+            // Rounded up: a timer that fires before a sub-microsecond deadline finds nothing
+            // due and only wakes the core twice.
+            let after = at.saturating_duration_since(self.base);
+            let at_us = after.as_micros() as u64 + u64::from(after.subsec_nanos() % 1000 != 0);
             let at_us = at_us.max(self.now_us + 1);
             let n = &mut self.nodes[ix as usize];
             if n.timer.is_none_or(|t| at_us < t || t <= self.now_us) {

@@ -157,6 +157,13 @@ impl Ring {
             },
         );
         self.stats.ctm_sent += 1;
+        let cause = match (purpose, mode) {
+            (Purpose::Near, Mode::Left | Mode::Right) => 0,
+            (Purpose::Near, _) => 1,
+            (Purpose::Shortcut, _) => 2,
+            (Purpose::Leaf, _) => 3,
+        };
+        self.stats.ctm_by_cause[cause] += 1;
         debug!(%target, ?mode, ?purpose, "sending a CTM");
         let candidates = self.candidates.clone();
         let reply_via = self.first_hop(target, mode);
@@ -331,7 +338,7 @@ impl Ring {
         }
     }
 
-    fn sides_short(&self) -> bool {
+    pub(super) fn sides_short(&self) -> bool {
         self.table.right(self.cfg.near).len() < self.cfg.near
             || self.table.left(self.cfg.near).len() < self.cfg.near
     }

@@ -139,6 +139,9 @@ pub struct Stats {
     /// Routed messages dropped: no way on, TTL spent, or unknown tunnel peers.
     pub dropped: u64,
     pub ctm_sent: u64,
+    /// CTMs sent by why: 0 a seek of our place, 1 a known address (a near neighbour heard of,
+    /// a tunnel's relay), 2 a shortcut, 3 a leaf's.
+    pub ctm_by_cause: [u64; 4],
     pub links_up: u64,
     pub links_down: u64,
     pub broadcasts_forwarded: u64,
