@@ -25,6 +25,9 @@ pub struct Config {
     pub points: u8,
     /// Nodes holding each point: the root and its nearest neighbours.
     pub copies: usize,
+    /// Links a get leaves by toward each point: the cheapest few by routing cost, so each
+    /// point is asked along that many paths and the fastest answers (the rest are ignored).
+    pub first_hops: usize,
     /// Re-asks of points that did not answer before a lookup gives up.
     pub retries: u8,
     /// Answers that end a read once one of them holds values (freshest-wins); a read also
@@ -36,7 +39,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             points: 8,
-            copies: 3,
+            copies: 5,
+            first_hops: 2,
             retries: 2,
             quorum: 3,
         }

@@ -295,7 +295,7 @@ impl Table {
         let mine = metric(self.me);
         let best = match (mode, best) {
             (Mode::Exact | Mode::Closest, Some(b)) if metric(b) < mine => {
-                Some(self.nearest_in_time(b, dst.prefix(), mine, from, metric))
+                Some(self.nearest_in_time(b, dst, mode, from))
             }
             _ => best,
         };
@@ -309,34 +309,48 @@ impl Table {
     }
 
     /// Proximity route selection with lookahead: among the links that make progress, the one
-    /// that trades least latency for the progress it gives up. A link's progress is how near
-    /// `dst` it or one of its own links comes (the lists peers send us: one decision sees two
-    /// hops ahead, as Symphony's 1-lookahead); each halving of the remaining distance not made
-    /// against the best such is worth `PROGRESS_WORTH` of one-way latency. Only links nearer
-    /// than we are qualify, so every hop still makes progress whatever the lists say.
-    fn nearest_in_time(
+    /// that trades least latency for the progress it gives up (see [`Table::progress_costs`]).
+    fn nearest_in_time(&self, best: RingAddr, dst: RingAddr, mode: Mode, from: Option<RingAddr>) -> RingAddr {
+        self.progress_costs(dst, mode, from)
+            .min_by(|x, y| x.1.total_cmp(&y.1))
+            .map_or(best, |(a, _)| a)
+    }
+
+    /// The links that make progress toward `dst`, cheapest first (at most `k`): the first is
+    /// the one [`Table::decide`] forwards to when it forwards.
+    pub fn first_hops(&self, dst: RingAddr, mode: Mode, k: usize) -> Vec<RingAddr> {
+        let mut costs: Vec<(RingAddr, f64)> = self.progress_costs(dst, mode, None).collect();
+        costs.sort_by(|x, y| x.1.total_cmp(&y.1));
+        costs.into_iter().take(k).map(|(a, _)| a).collect()
+    }
+
+    /// Each link nearer `dst` than we are (but `from`), with its cost: a link's progress is how
+    /// near `dst` it or one of its own links comes (the lists peers send us: one decision sees
+    /// two hops ahead, as Symphony's 1-lookahead); each halving of the remaining distance not
+    /// made against the best such is worth `PROGRESS_WORTH` of one-way latency. Only links
+    /// nearer than we are qualify, so every hop still makes progress whatever the lists say.
+    fn progress_costs(
         &self,
-        best: RingAddr,
-        dst: u64,
-        mine: RingAddr,
+        dst: RingAddr,
+        mode: Mode,
         from: Option<RingAddr>,
-        metric: impl Fn(RingAddr) -> RingAddr,
-    ) -> RingAddr {
-        let reach = |a: &RingAddr, l: &Link| {
-            let own = prefix_distance(a.prefix(), dst);
+    ) -> impl Iterator<Item = (RingAddr, f64)> + '_ {
+        let prefix = dst.prefix();
+        let mine = metric(mode, dst, self.me);
+        let reach = move |a: &RingAddr, l: &Link| {
+            let own = prefix_distance(a.prefix(), prefix);
             l.peer_links
                 .iter()
-                .fold(own, |r, p| r.min(prefix_distance(*p, dst)))
+                .fold(own, |r, p| r.min(prefix_distance(*p, prefix)))
         };
         // Against the best reach every cost has the same `- log2(best)` term: leave it out.
         let worth = PROGRESS_WORTH.as_secs_f64();
-        let cost =
-            |a: &RingAddr, l: &Link| l.rtt.as_secs_f64() / 2.0 + worth * (reach(a, l).max(1) as f64).log2();
         self.routing()
-            .filter(|(a, _)| Some(**a) != from && metric(**a) < mine)
-            .map(|(a, l)| (*a, cost(a, l)))
-            .min_by(|x, y| x.1.total_cmp(&y.1))
-            .map_or(best, |(a, _)| a)
+            .filter(move |(a, _)| Some(**a) != from && metric(mode, dst, **a) < mine)
+            .map(move |(a, l)| {
+                let cost = l.rtt.as_secs_f64() / 2.0 + worth * (reach(a, l).max(1) as f64).log2();
+                (*a, cost)
+            })
     }
 
     /// The one uphill step: we are closest of all we know, yet not the destination; try the

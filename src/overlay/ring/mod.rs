@@ -16,6 +16,9 @@
 #[cfg(test)]
 #[path = "tests/coalesce.rs"]
 mod coalesce_tests;
+#[cfg(test)]
+#[path = "tests/dht_paths.rs"]
+mod dht_paths_tests;
 mod linking;
 mod links;
 mod lookahead;

@@ -11,7 +11,7 @@ use super::{Event, Ring};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::broadcast::split;
 use crate::overlay::dht::point;
-use crate::overlay::wire::{Message, Mode, Record, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
+use crate::overlay::wire::{Message, Mode, Record, Routed, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Error {
@@ -215,19 +215,33 @@ impl Ring {
         }
     }
 
-    /// Looks `key` up at every replica point; the answer comes as `Event::DhtFound` with
-    /// the returned id.
+    /// Looks `key` up at every replica point, each along `first_hops` paths; the answer
+    /// comes as `Event::DhtFound` with the returned id.
     pub fn dht_get(&mut self, now: Instant, key: RingAddr) -> Result<u32, Error> {
         let points = self.cfg.dht.points;
         let id = self.lookups.start(now, key, points).ok_or(Error::Busy)?;
         for i in 0..points {
             let req = id << 3 | u32::from(i);
-            self.originate(
-                now,
-                point(key, i, points),
-                Mode::Closest,
-                RoutedBody::DhtGet { req, key },
-            );
+            let dst = point(key, i, points);
+            let body = RoutedBody::DhtGet { req, key };
+            let hops = self.table.first_hops(dst, Mode::Closest, self.cfg.dht.first_hops);
+            if hops.is_empty() {
+                // We are the closest, or a leaf: the usual way (deliver here, or hand home).
+                self.originate(now, dst, Mode::Closest, body);
+                continue;
+            }
+            for hop in hops {
+                let msg = Routed {
+                    src: self.me(),
+                    dst,
+                    mode: Mode::Closest,
+                    ttl: self.cfg.ttl.saturating_sub(1),
+                    hops: 1,
+                    uphill: false,
+                    body: body.clone(),
+                };
+                self.send_link(hop, &Message::Routed(msg));
+            }
         }
         Ok(id)
     }
