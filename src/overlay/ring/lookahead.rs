@@ -1,7 +1,8 @@
 //! Lookahead: each node tells its routing links whom it links to (address prefixes), so a
 //! routing decision sees two hops ahead (Symphony's 1-lookahead; the table's proximity route
 //! selection uses the lists). Lists go out on the housekeeping tick, at most every
-//! [`SHARE_EVERY`] when they change and once to each new link, and only in rings big enough
+//! [`SHARE_EVERY`] when a quarter of them changed (or every [`SHARE_STALE`] when less did)
+//! and once to each new link, and only in rings big enough
 //! for routes to be longer than a hop or two, so a friend-sized ring's idle traffic is
 //! untouched. Both the lists and who gets them count only links that outlived the trim
 //! grace: a forming ring's start-up links mostly go within it, and telling of them would
@@ -20,6 +21,11 @@ const LOOKAHEAD_MIN_RING: f64 = 32.0;
 /// links change every few seconds, and a list a little stale still routes well (every hop
 /// still has to make progress on its own).
 const SHARE_EVERY: Duration = Duration::from_secs(30);
+/// A list that changed in fewer than a quarter of its links (and two) waits this long: while
+/// a big ring forms for minutes, a link or two changes every half minute, and resending the
+/// whole list to every link each time was the largest share of its messages (263 per node
+/// at 100,000 nodes).
+const SHARE_STALE: Duration = Duration::from_secs(300);
 
 impl Ring {
     pub(super) fn share_links(&mut self, now: Instant) {
@@ -39,7 +45,13 @@ impl Ring {
                 .map(|(a, _)| a.prefix())
                 .take(MAX_LINKS)
                 .collect();
-            if current != self.links_told {
+            let told = &self.links_told;
+            let changed = current.iter().filter(|p| !told.contains(p)).count()
+                + told.iter().filter(|p| !current.contains(p)).count();
+            let stale = self
+                .links_told_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= SHARE_STALE);
+            if changed > 0 && (stale || changed >= (told.len() / 4).max(2)) {
                 self.links_told = current;
                 self.links_told_at = Some(now);
                 for (_, link) in self.table.iter_mut() {
@@ -137,6 +149,51 @@ mod tests {
             for (_, list) in &told {
                 assert_eq!(list, &named);
             }
+        }
+    }
+
+    /// A link more is told to that link alone until the list is [`SHARE_STALE`]; a quarter
+    /// of the list changed goes to every link after [`SHARE_EVERY`].
+    #[test]
+    fn lists_go_again_when_a_quarter_changed_or_they_are_stale() {
+        for (added, again_after) in [(1u8, SHARE_STALE), (3, SHARE_EVERY)] {
+            let start = Instant::now();
+            let mut ring = Ring::new(start, addr(100), Config::default(), 3);
+            let far = [10, 30, 50, 70, 130, 150, 170, 190];
+            let link = |ring: &mut Ring, at: Instant, p: u8| {
+                ring.handle_link_up(at, addr(p), LinkKind::Direct, Duration::from_millis(10));
+                // Not ours to trim: the peer needs it.
+                ring.table.get_mut(&addr(p)).unwrap().peer_needs = true;
+            };
+            for p in [98, 99, 101, 102].into_iter().chain(far) {
+                link(&mut ring, start, p);
+            }
+            let grace = ring.cfg.trim_grace;
+            let first = run(&mut ring, start, start + grace * 2);
+            assert_eq!(first.len(), 12, "each of 12 links told once");
+            let told_at = start + grace;
+            let t1 = start + grace * 2;
+            let new: Vec<u8> = (0..added).map(|i| 210 + 10 * i).collect();
+            for p in &new {
+                link(&mut ring, t1, *p);
+            }
+            // Until the list may go again, a new link that outlived the grace hears the old
+            // one; three new links make it go (to all) as soon as they outlived the grace.
+            let lasting = t1 + grace;
+            let quiet_until = (told_at + again_after).max(lasting) - Duration::from_secs(2);
+            let early = run(&mut ring, t1, quiet_until);
+            let mut to: Vec<RingAddr> = early.iter().map(|(p, _)| *p).collect();
+            to.sort();
+            let expected: Vec<RingAddr> = if added == 1 {
+                new.iter().map(|p| addr(*p)).collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(to, expected, "{added} added");
+            assert!(early.iter().all(|(_, l)| l.len() == 12), "{early:?}");
+            let again = run(&mut ring, quiet_until, quiet_until + grace);
+            assert_eq!(again.len(), 12 + new.len(), "{added} added: {again:?}");
+            assert!(again.iter().all(|(_, l)| l.len() == 12 + new.len()));
         }
     }
 
