@@ -5,6 +5,9 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use ringlet::sim::{run, Options};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SCENARIOS: &[&str] = &[
     "steady",
     "churn",
