@@ -25,8 +25,8 @@ pub struct Config {
     pub points: u8,
     /// Nodes holding each point: the root and its nearest neighbours.
     pub copies: usize,
-    /// Links a get leaves by toward each point: the cheapest few by routing cost, so each
-    /// point is asked along that many paths and the fastest answers (the rest are ignored).
+    /// Links a get leaves by toward each point, and an answer toward the asker: the cheapest
+    /// few by routing cost, so the fastest of that many paths counts (the rest are ignored).
     pub first_hops: usize,
     /// Re-asks of points that did not answer before a lookup gives up.
     pub retries: u8,

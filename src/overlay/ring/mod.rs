@@ -459,7 +459,8 @@ impl Ring {
             let values = self.store.values(now, msg.dst, *key);
             if !values.is_empty() {
                 let body = RoutedBody::DhtValues { req: *req, values };
-                self.originate(now, msg.src, Mode::Exact, body);
+                let paths = self.cfg.dht.first_hops;
+                self.originate_along(now, msg.src, Mode::Exact, body, paths);
                 return;
             }
         }
@@ -545,7 +546,14 @@ impl Ring {
             RoutedBody::DhtPut { key, lease_s, value } => self.on_dht_put(now, dst, key, lease_s, value),
             RoutedBody::DhtGet { req, key } => {
                 let values = self.store.values(now, dst, key);
-                self.originate(now, src, Mode::Exact, RoutedBody::DhtValues { req, values });
+                let paths = self.cfg.dht.first_hops;
+                self.originate_along(
+                    now,
+                    src,
+                    Mode::Exact,
+                    RoutedBody::DhtValues { req, values },
+                    paths,
+                );
             }
             RoutedBody::DhtValues { req, values } => {
                 if let Some(found) = self.lookups.answer(now, req, values, &self.cfg.dht) {

@@ -224,26 +224,43 @@ impl Ring {
             let req = id << 3 | u32::from(i);
             let dst = point(key, i, points);
             let body = RoutedBody::DhtGet { req, key };
-            let hops = self.table.first_hops(dst, Mode::Closest, self.cfg.dht.first_hops);
-            if hops.is_empty() {
-                // We are the closest, or a leaf: the usual way (deliver here, or hand home).
-                self.originate(now, dst, Mode::Closest, body);
-                continue;
-            }
-            for hop in hops {
-                let msg = Routed {
-                    src: self.me(),
-                    dst,
-                    mode: Mode::Closest,
-                    ttl: self.cfg.ttl.saturating_sub(1),
-                    hops: 1,
-                    uphill: false,
-                    body: body.clone(),
-                };
-                self.send_link(hop, &Message::Routed(msg));
-            }
+            self.originate_along(now, dst, Mode::Closest, body, self.cfg.dht.first_hops);
         }
         Ok(id)
+    }
+
+    /// Sends a routed message of ours along up to `paths` first hops, the cheapest first (one
+    /// when a link is `dst` itself in exact mode); the usual way when no link makes progress
+    /// (we are the closest, or a leaf).
+    pub(super) fn originate_along(
+        &mut self,
+        now: Instant,
+        dst: RingAddr,
+        mode: Mode,
+        body: RoutedBody,
+        paths: usize,
+    ) {
+        let hops = if mode == Mode::Exact && self.table.get(&dst).is_some() {
+            Vec::new()
+        } else {
+            self.table.first_hops(dst, mode, paths)
+        };
+        if hops.is_empty() {
+            self.originate(now, dst, mode, body);
+            return;
+        }
+        for hop in hops {
+            let msg = Routed {
+                src: self.me(),
+                dst,
+                mode,
+                ttl: self.cfg.ttl.saturating_sub(1),
+                hops: 1,
+                uphill: false,
+                body: body.clone(),
+            };
+            self.send_link(hop, &Message::Routed(msg));
+        }
     }
 
     /// We are the root of replica point `point`: store, and copy to our nearest neighbours.

@@ -1,5 +1,6 @@
-//! A DHT get leaves toward each replica point by the cheapest `first_hops` links, so the
-//! fastest of several paths answers; the lookup still ends once.
+//! A DHT get leaves toward each replica point by the cheapest `first_hops` links, and its
+//! answer comes back the same way, so the fastest of several paths counts; the lookup still
+//! ends once.
 #![allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
 
 use std::collections::BTreeMap;
@@ -95,4 +96,35 @@ fn answers_along_both_paths_end_the_lookup_once() {
         })
         .collect();
     assert_eq!(found, vec![id]);
+}
+
+/// The node a get reached answers along two paths too (its answer is as slow as the request).
+#[test]
+fn the_answer_goes_back_along_two_paths() {
+    let now = Instant::now();
+    let mut ring = ring(now, 2);
+    let me = ring.me();
+    let asker = key();
+    let via = RingAddr::fraction(16, 32);
+    let get = Message::Routed(crate::overlay::wire::Routed {
+        src: asker,
+        dst: me,
+        mode: crate::overlay::wire::Mode::Closest,
+        ttl: 8,
+        hops: 4,
+        uphill: false,
+        body: RoutedBody::DhtGet { req: 9, key: me },
+    });
+    ring.handle_message(now, via, &get.emit());
+    let mut to = Vec::new();
+    while let Some(t) = ring.poll_transmit() {
+        if let Ok(Message::Routed(r)) = Message::parse(&t.bytes) {
+            if matches!(r.body, RoutedBody::DhtValues { req: 9, .. }) && r.dst == asker {
+                to.push(t.peer);
+            }
+        }
+    }
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), 2, "answered by {to:?}");
 }
