@@ -338,7 +338,7 @@ impl Ring {
         }
     }
 
-    pub(super) fn sides_short(&self) -> bool {
+    fn sides_short(&self) -> bool {
         self.table.right(self.cfg.near).len() < self.cfg.near
             || self.table.left(self.cfg.near).len() < self.cfg.near
     }
