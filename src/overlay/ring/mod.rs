@@ -439,7 +439,13 @@ impl Ring {
 
     /// Sends a routed message of our own.
     fn originate(&mut self, now: Instant, dst: RingAddr, mode: Mode, body: RoutedBody) {
-        let msg = Routed {
+        let msg = self.own(dst, mode, body);
+        self.route(now, None, msg);
+    }
+
+    /// A routed message of ours, before its first hop.
+    pub(super) fn own(&self, dst: RingAddr, mode: Mode, body: RoutedBody) -> Routed {
+        Routed {
             src: self.me(),
             dst,
             mode,
@@ -447,8 +453,26 @@ impl Ring {
             hops: 0,
             uphill: false,
             body,
-        };
-        self.route(now, None, msg);
+        }
+    }
+
+    /// Sends a routed message one hop on, to `next`: one hop taken, one of its TTL spent.
+    pub(super) fn pass_on(&mut self, next: RingAddr, mut msg: Routed) {
+        msg.ttl = msg.ttl.saturating_sub(1);
+        msg.hops = msg.hops.saturating_add(1);
+        self.send_link(next, &Message::Routed(msg));
+    }
+
+    /// Answers a get for `req` with `values`, along as many paths as gets take.
+    fn answer_get(&mut self, now: Instant, asker: RingAddr, req: u32, values: Vec<(u32, Vec<u8>)>) {
+        let paths = self.cfg.dht.first_hops;
+        self.originate_along(
+            now,
+            asker,
+            Mode::Exact,
+            RoutedBody::DhtValues { req, values },
+            paths,
+        );
     }
 
     /// Routes a message one step: delivers it here, passes it on, or drops it.
@@ -458,9 +482,7 @@ impl Ring {
             // copies, and greedy routing usually reaches the root through one of them.
             let values = self.store.values(now, msg.dst, *key);
             if !values.is_empty() {
-                let body = RoutedBody::DhtValues { req: *req, values };
-                let paths = self.cfg.dht.first_hops;
-                self.originate_along(now, msg.src, Mode::Exact, body, paths);
+                self.answer_get(now, msg.src, *req, values);
                 return;
             }
         }
@@ -483,18 +505,14 @@ impl Ring {
                     self.stats.dropped += 1;
                     return;
                 }
-                msg.ttl -= 1;
-                msg.hops = msg.hops.saturating_add(1);
                 msg.uphill |= uphill;
-                self.send_link(next, &Message::Routed(msg));
+                self.pass_on(next, msg);
             }
             Decision::DeliverAndForward { next } => {
-                let mut on = msg.clone();
+                let on = msg.clone();
                 self.deliver(now, msg);
                 if on.ttl > 0 {
-                    on.ttl -= 1;
-                    on.hops = on.hops.saturating_add(1);
-                    self.send_link(next, &Message::Routed(on));
+                    self.pass_on(next, on);
                 }
             }
         }
@@ -546,14 +564,7 @@ impl Ring {
             RoutedBody::DhtPut { key, lease_s, value } => self.on_dht_put(now, dst, key, lease_s, value),
             RoutedBody::DhtGet { req, key } => {
                 let values = self.store.values(now, dst, key);
-                let paths = self.cfg.dht.first_hops;
-                self.originate_along(
-                    now,
-                    src,
-                    Mode::Exact,
-                    RoutedBody::DhtValues { req, values },
-                    paths,
-                );
+                self.answer_get(now, src, req, values);
             }
             RoutedBody::DhtValues { req, values } => {
                 if let Some(found) = self.lookups.answer(now, req, values, &self.cfg.dht) {

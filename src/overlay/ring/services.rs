@@ -11,7 +11,7 @@ use super::{Event, Ring};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::broadcast::split;
 use crate::overlay::dht::point;
-use crate::overlay::wire::{Message, Mode, Record, Routed, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
+use crate::overlay::wire::{Message, Mode, Record, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Error {
@@ -249,17 +249,9 @@ impl Ring {
             self.originate(now, dst, mode, body);
             return;
         }
+        let msg = self.own(dst, mode, body);
         for hop in hops {
-            let msg = Routed {
-                src: self.me(),
-                dst,
-                mode,
-                ttl: self.cfg.ttl.saturating_sub(1),
-                hops: 1,
-                uphill: false,
-                body: body.clone(),
-            };
-            self.send_link(hop, &Message::Routed(msg));
+            self.pass_on(hop, msg.clone());
         }
     }
 
