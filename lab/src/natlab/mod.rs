@@ -216,6 +216,53 @@ fn stun_answers(sock: &std::net::UdpSocket, server: std::net::SocketAddr) -> boo
     if sock.send_to(&req, server).is_err() {
         return false;
     }
+    // Answers from the other server (or to an earlier, late request) may be queued ahead of
+    // this one; skip them, or one late answer would put every later read out of step.
     let mut buf = [0u8; 512];
-    matches!(sock.recv_from(&mut buf), Ok((n, from)) if from == server && n >= 20 && buf[..2] == [0x01, 0x01])
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == server && n >= 20 && buf[..2] == [0x01, 0x01] => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stun_answers;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    const BINDING_SUCCESS: [u8; 20] = [
+        0x01, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// A late answer from another server, queued ahead of the real one, must not hide it.
+    #[test]
+    fn an_answer_queued_from_another_server_is_skipped() {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        other
+            .send_to(&BINDING_SUCCESS, client.local_addr().unwrap())
+            .unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let answering = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (_, from) = server.recv_from(&mut buf).unwrap();
+            server.send_to(&BINDING_SUCCESS, from).unwrap();
+        });
+        assert!(stun_answers(&client, server_addr));
+        answering.join().unwrap();
+    }
+
+    #[test]
+    fn no_answer_is_false_after_the_timeout() {
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!stun_answers(&client, silent.local_addr().unwrap()));
+    }
 }
