@@ -50,7 +50,11 @@ async fn three_lab_peers_play_in_a_lobby_and_a_leaver_disappears_within_5_s() {
     alice
         .expect_line("players: alice@lab.test bob@lab.test carol@lab.test", wait)
         .await;
+    // Each sender must know the other player before it types: a player learns the others
+    // from the host's announcements, so one may know of the other a second before the
+    // reverse holds (carol's move then went to alice only, and the test failed 1 run in 4).
     bob.expect_line("joined: carol@lab.test", wait).await;
+    carol.expect_line("joined: bob@lab.test", wait).await;
 
     bob.type_line("hello from bob");
     carol.type_line("/game move e4");
