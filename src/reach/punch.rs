@@ -235,7 +235,18 @@ pub const LATE_CHECK_GRACE: Duration = Duration::from_secs(1);
 struct Txn {
     pair: usize,
     sent: Instant,
+    /// A check of the selected pair (a keepalive or a nomination), not a search for one.
     keepalive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Is this pair open?
+    Probe,
+    /// Is the selected pair still open?
+    Keepalive,
+    /// A keepalive that also tells the peer this is the pair we keep.
+    Nomination,
 }
 
 #[derive(Debug)]
@@ -256,8 +267,13 @@ pub struct PunchAgent {
     keepalive_tries: u32,
     keepalive_sent: Option<Instant>,
     /// Once connected: another pair that answered; the path moves there if the selected pair
-    /// stops answering (the peer's NAT rebound).
+    /// stops answering (the peer's NAT rebound, or it settled on a pair through a socket we
+    /// closed).
     alternative: Option<Selected>,
+    /// When the peer's traffic over another pair last made us probe the selected one.
+    probed_for_elsewhere: Option<Instant>,
+    /// The pair the peer said it keeps (it closed its other extra sockets): we keep it too.
+    nominated: Option<usize>,
     extra_sockets: BTreeSet<SocketId>,
     pending_birthday: Option<Birthday>,
     /// Birthday probing runs: checks are paced by `birthday_pace`.
@@ -290,6 +306,8 @@ impl PunchAgent {
             keepalive_tries: 0,
             keepalive_sent: None,
             alternative: None,
+            probed_for_elsewhere: None,
+            nominated: None,
             extra_sockets: BTreeSet::new(),
             pending_birthday: None,
             birthday: false,
@@ -451,13 +469,44 @@ impl PunchAgent {
     }
 
     /// A packet other than a check arrived from `from` on `socket`: if that is the selected
-    /// pair, the path is alive and needs no keepalive yet.
+    /// pair, the path is alive and needs no keepalive yet; if it is another proved pair, the
+    /// peer sends over that one (see [`Self::heard_elsewhere`]).
     pub fn heard(&mut self, now: Instant, socket: SocketId, from: SocketAddr) {
         if self.is_selected(socket, from) {
             self.last_heard = now;
             self.keepalive_tries = 0;
             self.keepalive_sent = None;
             self.alternative = None;
+        } else {
+            self.heard_elsewhere(now, socket, from);
+        }
+    }
+
+    /// The peer reaches us over a proved pair other than the selected one. Each side keeps the
+    /// pair with the lowest RTT it measured, so the two may differ, and the peer's pair may go
+    /// through one of its extra sockets that it has closed since: then everything we send is
+    /// lost. That pair becomes the alternative and the selected pair is probed at once (at most
+    /// once per `keepalive`); if the probe goes unanswered, the path moves (as on a rebinding).
+    fn heard_elsewhere(&mut self, now: Instant, socket: SocketId, from: SocketAddr) {
+        if self.state != State::Connected {
+            return;
+        }
+        let Some(rtt) = self.pair_of(socket, from).and_then(|i| self.pairs[i].rtt) else {
+            return;
+        };
+        if self.alternative.is_none() {
+            self.alternative = Some(Selected {
+                socket,
+                remote: from,
+                rtt,
+            });
+        }
+        let due = self
+            .probed_for_elsewhere
+            .is_none_or(|t| now >= t + self.cfg.keepalive);
+        if let (true, None, Some(selected)) = (due, self.keepalive_sent, self.selected) {
+            self.probed_for_elsewhere = Some(now);
+            self.send_keepalive(now, selected);
         }
     }
 
@@ -495,7 +544,16 @@ impl PunchAgent {
         };
         let pair = &mut self.pairs[i];
         pair.peer_checked = true;
-        if pair.rtt.is_none() {
+        if stun_msg::nominates(msg) {
+            self.nominated = Some(i);
+        }
+        if pair.rtt.is_some() {
+            if self.nominated == Some(i) {
+                self.follow_nomination(now);
+            } else {
+                self.heard_elsewhere(now, socket, from);
+            }
+        } else {
             tracing::trace!(%from, "punch: check from a new address");
             if pair.tries >= pair.max_tries {
                 pair.max_tries = pair.tries + 3;
@@ -504,7 +562,7 @@ impl PunchAgent {
             if self.remote.is_some() {
                 pair.tries += 1;
                 pair.next = now + self.cfg.pair_retry;
-                self.send_check(now, i, false);
+                self.send_check(now, i, Check::Probe);
             }
         }
         self.pump(now);
@@ -565,6 +623,8 @@ impl PunchAgent {
                     self.heard(now, answered.socket, answered.remote);
                     self.selected = Some(answered);
                     self.events.push_back(Event::Moved(answered));
+                } else if self.nominated == Some(txn.pair) {
+                    self.follow_nomination(now);
                 } else if !txn.keepalive {
                     // Another pair works. Moving at once would make two sides that prefer
                     // different pairs swap forever; move only if the selected pair stopped
@@ -630,7 +690,7 @@ impl PunchAgent {
             let Some(i) = due.min_by_key(|(_, p)| (p.tries, p.next)).map(|(i, _)| i) else {
                 break;
             };
-            self.send_check(now, i, false);
+            self.send_check(now, i, Check::Probe);
             let pair = &mut self.pairs[i];
             if pair.tries == 0 && pair.max_tries > 2 {
                 tracing::trace!(to = %pair.remote, "punch: first check");
@@ -653,12 +713,16 @@ impl PunchAgent {
             .map_or(timeout, |t| timeout.max(t + LATE_CHECK_GRACE))
     }
 
-    fn send_check(&mut self, now: Instant, pair: usize, keepalive: bool) {
+    fn send_check(&mut self, now: Instant, pair: usize, check: Check) {
         let Some(remote) = &self.remote else {
             return;
         };
         let tid: [u8; 12] = self.rng.random();
-        let data = stun_msg::check_request(tid, &remote.ufrag, &self.local.ufrag, &remote.pwd);
+        let request = match check {
+            Check::Nomination => stun_msg::nomination_request,
+            Check::Probe | Check::Keepalive => stun_msg::check_request,
+        };
+        let data = request(tid, &remote.ufrag, &self.local.ufrag, &remote.pwd);
         let p = &self.pairs[pair];
         self.transmits.push_back(Transmit {
             socket: p.socket,
@@ -670,7 +734,7 @@ impl PunchAgent {
             Txn {
                 pair,
                 sent: now,
-                keepalive,
+                keepalive: check != Check::Probe,
             },
         );
         self.checks_sent += 1;
@@ -684,14 +748,18 @@ impl PunchAgent {
     }
 
     fn select(&mut self, now: Instant) {
+        // The pair the peer nominated if it is proved, else the lowest RTT.
         let best = self
             .pairs
             .iter()
-            .filter_map(|p| {
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let rank = if self.nominated == Some(i) { 0 } else { 1 };
                 p.rtt
-                    .map(|rtt| (rtt, p.socket != MAIN_SOCKET, p.socket, p.remote))
+                    .map(|rtt| (rank, rtt, p.socket != MAIN_SOCKET, p.socket, p.remote))
             })
-            .min();
+            .min()
+            .map(|(_, rtt, main, socket, remote)| (rtt, main, socket, remote));
         let Some((rtt, _, socket, remote)) = best else {
             return;
         };
@@ -718,6 +786,8 @@ impl PunchAgent {
         }
         if !unused.is_empty() {
             self.events.push_back(Event::CloseSockets(unused));
+            // The peer may have kept a pair through one of them: tell it which one stays.
+            self.send_selected_check(now, selected, Check::Nomination);
         }
     }
 
@@ -761,7 +831,7 @@ impl PunchAgent {
             .map(|(i, _)| i)
             .collect();
         for i in due {
-            self.send_check(now, i, false);
+            self.send_check(now, i, Check::Probe);
             let pair = &mut self.pairs[i];
             pair.tries += 1;
             pair.next = now + self.cfg.pair_retry;
@@ -769,12 +839,34 @@ impl PunchAgent {
     }
 
     fn send_keepalive(&mut self, now: Instant, selected: Selected) {
+        self.send_selected_check(now, selected, Check::Keepalive);
+    }
+
+    fn send_selected_check(&mut self, now: Instant, selected: Selected, check: Check) {
         let Some(i) = self.pair_of(selected.socket, selected.remote) else {
             return;
         };
         self.keepalive_tries += 1;
         self.keepalive_sent = Some(now);
-        self.send_check(now, i, true);
+        self.send_check(now, i, check);
+    }
+
+    /// Moves to the pair the peer nominated, once our check proved it.
+    fn follow_nomination(&mut self, now: Instant) {
+        let Some(pair) = self.nominated.map(|i| &self.pairs[i]) else {
+            return;
+        };
+        let (Some(rtt), State::Connected) = (pair.rtt, self.state) else {
+            return;
+        };
+        let (socket, remote) = (pair.socket, pair.remote);
+        if self.is_selected(socket, remote) {
+            return;
+        }
+        let nominated = Selected { socket, remote, rtt };
+        self.selected = Some(nominated);
+        self.heard(now, socket, remote);
+        self.events.push_back(Event::Moved(nominated));
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use bytecodec::{DecodeExt, EncodeExt};
+use stun_codec::rfc5245::attributes::UseCandidate;
 use stun_codec::rfc5389::attributes::{
     ErrorCode, Fingerprint, MappedAddress, MessageIntegrity, Software, Username, XorMappedAddress,
 };
@@ -30,7 +31,8 @@ define_attribute_enums!(
         Fingerprint,
         ChangeRequest,
         OtherAddress,
-        ResponseOrigin
+        ResponseOrigin,
+        UseCandidate
     ]
 );
 
@@ -83,11 +85,27 @@ pub fn other_address(msg: &StunMessage) -> Option<SocketAddr> {
 
 /// A connectivity check from `from_ufrag` to the peer `to_ufrag`, keyed with `to_pwd`.
 pub fn check_request(tid: [u8; 12], to_ufrag: &str, from_ufrag: &str, to_pwd: &str) -> Vec<u8> {
+    sign(check(tid, to_ufrag, from_ufrag), to_pwd)
+}
+
+/// A check that also says "this is the pair I keep" (ICE's USE-CANDIDATE).
+pub fn nomination_request(tid: [u8; 12], to_ufrag: &str, from_ufrag: &str, to_pwd: &str) -> Vec<u8> {
+    let mut msg = check(tid, to_ufrag, from_ufrag);
+    msg.add_attribute(UseCandidate::new());
+    sign(msg, to_pwd)
+}
+
+fn check(tid: [u8; 12], to_ufrag: &str, from_ufrag: &str) -> StunMessage {
     let mut msg = StunMessage::new(MessageClass::Request, BINDING, TransactionId::new(tid));
     if let Ok(user) = Username::new(format!("{to_ufrag}:{from_ufrag}")) {
         msg.add_attribute(user);
     }
-    sign(msg, to_pwd)
+    msg
+}
+
+/// True if a check nominates its pair (carries USE-CANDIDATE).
+pub fn nominates(msg: &StunMessage) -> bool {
+    msg.get_attribute::<UseCandidate>().is_some()
 }
 
 /// The answer to a check: the address the request came from, keyed with our own password.
@@ -119,6 +137,15 @@ pub fn check_username(msg: &StunMessage) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nomination_is_a_check_that_says_so() {
+        let nomination = decode(&nomination_request([3; 12], "bob", "alice", "bobpw")).unwrap();
+        assert!(nominates(&nomination) && verify(&nomination, "bobpw"));
+        assert_eq!(check_username(&nomination), Some(("bob", "alice")));
+        let plain = decode(&check_request([3; 12], "bob", "alice", "bobpw")).unwrap();
+        assert!(!nominates(&plain));
+    }
 
     #[test]
     fn checks_verify_only_with_the_right_password() {

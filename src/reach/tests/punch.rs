@@ -211,6 +211,25 @@ impl World {
         }
     }
 
+    /// True if a datagram that `side` sends on its selected pair arrives at an open socket
+    /// of the other side.
+    fn selected_reaches_peer(&mut self, side: usize) -> bool {
+        let Some(selected) = self.sides[side].agent.selected() else {
+            return false;
+        };
+        let Some(src) = self.sides[side].local(selected.socket) else {
+            return false;
+        };
+        let Some(public_src) = self.sides[side].nat.outbound(src, selected.remote) else {
+            return false;
+        };
+        let other = &mut self.sides[1 - side];
+        other
+            .nat
+            .inbound(public_src, selected.remote)
+            .is_some_and(|private| other.socket_of(private).is_some())
+    }
+
     fn run_for(&mut self, d: Duration) {
         let end = self.now + d;
         self.run_until(end, |_| false);
@@ -290,14 +309,16 @@ fn every_pairing_connects_exactly_when_it_should() {
                 }
                 None => {}
             }
-            // Both sides agree on the path: each sends to where the other receives.
+            // Both sides agree on the path once it settled and unused sockets closed: each
+            // sends to an address that reaches a socket the other still has open.
             if both {
-                let (sa, sb) = (
-                    w.sides[0].agent.selected().unwrap(),
-                    w.sides[1].agent.selected().unwrap(),
-                );
-                assert_eq!(sa.remote.ip(), w.sides[1].nat.public_ip, "{a:?} ↔ {b:?}");
-                assert_eq!(sb.remote.ip(), w.sides[0].nat.public_ip, "{a:?} ↔ {b:?}");
+                w.run_for(Duration::from_secs(3));
+                for side in 0..2 {
+                    assert!(
+                        w.selected_reaches_peer(side),
+                        "{a:?} ↔ {b:?}: side {side}'s path is dead"
+                    );
+                }
             }
         }
     }
@@ -526,6 +547,89 @@ fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() 
     assert!(matches!(path_events(&mut agent).as_slice(), [Event::Moved(s)] if s.remote == rebound));
 }
 
+/// Each side keeps the lowest-RTT pair it measured; the peer may keep another, or one through a
+/// socket it closed since. The peer's frames over another proved pair make us probe ours: if
+/// it answers we stay (at most one such probe per keepalive period), if not we move there.
+#[test]
+fn frames_from_the_peer_over_another_pair_move_a_dead_path_there() {
+    let t0 = Instant::now();
+    let Scripted { mut agent, peer } = Scripted::new(t0, 11);
+    let (kept, other): (SocketAddr, SocketAddr) = (
+        "198.51.100.1:4000".parse().unwrap(),
+        "198.51.100.1:4001".parse().unwrap(),
+    );
+    // `kept` has the lower RTT.
+    answer_both(&mut agent, &peer, t0, [(kept, 5), (other, 15)]);
+    let t2 = t0 + Duration::from_secs(1);
+    agent.handle_timeout(t2);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
+    path_events(&mut agent);
+
+    // Frames over the other pair while ours still answers: one probe, and we stay.
+    agent.heard(t2, MAIN_SOCKET, other);
+    let (to, tid) = requests(&mut agent).pop().expect("a probe of the selected pair");
+    assert_eq!(to, kept);
+    agent.handle_response(t2, MAIN_SOCKET, kept, &peer.answer(tid));
+    agent.heard(t2 + Duration::from_secs(2), MAIN_SOCKET, other);
+    assert!(requests(&mut agent).is_empty(), "one probe per keepalive period");
+    agent.handle_timeout(t2 + Duration::from_secs(3));
+    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
+
+    // A keepalive period later ours is dead: the next frame's probe goes unanswered, we move.
+    let t3 = t2 + Config::default().keepalive;
+    agent.heard(t3, MAIN_SOCKET, other);
+    assert!(requests(&mut agent).iter().any(|(to, _)| *to == kept));
+    agent.handle_timeout(t3 + Config::default().keepalive_rto);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(other));
+    assert!(path_events(&mut agent)
+        .iter()
+        .any(|e| matches!(e, Event::Moved(s) if s.remote == other)));
+}
+
+/// Gives the agent two candidates and answers each check at once, as if after `rtt` ms.
+fn answer_both(agent: &mut PunchAgent, peer: &ScriptedPeer, t0: Instant, rtts: [(SocketAddr, u64); 2]) {
+    let cands = rtts.map(|(a, _)| Candidate::new(CandidateKind::ServerReflexive, a, 1));
+    agent.set_remote(t0, peer.creds.clone(), &cands);
+    for ms in 0..20 {
+        let now = t0 + Duration::from_millis(ms);
+        agent.handle_timeout(now);
+        for (to, tid) in requests(agent) {
+            let rtt = rtts.iter().find(|(a, _)| *a == to).map_or(0, |(_, r)| *r);
+            agent.handle_response(
+                now + Duration::from_millis(rtt),
+                MAIN_SOCKET,
+                to,
+                &peer.answer(tid),
+            );
+        }
+    }
+}
+
+/// A peer that closed its other sockets nominates the pair it keeps: we move there at once.
+#[test]
+fn a_nominated_pair_is_taken_at_once() {
+    let t0 = Instant::now();
+    let Scripted { mut agent, peer } = Scripted::new(t0, 12);
+    let (kept, nominated): (SocketAddr, SocketAddr) = (
+        "198.51.100.1:4000".parse().unwrap(),
+        "198.51.100.1:4001".parse().unwrap(),
+    );
+    answer_both(&mut agent, &peer, t0, [(kept, 5), (nominated, 15)]);
+    let t1 = t0 + Duration::from_secs(1);
+    agent.handle_timeout(t1);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
+    path_events(&mut agent);
+
+    // A plain check from the other pair does not move us; a nomination does.
+    agent.handle_request(t1, MAIN_SOCKET, nominated, &peer.check([4; 12]));
+    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
+    agent.handle_request(t1, MAIN_SOCKET, nominated, &peer.nomination([5; 12]));
+    assert_eq!(agent.selected().map(|s| s.remote), Some(nominated));
+    assert!(path_events(&mut agent)
+        .iter()
+        .any(|e| matches!(e, Event::Moved(s) if s.remote == nominated)));
+}
+
 /// An agent alone, and what its peer would send it: checks keyed with the agent's password,
 /// answers with the peer's (`creds`).
 struct Scripted {
@@ -562,13 +666,15 @@ impl ScriptedPeer {
     /// A check from the peer.
     fn check(&self, tid: [u8; 12]) -> stun_msg::StunMessage {
         let to = &self.agent;
-        stun_msg::decode(&stun_msg::check_request(
-            tid,
-            &to.ufrag,
-            &self.creds.ufrag,
-            &to.pwd,
-        ))
-        .unwrap()
+        let bytes = stun_msg::check_request(tid, &to.ufrag, &self.creds.ufrag, &to.pwd);
+        stun_msg::decode(&bytes).unwrap()
+    }
+
+    /// A check from the peer that nominates its pair.
+    fn nomination(&self, tid: [u8; 12]) -> stun_msg::StunMessage {
+        let to = &self.agent;
+        let bytes = stun_msg::nomination_request(tid, &to.ufrag, &self.creds.ufrag, &to.pwd);
+        stun_msg::decode(&bytes).unwrap()
     }
 }
 
