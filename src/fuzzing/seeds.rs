@@ -84,6 +84,10 @@ pub fn overlay_messages() -> Vec<Message> {
             from: addr(3),
             inner: Message::Pong(1).emit(),
         },
+        Message::Unrelayed {
+            to: addr(3),
+            inner: Message::Ping(2).emit(),
+        },
         Message::Replicate(vec![Record {
             point: addr(1),
             key: addr(2),

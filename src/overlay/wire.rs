@@ -171,6 +171,11 @@ pub enum Message {
         from: RingAddr,
         inner: Vec<u8>,
     },
+    /// Tunnel traffic handed back by the relay: it has no link to `to` (any more).
+    Unrelayed {
+        to: RingAddr,
+        inner: Vec<u8>,
+    },
     Replicate(Vec<Record>),
     Bye,
     Neighbours(Vec<RingAddr>),
@@ -210,11 +215,13 @@ impl Message {
                 out.extend_from_slice(&end.to_bytes());
                 put_blob(&mut out, payload);
             }
-            Message::Relay { to: peer, inner } | Message::Relayed { from: peer, inner } => {
-                out.push(if matches!(self, Message::Relay { .. }) {
-                    5
-                } else {
-                    9
+            Message::Relay { to: peer, inner }
+            | Message::Relayed { from: peer, inner }
+            | Message::Unrelayed { to: peer, inner } => {
+                out.push(match self {
+                    Message::Relay { .. } => 5,
+                    Message::Relayed { .. } => 9,
+                    _ => 11,
                 });
                 out.extend_from_slice(&peer.to_bytes());
                 out.extend_from_slice(inner);
@@ -273,6 +280,13 @@ impl Message {
                 let from = r.addr()?;
                 Message::Relayed {
                     from,
+                    inner: std::mem::take(&mut r.0).to_vec(),
+                }
+            }
+            11 => {
+                let to = r.addr()?;
+                Message::Unrelayed {
+                    to,
                     inner: std::mem::take(&mut r.0).to_vec(),
                 }
             }
@@ -653,7 +667,10 @@ mod tests {
         fn truncations_are_errors(cut in 0usize..200) {
             for msg in crate::fuzzing::seeds::overlay_messages() {
                 let bytes = msg.emit();
-                if cut < bytes.len() && !matches!(msg, Message::Relay { .. } | Message::Relayed { .. }) {
+                if cut < bytes.len() && !matches!(
+                    msg,
+                    Message::Relay { .. } | Message::Relayed { .. } | Message::Unrelayed { .. }
+                ) {
                     prop_assert!(Message::parse(&bytes[..cut]).is_err());
                 }
             }

@@ -10,7 +10,7 @@ use tracing::{debug, trace};
 use super::{Asked, Event, Ring, COALESCE, COALESCE_MIN_RING, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::table::{Link, LinkKind, Ping};
-use crate::overlay::wire::{Message, Mode, Purpose, Record, RoutedBody, MAX_RECORDS};
+use crate::overlay::wire::{Message, Mode, Purpose, Record, Routed, RoutedBody, MAX_RECORDS};
 
 /// A link that relayed tunnel traffic this recently is kept.
 const RELAY_KEEP: Duration = Duration::from_secs(60);
@@ -457,11 +457,17 @@ impl Ring {
         }
     }
 
-    /// A tunnel end asks us to pass `inner` on to `to`: only between two direct links.
+    /// A tunnel end asks us to pass `inner` on to `to`: only between two direct links. If our
+    /// link to `to` is gone, the traffic goes back to the sender, which then knows that its
+    /// tunnel through us is dead and can send it another way.
     pub(super) fn on_relay(&mut self, now: Instant, from: RingAddr, to: RingAddr, inner: Vec<u8>) {
         let direct = |r: &Ring, a: RingAddr| r.table.get(&a).is_some_and(|l| l.kind == LinkKind::Direct);
-        if to == from || !direct(self, from) || !direct(self, to) {
+        if to == from || !direct(self, from) {
             self.stats.dropped += 1;
+            return;
+        }
+        if !direct(self, to) {
+            self.push(from, Message::Unrelayed { to, inner }.emit());
             return;
         }
         for a in [from, to] {
@@ -470,6 +476,42 @@ impl Ring {
             }
         }
         self.push(to, Message::Relayed { from, inner }.emit());
+    }
+
+    /// The relay `via` could not pass our tunnel traffic on to `to`: the tunnel through it is
+    /// dead (its far end has not noticed yet; its pings would only find out after
+    /// `ping_after`). It goes, and what we sent is sent again another way: a routed message is
+    /// routed anew, a broadcast's sub-range is routed to its start, where the node at or after
+    /// it covers it (those that had it already ignore it). Link upkeep is not resent.
+    pub(super) fn on_unrelayed(&mut self, now: Instant, via: RingAddr, to: RingAddr, inner: &[u8]) {
+        let through_via = self
+            .table
+            .get(&to)
+            .is_some_and(|l| l.kind == LinkKind::Tunnel { via });
+        if !through_via {
+            self.stats.dropped += 1;
+            return;
+        }
+        debug!(peer = %to, %via, "tunnel gone at its relay");
+        self.handle_link_down(now, to);
+        match Message::parse(inner) {
+            Ok(Message::Routed(msg)) => self.route(now, None, msg),
+            Ok(Message::Broadcast {
+                origin,
+                seq,
+                start,
+                end,
+                payload,
+            }) => {
+                let body = RoutedBody::Broadcast { seq, end, payload };
+                let msg = Routed {
+                    src: origin,
+                    ..self.own(start, Mode::Right, body)
+                };
+                self.route(now, None, msg);
+            }
+            _ => {}
+        }
     }
 
     /// Tunnel traffic from `peer`, passed on by the common neighbour `via`. The first of it

@@ -149,8 +149,9 @@ pub struct Stats {
     pub links_down: u64,
     pub broadcasts_forwarded: u64,
     /// Messages out by their wire kind (`overlay::wire`'s kind byte: 1 ping, 2 pong, 3
-    /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed, 10 links).
-    pub out_by_kind: [u64; 11],
+    /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed, 10 links,
+    /// 11 unrelayed).
+    pub out_by_kind: [u64; 12],
     /// Routed messages out by their body (1 CTM, 2 CTM reply, 3 DHT put, 4 DHT get, 5 DHT
     /// values, 6 app, 7 neighbours request, 8 neighbours reply, 9 broadcast, 10 via).
     pub routed_by_body: [u64; 11],
@@ -425,7 +426,10 @@ impl Ring {
             } => self.cover(now, origin, seq, start, end, payload),
             Message::Relay { to, inner } if outer => self.on_relay(now, from, to, inner),
             Message::Relayed { from: peer, inner } if outer => self.on_relayed(now, from, peer, &inner),
-            Message::Relay { .. } | Message::Relayed { .. } => self.stats.malformed += 1,
+            Message::Unrelayed { to, inner } if outer => self.on_unrelayed(now, from, to, &inner),
+            Message::Relay { .. } | Message::Relayed { .. } | Message::Unrelayed { .. } => {
+                self.stats.malformed += 1
+            }
             Message::Replicate(records) => {
                 for r in records {
                     self.store.put(now, r.point, r.key, &r.value, r.lease_s);
@@ -841,6 +845,78 @@ mod tests {
                 peer: addr(2),
                 via: addr(4)
             }));
+    }
+
+    /// A relay whose link to a tunnel's far end is gone hands the traffic back; the sender
+    /// drops the dead tunnel and routes the broadcast sub-range it carried to its start.
+    #[test]
+    fn a_relay_without_the_far_end_hands_tunnel_traffic_back_and_it_goes_another_way() {
+        let now = Instant::now();
+        let hop = Duration::from_millis(10);
+        let broadcast = Message::Broadcast {
+            origin: addr(9),
+            seq: 4,
+            start: addr(2),
+            end: addr(4),
+            payload: b"game".to_vec(),
+        }
+        .emit();
+
+        // The relay (3) links to the sender (1) but no longer to the far end (2).
+        let mut relay = Ring::new(now, addr(3), Config::default(), 7);
+        relay.handle_link_up(now, addr(1), LinkKind::Direct, hop);
+        while relay.poll_transmit().is_some() {}
+        let relay_msg = Message::Relay {
+            to: addr(2),
+            inner: broadcast.clone(),
+        };
+        relay.handle_message(now, addr(1), &relay_msg.emit());
+        let back = relay.poll_transmit().expect("the traffic goes back");
+        let unrelayed = Message::Unrelayed {
+            to: addr(2),
+            inner: broadcast.clone(),
+        };
+        assert_eq!(
+            (back.peer, Message::parse(&back.bytes)),
+            (addr(1), Ok(unrelayed.clone()))
+        );
+
+        // The sender (1) has a tunnel to 2 through 3, and a direct link to 5.
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        for link in [addr(3), addr(5)] {
+            ring.handle_link_up(now, link, LinkKind::Direct, hop);
+        }
+        let opened = Message::Relayed {
+            from: addr(2),
+            inner: Message::Ping(1).emit(),
+        };
+        ring.handle_message(now, addr(3), &opened.emit());
+        assert!(ring.table().get(&addr(2)).is_some());
+        while ring.poll_transmit().is_some() {}
+        // Handed back by another node than the tunnel's relay: not believed.
+        ring.handle_message(now, addr(5), &unrelayed.emit());
+        assert!(ring.table().get(&addr(2)).is_some());
+        ring.handle_message(now, addr(3), &unrelayed.emit());
+        assert!(ring.table().get(&addr(2)).is_none(), "the dead tunnel goes");
+        let resent = std::iter::from_fn(|| ring.poll_transmit())
+            .filter_map(|t| match Message::parse(&t.bytes) {
+                Ok(Message::Routed(r)) if matches!(r.body, RoutedBody::Broadcast { .. }) => Some(r),
+                _ => None,
+            })
+            .next()
+            .expect("the sub-range is routed to its start");
+        assert_eq!(
+            (resent.src, resent.dst, resent.mode),
+            (addr(9), addr(2), Mode::Right)
+        );
+        assert_eq!(
+            resent.body,
+            RoutedBody::Broadcast {
+                seq: 4,
+                end: addr(4),
+                payload: b"game".to_vec()
+            }
+        );
     }
 
     /// Two linked rings for `run` of virtual time over a path that forgets a flow silent for
