@@ -8,7 +8,9 @@
 //! address adds it as a peer-reflexive candidate and triggers a check to it at once. The first
 //! authenticated answer wins: its pair is usable at once ([`Event::Connected`]). Checks go on
 //! for a short settle period, after which the pair with the lowest RTT is kept ([`Event::Moved`]
-//! if that is another one) and checks stop.
+//! if that is another one) and checks stop. A side that then closes extra sockets nominates
+//! the pair it keeps (a check with USE-CANDIDATE), and the peer keeps that pair too: its own
+//! lowest-RTT pair may go through a socket just closed.
 //!
 //! Drive loop:
 //! 1. [`PunchAgent::set_remote`] once the peer's credentials and candidates are known (more
@@ -21,7 +23,8 @@
 //! Once connected, the agent keeps the NAT mappings alive: after `keepalive` of silence from
 //! the peer it sends a check; `keepalive_tries` unanswered checks mean the path is lost. A check
 //! from the peer that arrives from a new address (a NAT rebinding) is verified by a check back,
-//! then the path moves there.
+//! then the path moves there. Traffic from the peer over another proved pair makes the agent
+//! probe its own; if that goes unanswered, the path moves to the peer's.
 //!
 //! Hard NATs: when one side maps per destination and the other does not, the hard side opens up
 //! to `birthday_sockets` extra sockets and sends one check from each to the peer's address,
