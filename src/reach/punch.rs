@@ -473,7 +473,7 @@ impl PunchAgent {
 
     /// A packet other than a check arrived from `from` on `socket`: if that is the selected
     /// pair, the path is alive and needs no keepalive yet; if it is another proved pair, the
-    /// peer sends over that one (see [`Self::heard_elsewhere`]).
+    /// peer sends over that one (see `heard_elsewhere`).
     pub fn heard(&mut self, now: Instant, socket: SocketId, from: SocketAddr) {
         if self.is_selected(socket, from) {
             self.last_heard = now;
