@@ -552,18 +552,7 @@ fn another_working_pair_takes_over_only_when_the_selected_one_stops_answering() 
 /// it answers we stay (at most one such probe per keepalive period), if not we move there.
 #[test]
 fn frames_from_the_peer_over_another_pair_move_a_dead_path_there() {
-    let t0 = Instant::now();
-    let Scripted { mut agent, peer } = Scripted::new(t0, 11);
-    let (kept, other): (SocketAddr, SocketAddr) = (
-        "198.51.100.1:4000".parse().unwrap(),
-        "198.51.100.1:4001".parse().unwrap(),
-    );
-    // `kept` has the lower RTT.
-    answer_both(&mut agent, &peer, t0, [(kept, 5), (other, 15)]);
-    let t2 = t0 + Duration::from_secs(1);
-    agent.handle_timeout(t2);
-    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
-    path_events(&mut agent);
+    let (t2, Scripted { mut agent, peer }, [kept, other]) = connected_on_the_first_of_two(11);
 
     // Frames over the other pair while ours still answers: one probe, and we stay.
     agent.heard(t2, MAIN_SOCKET, other);
@@ -586,15 +575,22 @@ fn frames_from_the_peer_over_another_pair_move_a_dead_path_there() {
         .any(|e| matches!(e, Event::Moved(s) if s.remote == other)));
 }
 
-/// Gives the agent two candidates and answers each check at once, as if after `rtt` ms.
-fn answer_both(agent: &mut PunchAgent, peer: &ScriptedPeer, t0: Instant, rtts: [(SocketAddr, u64); 2]) {
-    let cands = rtts.map(|(a, _)| Candidate::new(CandidateKind::ServerReflexive, a, 1));
+/// An agent given two candidates, each check answered at once as if after 5 ms (the first)
+/// or 15 ms (the second), then settled: it keeps the first. Returns when it had settled.
+fn connected_on_the_first_of_two(seed: u64) -> (Instant, Scripted, [SocketAddr; 2]) {
+    let t0 = Instant::now();
+    let Scripted { mut agent, peer } = Scripted::new(t0, seed);
+    let pairs: [(SocketAddr, u64); 2] = [
+        ("198.51.100.1:4000".parse().unwrap(), 5),
+        ("198.51.100.1:4001".parse().unwrap(), 15),
+    ];
+    let cands = pairs.map(|(a, _)| Candidate::new(CandidateKind::ServerReflexive, a, 1));
     agent.set_remote(t0, peer.creds.clone(), &cands);
     for ms in 0..20 {
         let now = t0 + Duration::from_millis(ms);
         agent.handle_timeout(now);
-        for (to, tid) in requests(agent) {
-            let rtt = rtts.iter().find(|(a, _)| *a == to).map_or(0, |(_, r)| *r);
+        for (to, tid) in requests(&mut agent) {
+            let rtt = pairs.iter().find(|(a, _)| *a == to).map_or(0, |(_, r)| *r);
             agent.handle_response(
                 now + Duration::from_millis(rtt),
                 MAIN_SOCKET,
@@ -603,22 +599,17 @@ fn answer_both(agent: &mut PunchAgent, peer: &ScriptedPeer, t0: Instant, rtts: [
             );
         }
     }
+    let settled = t0 + Duration::from_secs(1);
+    agent.handle_timeout(settled);
+    assert_eq!(agent.selected().map(|s| s.remote), Some(pairs[0].0));
+    path_events(&mut agent);
+    (settled, Scripted { agent, peer }, pairs.map(|(a, _)| a))
 }
 
 /// A peer that closed its other sockets nominates the pair it keeps: we move there at once.
 #[test]
 fn a_nominated_pair_is_taken_at_once() {
-    let t0 = Instant::now();
-    let Scripted { mut agent, peer } = Scripted::new(t0, 12);
-    let (kept, nominated): (SocketAddr, SocketAddr) = (
-        "198.51.100.1:4000".parse().unwrap(),
-        "198.51.100.1:4001".parse().unwrap(),
-    );
-    answer_both(&mut agent, &peer, t0, [(kept, 5), (nominated, 15)]);
-    let t1 = t0 + Duration::from_secs(1);
-    agent.handle_timeout(t1);
-    assert_eq!(agent.selected().map(|s| s.remote), Some(kept));
-    path_events(&mut agent);
+    let (t1, Scripted { mut agent, peer }, [kept, nominated]) = connected_on_the_first_of_two(12);
 
     // A plain check from the other pair does not move us; a nomination does.
     agent.handle_request(t1, MAIN_SOCKET, nominated, &peer.check([4; 12]));
