@@ -129,6 +129,7 @@ impl Ring {
     pub(super) fn request_link(&mut self, now: Instant, peer: RingAddr, purpose: Purpose) {
         if self.direct_failed_recently(now, peer) {
             self.tunnels_wanted.entry(peer).or_insert(now);
+            self.wake_ticks(now);
             self.try_tunnel(now, peer);
             return;
         }
@@ -156,6 +157,7 @@ impl Ring {
                 target,
             },
         );
+        self.wake_ticks(now);
         self.stats.ctm_sent += 1;
         let cause = match (purpose, mode) {
             (Purpose::Near, Mode::Left | Mode::Right) => 0,
@@ -185,6 +187,7 @@ impl Ring {
             return;
         }
         self.asked.insert(peer, (why, now));
+        self.wake_ticks(now);
         self.emit(Event::Connect { peer, candidates });
     }
 

@@ -67,6 +67,7 @@ impl Ring {
     /// The link layer could not link to `peer` directly (both behind hard NATs, say).
     pub fn handle_connect_failed(&mut self, now: Instant, peer: RingAddr) {
         self.asked.remove(&peer);
+        self.wake_ticks(now);
         self.direct_failed.insert(peer, now);
         if self.direct_failed.len() > MAX_KNOWN_LISTS {
             let oldest = self
@@ -338,6 +339,7 @@ impl Ring {
     /// DHT records they should now hold, and look for what is missing.
     pub(super) fn topology_changed(&mut self, now: Instant) {
         self.size_cache.set(None);
+        self.wake_ticks(now);
         let near = self.table.near(self.cfg.near);
         if near.is_empty() && !self.table.is_empty() && self.seek_at.is_none() {
             // A leaf: its relay links do not route, but it must find its neighbours.

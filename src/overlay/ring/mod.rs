@@ -23,6 +23,9 @@ mod linking;
 mod links;
 mod lookahead;
 mod services;
+#[cfg(test)]
+#[path = "tests/ticks.rs"]
+mod ticks_tests;
 pub use services::Error as ServiceError;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -199,6 +202,9 @@ pub struct Ring {
     /// Peers whose link died quiet: the longest silence it had survived.
     quiet_caps: BTreeMap<RingAddr, Duration>,
     next_tick: Instant,
+    /// The wait between housekeeping ticks: `tick`, doubling while ticks find nothing to do
+    /// (up to [`QUIET_TICK_FACTOR`] times), back to `tick` on any change.
+    tick_every: Duration,
     /// A pending look for our true neighbours (after a change, or while sides are short).
     seek_at: Option<Instant>,
     /// Our near set as last told to it, while a change waits to be told, and when it is due.
@@ -238,6 +244,10 @@ const COALESCE_MIN_RING: f64 = 32.0;
 /// Most near candidates waiting to be weighed.
 const MAX_NEAR_CANDIDATES: usize = 64;
 
+/// How many `tick`s apart a quiet node's housekeeping may be: in a settled ring nearly every
+/// tick finds nothing to do, and at 100,000 simulated nodes they were a third of all wakes.
+const QUIET_TICK_FACTOR: u32 = 6;
+
 /// Bound on queued transmits and events (a driver that stops draining loses the oldest).
 const QUEUE_LIMIT: usize = 4096;
 
@@ -257,6 +267,7 @@ impl Ring {
             tunnels_wanted: BTreeMap::new(),
             quiet_caps: BTreeMap::new(),
             next_tick: now + cfg.tick,
+            tick_every: cfg.tick,
             seek_at: None,
             told_near: None,
             tell_near_at: None,
@@ -386,9 +397,41 @@ impl Ring {
             self.emit(Event::DhtFound(f));
         }
         if now >= self.next_tick {
-            self.next_tick = now + self.cfg.tick;
+            let (sent, events) = (self.stats.messages_out, self.events.len());
             self.tick(now);
+            let quiet = self.stats.messages_out == sent && self.events.len() == events && self.settled(now);
+            self.tick_every = if quiet {
+                (self.tick_every * 2).min(self.cfg.tick * QUIET_TICK_FACTOR)
+            } else {
+                self.cfg.tick
+            };
+            let next = now + self.tick_every;
+            // Re-puts are due at half their lease: never later than that.
+            self.next_tick = self
+                .puts
+                .next_due()
+                .map_or(next, |due| next.min(due.max(now + self.cfg.tick)));
         }
+    }
+
+    /// Whether housekeeping has nothing in flight to watch: no CTMs or links asked, no
+    /// tunnels wanted, no candidates waiting, and no link young enough to be trimmed or told.
+    fn settled(&self, now: Instant) -> bool {
+        let young = 2 * self.cfg.trim_grace;
+        self.pending.is_empty()
+            && self.asked.is_empty()
+            && self.tunnels_wanted.is_empty()
+            && self.near_candidates.is_empty()
+            && self
+                .table
+                .iter()
+                .all(|(_, l)| now.saturating_duration_since(l.since) >= young)
+    }
+
+    /// Something changed: housekeeping ticks at its usual pace again.
+    pub(super) fn wake_ticks(&mut self, now: Instant) {
+        self.tick_every = self.cfg.tick;
+        self.next_tick = self.next_tick.min(now + self.cfg.tick);
     }
 
     /// One overlay message from the link to `from`.

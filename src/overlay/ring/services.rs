@@ -194,6 +194,7 @@ impl Ring {
         if !self.puts.remember(now, key, &value, lease_s) {
             return Err(Error::Busy);
         }
+        self.wake_ticks(now);
         self.put_points(now, key, &value, lease_s);
         Ok(())
     }
