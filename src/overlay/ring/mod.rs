@@ -406,11 +406,11 @@ impl Ring {
                 self.cfg.tick
             };
             let next = now + self.tick_every;
-            // Re-puts are due at half their lease: never later than that.
-            self.next_tick = self
-                .puts
-                .next_due()
-                .map_or(next, |due| next.min(due.max(now + self.cfg.tick)));
+            // Re-puts (due at half their lease) and the next re-check of our place are never
+            // put off by a quiet tick.
+            let reseek = self.seek_at.is_none().then(|| self.last_seek + self.reseek_after);
+            let due = self.puts.next_due().into_iter().chain(reseek).min();
+            self.next_tick = due.map_or(next, |due| next.min(due.max(now + self.cfg.tick)));
         }
     }
 
