@@ -236,8 +236,13 @@ impl World {
         let now = self.now();
         match ev {
             Ev::Message { to, from, bytes } => {
-                if self.alive(to) && self.links.contains(&pair(to, from)) {
-                    let from_addr = self.addr(from);
+                // A link its sender closed still delivers what was sent before the close (the
+                // close travels behind it, as the link layer's Close frame does): the receiver
+                // has not been told yet. One the receiver closed delivers nothing more.
+                let from_addr = self.addr(from);
+                let open = self.links.contains(&pair(to, from))
+                    || self.nodes[to as usize].ring.table().get(&from_addr).is_some();
+                if self.alive(to) && open {
                     self.nodes[to as usize]
                         .ring
                         .handle_message(now, from_addr, &bytes);
