@@ -10,7 +10,7 @@ use tracing::{debug, trace};
 use super::{Asked, Event, Ring, COALESCE, COALESCE_MIN_RING, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::table::{Link, LinkKind, Ping};
-use crate::overlay::wire::{Message, Mode, Purpose, Record, Routed, RoutedBody, MAX_RECORDS};
+use crate::overlay::wire::{Message, Mode, Purpose, Record, RoutedBody, MAX_RECORDS};
 
 /// A link that relayed tunnel traffic this recently is kept.
 const RELAY_KEEP: Duration = Duration::from_secs(60);
@@ -59,6 +59,7 @@ impl Ring {
         self.asked.remove(&peer);
         let unneeded = self.table.get(&peer).is_some() && !self.needs(now, peer);
         self.drop_link(now, peer);
+        self.hand_again(now, peer);
         if unneeded {
             self.emit(Event::Disconnect { peer });
         }
@@ -483,8 +484,8 @@ impl Ring {
     /// The relay `via` could not pass our tunnel traffic on to `to`: the tunnel through it is
     /// dead (its far end has not noticed yet; its pings would only find out after
     /// `ping_after`). It goes, and what we sent is sent again another way: a routed message is
-    /// routed anew, a broadcast's sub-range is routed to its start, where the node at or after
-    /// it covers it (those that had it already ignore it). Link upkeep is not resent.
+    /// routed anew; a broadcast's sub-range is handed again as for any lost link. Link upkeep
+    /// is not resent.
     pub(super) fn on_unrelayed(&mut self, now: Instant, via: RingAddr, to: RingAddr, inner: &[u8]) {
         let through_via = self
             .table
@@ -496,23 +497,8 @@ impl Ring {
         }
         debug!(peer = %to, %via, "tunnel gone at its relay");
         self.handle_link_down(now, to);
-        match Message::parse(inner) {
-            Ok(Message::Routed(msg)) => self.route(now, None, msg),
-            Ok(Message::Broadcast {
-                origin,
-                seq,
-                start,
-                end,
-                payload,
-            }) => {
-                let body = RoutedBody::Broadcast { seq, end, payload };
-                let msg = Routed {
-                    src: origin,
-                    ..self.own(start, Mode::Right, body)
-                };
-                self.route(now, None, msg);
-            }
-            _ => {}
+        if let Ok(Message::Routed(msg)) = Message::parse(inner) {
+            self.route(now, None, msg);
         }
     }
 

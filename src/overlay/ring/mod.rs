@@ -891,16 +891,18 @@ mod tests {
     }
 
     /// A relay whose link to a tunnel's far end is gone hands the traffic back; the sender
-    /// drops the dead tunnel and routes the broadcast sub-range it carried to its start.
+    /// drops the dead tunnel and routes the broadcast sub-range it had handed into it to the
+    /// sub-range's start.
     #[test]
     fn a_relay_without_the_far_end_hands_tunnel_traffic_back_and_it_goes_another_way() {
         let now = Instant::now();
         let hop = Duration::from_millis(10);
-        let broadcast = Message::Broadcast {
+        // What 1 hands its tunnel to 2 when it covers [2, 4) with links 2 (tunnel) and 3.
+        let handed = Message::Broadcast {
             origin: addr(9),
             seq: 4,
             start: addr(2),
-            end: addr(4),
+            end: addr(3),
             payload: b"game".to_vec(),
         }
         .emit();
@@ -911,13 +913,13 @@ mod tests {
         while relay.poll_transmit().is_some() {}
         let relay_msg = Message::Relay {
             to: addr(2),
-            inner: broadcast.clone(),
+            inner: handed.clone(),
         };
         relay.handle_message(now, addr(1), &relay_msg.emit());
         let back = relay.poll_transmit().expect("the traffic goes back");
         let unrelayed = Message::Unrelayed {
             to: addr(2),
-            inner: broadcast.clone(),
+            inner: handed.clone(),
         };
         assert_eq!(
             (back.peer, Message::parse(&back.bytes)),
@@ -935,7 +937,22 @@ mod tests {
         };
         ring.handle_message(now, addr(3), &opened.emit());
         assert!(ring.table().get(&addr(2)).is_some());
-        while ring.poll_transmit().is_some() {}
+        let covered = Message::Broadcast {
+            origin: addr(9),
+            seq: 4,
+            start: addr(2),
+            end: addr(4),
+            payload: b"game".to_vec(),
+        };
+        ring.handle_message(now, addr(5), &covered.emit());
+        let into_tunnel = Message::Relay {
+            to: addr(2),
+            inner: handed.clone(),
+        };
+        let sent: Vec<_> = std::iter::from_fn(|| ring.poll_transmit()).collect();
+        assert!(sent
+            .iter()
+            .any(|t| t.peer == addr(3) && Message::parse(&t.bytes) == Ok(into_tunnel.clone())));
         // Handed back by another node than the tunnel's relay: not believed.
         ring.handle_message(now, addr(5), &unrelayed.emit());
         assert!(ring.table().get(&addr(2)).is_some());
@@ -946,17 +963,17 @@ mod tests {
                 Ok(Message::Routed(r)) if matches!(r.body, RoutedBody::Broadcast { .. }) => Some(r),
                 _ => None,
             })
-            .next()
-            .expect("the sub-range is routed to its start");
+            .collect::<Vec<_>>();
+        assert_eq!(resent.len(), 1, "the sub-range is routed to its start, once");
         assert_eq!(
-            (resent.src, resent.dst, resent.mode),
+            (resent[0].src, resent[0].dst, resent[0].mode),
             (addr(9), addr(2), Mode::Right)
         );
         assert_eq!(
-            resent.body,
+            resent[0].body,
             RoutedBody::Broadcast {
                 seq: 4,
-                end: addr(4),
+                end: addr(3),
                 payload: b"game".to_vec()
             }
         );

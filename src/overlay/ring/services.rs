@@ -2,7 +2,6 @@
 //! root's neighbours, re-puts at half the lease) and bounded broadcast.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -11,7 +10,7 @@ use super::{Event, Ring};
 use crate::overlay::addr::RingAddr;
 use crate::overlay::broadcast::split;
 use crate::overlay::dht::point;
-use crate::overlay::wire::{Message, Mode, Record, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
+use crate::overlay::wire::{Message, Mode, Record, Routed, RoutedBody, MAX_PAYLOAD, MAX_VALUE};
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum Error {
@@ -23,37 +22,41 @@ pub enum Error {
     Busy,
 }
 
-/// Broadcast sub-ranges handed to links: (when, link, start, end, payload hash), newest last.
-#[derive(Default)]
-pub(super) struct Handed(VecDeque<(Instant, RingAddr, RingAddr, RingAddr, u64)>);
+/// A broadcast sub-range handed to a link, with what it takes to hand it again.
+pub(super) struct HandedRange {
+    at: Instant,
+    peer: RingAddr,
+    origin: RingAddr,
+    seq: u32,
+    start: RingAddr,
+    end: RingAddr,
+    payload: Vec<u8>,
+}
 
-/// How many hand-outs, and for how long, `cut_off` can look back on.
+/// Broadcast sub-ranges handed to links lately, newest last.
+#[derive(Default)]
+pub(super) struct Handed(VecDeque<HandedRange>);
+
+/// How many hand-outs, and for how long, a lost link or `cut_off` can look back on.
 const HANDED_MAX: usize = 32;
 const HANDED_FOR: Duration = Duration::from_secs(30);
 
-pub(super) fn payload_hash(payload: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    payload.hash(&mut h);
-    h.finish()
-}
-
 impl Handed {
-    /// `hash`: the broadcast payload's [`payload_hash`].
-    fn record(&mut self, now: Instant, peer: RingAddr, start: RingAddr, end: RingAddr, hash: u64) {
-        while self.0.len() >= HANDED_MAX || self.0.front().is_some_and(|e| now >= e.0 + HANDED_FOR) {
+    fn record(&mut self, range: HandedRange) {
+        let now = range.at;
+        while self.0.len() >= HANDED_MAX || self.0.front().is_some_and(|e| now >= e.at + HANDED_FOR) {
             self.0.pop_front();
         }
-        self.0.push_back((now, peer, start, end, hash));
+        self.0.push_back(range);
     }
 
-    /// The sub-ranges `peer` got from us in broadcasts of `payload`.
-    fn to(&self, peer: RingAddr, payload: &[u8]) -> Vec<(RingAddr, RingAddr)> {
-        let hash = payload_hash(payload);
-        self.0
-            .iter()
-            .filter(|e| e.1 == peer && e.4 == hash)
-            .map(|e| (e.2, e.3))
-            .collect()
+    /// Forgets and returns the sub-ranges handed to `peer`.
+    fn take(&mut self, peer: RingAddr) -> Vec<HandedRange> {
+        let (to_peer, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|e| e.peer == peer);
+        self.0 = rest.into();
+        to_peer
     }
 }
 
@@ -98,10 +101,13 @@ impl Ring {
     /// the ring in a broadcast of `payload` (the news of its revocation), we cover that part
     /// ourselves, so a revoked node cannot swallow the news on its way to the nodes behind it.
     pub fn cut_off(&mut self, now: Instant, peer: RingAddr, payload: Vec<u8>) -> Result<(), Error> {
+        // Taken first: losing the link must not hand them to the revoked node's place again.
+        let handed = self.handed.take(peer);
         self.handle_link_down(now, peer);
         let mut one = [0u8; 20];
         one[19] = 1;
-        for (start, end) in self.handed.to(peer, &payload) {
+        let ranges = handed.into_iter().filter(|h| h.payload == payload);
+        for HandedRange { start, end, .. } in ranges {
             // The range began at the peer itself (it was in it): start just past it.
             let start = if start == peer {
                 peer.wrapping_add(RingAddr::from_bytes(one))
@@ -113,6 +119,24 @@ impl Ring {
             }
         }
         Ok(())
+    }
+
+    /// The link to `peer` is gone: what we handed it lately may have died with it, so each such
+    /// sub-range is routed to its start, where the node at or after it covers it (nodes that
+    /// had it already ignore it).
+    pub(super) fn hand_again(&mut self, now: Instant, peer: RingAddr) {
+        for h in self.handed.take(peer) {
+            let body = RoutedBody::Broadcast {
+                seq: h.seq,
+                end: h.end,
+                payload: h.payload,
+            };
+            let msg = Routed {
+                src: h.origin,
+                ..self.own(h.start, Mode::Right, body)
+            };
+            self.route(now, None, msg);
+        }
     }
 
     /// Covers [start, end): deliver here if inside, hand each link in range its sub-range.
@@ -137,10 +161,17 @@ impl Ring {
             // A leaf hands its own broadcast to a router, which covers the range for it.
             hand.push((home, start, end));
         }
-        let hash = payload_hash(&payload);
         for (peer, s, e) in hand {
             self.stats.broadcasts_forwarded += 1;
-            self.handed.record(now, peer, s, e, hash);
+            self.handed.record(HandedRange {
+                at: now,
+                peer,
+                origin,
+                seq,
+                start: s,
+                end: e,
+                payload: payload.clone(),
+            });
             let msg = Message::Broadcast {
                 origin,
                 seq,
