@@ -87,7 +87,7 @@ impl Ring {
 
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // a real Instant is the tests' virtual epoch
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::overlay::addr::filled as addr;
     use crate::overlay::ring::Config;
@@ -95,7 +95,11 @@ mod tests {
 
     /// Runs `ring` second by second to `until`, answering its pings; returns the link lists
     /// it sent, by peer.
-    fn run(ring: &mut Ring, from: Instant, until: Instant) -> Vec<(RingAddr, Vec<u64>)> {
+    pub(in crate::overlay::ring) fn run(
+        ring: &mut Ring,
+        from: Instant,
+        until: Instant,
+    ) -> Vec<(RingAddr, Vec<u64>)> {
         let mut told = Vec::new();
         let mut now = from;
         while now < until {
