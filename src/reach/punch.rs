@@ -757,13 +757,12 @@ impl PunchAgent {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| {
-                let rank = if self.nominated == Some(i) { 0 } else { 1 };
+                let not_nominated = self.nominated != Some(i);
                 p.rtt
-                    .map(|rtt| (rank, rtt, p.socket != MAIN_SOCKET, p.socket, p.remote))
+                    .map(|rtt| (not_nominated, rtt, p.socket != MAIN_SOCKET, p.socket, p.remote))
             })
-            .min()
-            .map(|(_, rtt, main, socket, remote)| (rtt, main, socket, remote));
-        let Some((rtt, _, socket, remote)) = best else {
+            .min();
+        let Some((_, rtt, _, socket, remote)) = best else {
             return;
         };
         let selected = Selected { socket, remote, rtt };
