@@ -893,6 +893,57 @@ mod tests {
     /// A relay whose link to a tunnel's far end is gone hands the traffic back; the sender
     /// drops the dead tunnel and routes the broadcast sub-range it had handed into it to the
     /// sub-range's start.
+    /// A bounded broadcast routed to its start lands on the first router at or after it; a
+    /// leaf between the start and that router belongs to no one else's part of the range
+    /// (the revocation scenario missed such a leaf behind the revoked node).
+    #[test]
+    fn the_first_router_in_a_range_covers_the_leaves_before_it() {
+        let now = Instant::now();
+        let hop = Duration::from_millis(10);
+        let mut ring = Ring::new(now, addr(100), Config::default(), 7);
+        for router in [addr(50), addr(150)] {
+            ring.handle_link_up(now, router, LinkKind::Direct, hop);
+        }
+        for leaf in [addr(70), addr(90), addr(120)] {
+            ring.handle_link_up(now, leaf, LinkKind::Relay, hop);
+        }
+        while ring.poll_transmit().is_some() {}
+        let mut handed = |seq: u32, start: u8, end: u8| {
+            let routed = Message::Routed(Routed {
+                src: addr(9),
+                dst: addr(start),
+                mode: Mode::Right,
+                ttl: 8,
+                hops: 1,
+                uphill: false,
+                body: RoutedBody::Broadcast {
+                    seq,
+                    end: addr(end),
+                    payload: b"news".to_vec(),
+                },
+            });
+            ring.handle_message(now, addr(50), &routed.emit());
+            let mut got: Vec<(RingAddr, RingAddr, RingAddr)> = std::iter::from_fn(|| ring.poll_transmit())
+                .filter_map(|t| match Message::parse(&t.bytes) {
+                    Ok(Message::Broadcast { start, end, .. }) => Some((t.peer, start, end)),
+                    _ => None,
+                })
+                .collect();
+            got.sort();
+            got
+        };
+        assert_eq!(
+            handed(1, 80, 140),
+            vec![(addr(90), addr(90), addr(100)), (addr(120), addr(120), addr(140)),],
+            "the leaf at 70 is before the range, the router at 150 after it"
+        );
+        assert_eq!(
+            handed(2, 75, 95),
+            vec![(addr(90), addr(90), addr(95))],
+            "a range with no router in it: the first router after it covers its leaves"
+        );
+    }
+
     #[test]
     fn a_relay_without_the_far_end_hands_tunnel_traffic_back_and_it_goes_another_way() {
         let now = Instant::now();

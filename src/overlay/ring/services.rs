@@ -187,7 +187,9 @@ impl Ring {
     }
 
     /// Leaves (relay links) in the part of [start, end) that is ours to cover: from us up to
-    /// our nearest routing link clockwise. Each gets a range holding only itself.
+    /// our nearest routing link clockwise, and from `start` up to us (or to `end`, if the
+    /// range ends before us) when the range was routed to its start and we are the first
+    /// router at or after it: no one else covers those. Each gets a range holding only itself.
     fn leaves_to_cover(
         &self,
         me: RingAddr,
@@ -195,19 +197,26 @@ impl Ring {
         end: RingAddr,
     ) -> Vec<(RingAddr, RingAddr, RingAddr)> {
         let whole = start == end;
-        if !whole && !me.in_range(start, end) {
-            return Vec::new();
-        }
+        let inside = whole || me.in_range(start, end);
         let next = self.table.nearest_right().unwrap_or(me);
         let ours_end = if !whole && end.in_range(me, next) {
             end
         } else {
             next
         };
+        let before_us_end = if inside { me } else { end };
         self.table
             .iter()
-            .filter(|(a, l)| !l.kind.routes() && a.in_range(me, ours_end) && **a != me)
-            .map(|(a, _)| (*a, *a, ours_end))
+            .filter(|(a, l)| !l.kind.routes() && **a != me)
+            .filter_map(|(a, _)| {
+                if inside && a.in_range(me, ours_end) {
+                    Some((*a, *a, ours_end))
+                } else if !whole && start != me && a.in_range(start, before_us_end) {
+                    Some((*a, *a, before_us_end))
+                } else {
+                    None
+                }
+            })
             .collect()
     }
 
