@@ -169,6 +169,11 @@ impl Table {
         Some(link)
     }
 
+    /// Our links' addresses, sorted (what every lookup searches first).
+    pub fn addresses(&self) -> &[RingAddr] {
+        &self.keys
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&RingAddr, &Link)> {
         self.keys.iter().zip(&self.links)
     }

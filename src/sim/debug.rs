@@ -42,8 +42,8 @@ impl World {
                 out.push(format!("    {}", node.ring.describe()));
                 out.push(format!(
                     "    class={:?} other_class={:?} near={:?} links: {}",
-                    node.class,
-                    other.class,
+                    self.class(ring[i].1),
+                    self.class(ring[(i + 1) % n].1),
                     t.near(2).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                     kinds.join(" ")
                 ));

@@ -93,6 +93,13 @@ impl<E> Queue<E> {
         }
     }
 
+    /// The event `k` places after the next one, if it is in the bucket being drained (for
+    /// prefetching what it will touch).
+    pub fn upcoming(&self, k: usize) -> Option<&E> {
+        let i = self.ready.len().checked_sub(k + 1)?;
+        Some(&self.ready[i].2)
+    }
+
     fn fill_ready(&mut self) {
         let b = self.bucket;
         let mut ready = std::mem::take(&mut self.wheel[(b % SLOTS) as usize]);

@@ -72,11 +72,37 @@ enum Ev {
     },
 }
 
+impl Ev {
+    /// The node whose core the event reaches first.
+    fn node(&self) -> NodeIx {
+        match self {
+            Ev::Message { to: node, .. }
+            | Ev::Timer { node }
+            | Ev::LinkUp { a: node, .. }
+            | Ev::LinkFailed { node, .. }
+            | Ev::LinkDown { node, .. }
+            | Ev::Rendezvous { node }
+            | Ev::Learn { node } => *node,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn prefetch(p: *const u8) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is a hint: it never faults
+    // nor reads into the program, whatever the address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_: *const u8) {}
+
 pub struct SimNode {
     pub ring: Ring,
-    pub class: Class,
     pub alive: bool,
-    pos: (f32, f32),
+    /// Went online (asked rendezvous once): only such nodes show in rendezvous answers.
+    online: bool,
     timer: Option<u64>,
     /// Rendezvous group: nodes only see their own group through XMPP (partition scenario).
     pub group: u8,
@@ -100,11 +126,17 @@ pub struct World {
     /// The alive nodes sorted by address, rebuilt after joins and crashes.
     sorted: std::cell::RefCell<Option<Vec<(RingAddr, NodeIx)>>>,
     pub nodes: Vec<SimNode>,
+    /// Every node's place and NAT class by index, apart from its (large) core: every
+    /// delivery reads the pair's latency, and at 100,000 nodes a read of the core is a cache
+    /// miss.
+    spots: Vec<Spot>,
     pub(super) index: HashMap<RingAddr, NodeIx, FixedState>,
     /// Every node's address by index: a delivery names its sender without touching the
     /// sender's core (a cache miss at 100,000 nodes).
     addrs: Vec<RingAddr>,
     links: HashSet<(NodeIx, NodeIx), FixedState>,
+    /// Nodes that went online, in that order (crashed ones stay: rendezvous skips them).
+    online: Vec<NodeIx>,
     attempts: HashSet<(NodeIx, NodeIx), FixedState>,
     rng: SmallRng,
     pub cfg: Config,
@@ -123,6 +155,12 @@ pub struct World {
     pub revocation: Option<super::revoke::Spread>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Spot {
+    pos: (f32, f32),
+    class: Class,
+}
+
 fn pair(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
     (a.min(b), a.max(b))
 }
@@ -135,9 +173,11 @@ impl World {
             queue: Queue::default(),
             sorted: std::cell::RefCell::new(None),
             nodes: Vec::new(),
+            spots: Vec::new(),
             index: HashMap::default(),
             addrs: Vec::new(),
             links: HashSet::default(),
+            online: Vec::new(),
             attempts: HashSet::default(),
             rng: SmallRng::seed_from_u64(seed),
             cfg,
@@ -180,11 +220,11 @@ impl World {
         let seed = self.rng.random();
         let ring = Ring::new(self.now(), addr, self.cfg.clone(), seed);
         let pos = (self.rng.random::<f32>(), self.rng.random::<f32>());
+        self.spots.push(Spot { pos, class });
         self.nodes.push(SimNode {
             ring,
-            class,
             alive: true,
-            pos,
+            online: false,
             timer: None,
             group,
         });
@@ -202,7 +242,7 @@ impl World {
     /// One-way latency: 5 ms plus 88 ms per unit of distance in a unit square, so the median
     /// pair is ~50 ms apart.
     pub fn latency(&self, a: NodeIx, b: NodeIx) -> Duration {
-        let (pa, pb) = (self.nodes[a as usize].pos, self.nodes[b as usize].pos);
+        let (pa, pb) = (self.spots[a as usize].pos, self.spots[b as usize].pos);
         let d = ((pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2)).sqrt() as f64;
         let direct = Duration::from_micros(5_000 + (d * 88_000.0) as u64);
         if self.leaf(a) || self.leaf(b) {
@@ -214,7 +254,11 @@ impl World {
 
     /// A UDP-blocked node: every link of it is an XMPP relay link.
     pub fn leaf(&self, ix: NodeIx) -> bool {
-        self.nodes[ix as usize].class == Class::Blocked
+        self.class(ix) == Class::Blocked
+    }
+
+    pub fn class(&self, ix: NodeIx) -> Class {
+        self.spots[ix as usize].class
     }
 
     fn schedule(&mut self, after: Duration, ev: Ev) {
@@ -226,10 +270,32 @@ impl World {
     pub fn run_until(&mut self, until: Duration) {
         let until_us = until.as_micros() as u64;
         while let Some((at, ev)) = self.queue.pop_until(until_us) {
+            self.prefetch_ahead();
             self.now_us = self.now_us.max(at);
             self.handle(ev);
         }
         self.now_us = self.now_us.max(until_us);
+    }
+
+    /// Asks the CPU to load what coming events will touch: at 100,000 nodes every event
+    /// lands on a core that is not in cache, and the simulator spends most of its time
+    /// waiting for memory. Two stages: the node's core early, the link list it points to
+    /// (searched by every message) once the core is likely loaded.
+    fn prefetch_ahead(&self) {
+        const CORE_AHEAD: usize = 8;
+        const LINKS_AHEAD: usize = 3;
+        if let Some(ix) = self.queue.upcoming(CORE_AHEAD).map(Ev::node) {
+            let ring = &self.nodes[ix as usize].ring;
+            prefetch(std::ptr::from_ref(ring.table()).cast());
+        }
+        if let Some(ix) = self.queue.upcoming(LINKS_AHEAD).map(Ev::node) {
+            let keys = self.nodes[ix as usize].ring.table().addresses();
+            let bytes = std::mem::size_of_val(keys);
+            let start: *const u8 = keys.as_ptr().cast();
+            for off in (0..bytes).step_by(64) {
+                prefetch(start.wrapping_add(off));
+            }
+        }
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -295,6 +361,10 @@ impl World {
                 if !self.alive(node) {
                     return;
                 }
+                if !self.nodes[node as usize].online {
+                    self.nodes[node as usize].online = true;
+                    self.online.push(node);
+                }
                 let sample = self.rendezvous_sample(node);
                 self.nodes[node as usize].ring.handle_rendezvous(now, &sample);
                 self.drain(node);
@@ -314,7 +384,8 @@ impl World {
         self.nodes[ix as usize].alive
     }
 
-    /// Up to ten random online peers the node's XMPP rendezvous would show.
+    /// Up to ten random online peers the node's XMPP rendezvous would show (not those whose
+    /// join time has not come yet).
     fn rendezvous_sample(&mut self, node: NodeIx) -> Vec<RingAddr> {
         let group = self.nodes[node as usize].group;
         let mut out = Vec::new();
@@ -322,10 +393,10 @@ impl World {
             if out.len() >= 10 {
                 break;
             }
-            let peer = self.rng.random_range(0..self.nodes.len()) as NodeIx;
+            let peer = self.online[self.rng.random_range(0..self.online.len())];
             let p = &self.nodes[peer as usize];
             let refused = self.revocation.as_ref().is_some_and(|s| s.refuses(node, peer));
-            if peer != node && p.alive && (self.merged || p.group == group) && !refused {
+            if peer != node && p.alive && p.online && (self.merged || p.group == group) && !refused {
                 out.push(p.ring.me());
             }
         }
@@ -422,8 +493,7 @@ impl World {
         let refused = self.revocation.as_ref().is_some_and(|s| s.refuses(a, b));
         let reachable = self.alive(b)
             && !refused
-            && !(self.nodes[a as usize].class == Class::Symmetric
-                && self.nodes[b as usize].class == Class::Symmetric);
+            && !(self.class(a) == Class::Symmetric && self.class(b) == Class::Symmetric);
         if reachable {
             let after = self.latency(a, b) * 4;
             self.schedule(after, Ev::LinkUp { a, b });
@@ -495,7 +565,7 @@ impl World {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| n.alive && n.class != Class::Blocked)
+                .filter(|(i, n)| n.alive && self.spots[*i].class != Class::Blocked)
                 .map(|(i, n)| (n.ring.me(), i as NodeIx))
                 .collect();
             v.sort();
