@@ -30,6 +30,7 @@ pub fn overlay_messages() -> Vec<Message> {
     vec![
         Message::Ping(7),
         Message::Pong(8),
+        Message::Coord(crate::overlay::coords::Packed([0, 9, 255, 3, 0, 40, 12])),
         routed(RoutedBody::Ctm {
             token: 9,
             purpose: Purpose::Shortcut,
@@ -40,6 +41,7 @@ pub fn overlay_messages() -> Vec<Message> {
             token: 9,
             candidates: vec![4],
             neighbours: vec![addr(5), addr(6)],
+            coords: vec![crate::overlay::coords::Packed([1, 2, 3, 4, 5, 6, 7]); 3],
         }),
         routed(RoutedBody::DhtPut {
             key: addr(7),

@@ -332,7 +332,7 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
 
 /// Ring messages out per kind: what the ring spends its traffic on.
 fn ring_kind_counters(rt: &Runtime) -> impl Iterator<Item = (&'static str, u64)> {
-    const NAMES: [&str; 12] = [
+    const NAMES: [&str; 13] = [
         "ring_out_other",
         "ring_out_ping",
         "ring_out_pong",
@@ -345,6 +345,7 @@ fn ring_kind_counters(rt: &Runtime) -> impl Iterator<Item = (&'static str, u64)>
         "ring_out_relayed",
         "ring_out_links",
         "ring_out_unrelayed",
+        "ring_out_coord",
     ];
     const BODIES: [&str; 11] = [
         "ring_routed_other",

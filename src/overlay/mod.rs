@@ -10,6 +10,7 @@
 
 pub mod addr;
 pub mod broadcast;
+pub mod coords;
 pub mod dht;
 pub mod ring;
 pub mod table;

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use super::addr::{prefix_distance, RingAddr, RING_SIZE};
+use super::coords::Coord;
 use super::wire::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct Link {
     pub peer_links: Box<[u64]>,
     /// The peer has our current link list.
     pub told_links: bool,
+    /// The peer's network coordinate as it told us at link-up.
+    pub coord: Option<Coord>,
 }
 
 impl Link {
@@ -76,6 +79,7 @@ impl Link {
             relayed_at: None,
             peer_links: Box::default(),
             told_links: false,
+            coord: None,
         }
     }
 }

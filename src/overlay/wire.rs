@@ -3,7 +3,7 @@
 //! ```text
 //! byte 0   version (0)
 //! byte 1   kind: 1 ping, 2 pong, 3 routed, 4 broadcast, 5 relay, 6 replicate, 7 bye,
-//!          8 neighbours, 9 relayed, 10 links
+//!          8 neighbours, 9 relayed, 10 links, 11 unrelayed, 12 coordinate
 //! ping/pong   nonce u32
 //! routed      src 20, dst 20, mode u8 (0 exact, 1 closest, 2 path, 3 right, 4 left), ttl u8, hops u8, flags u8, then a routed body:
 //!             kind u8 (1 ctm, 2 ctm reply, 3 dht put, 4 dht get, 5 dht values, 6 app,
@@ -16,12 +16,17 @@
 //! bye         nothing
 //! neighbours  count u8, addresses 20 each
 //! links       count u8, address prefixes (top 8 bytes) of the sender's routing links
+//! unrelayed   to 20, inner message (the common neighbour handing back what it cannot pass on)
+//! coordinate  the sender's network coordinate (7 bytes, `coords::Packed`)
 //! ```
+//! A ctm reply ends with the coordinates of its sender and of each neighbour it lists, in
+//! order (count u8, 0 when it sends none).
 //! Integers are big-endian. Parsing never panics; anything short, long or unknown is an error.
 
 use thiserror::Error;
 
 use super::addr::RingAddr;
+use super::coords::{Packed, WIRE_LEN as COORD_LEN};
 
 pub const VERSION: u8 = 0;
 /// Largest DHT value.
@@ -110,6 +115,8 @@ pub enum RoutedBody {
         token: u32,
         candidates: Vec<u8>,
         neighbours: Vec<RingAddr>,
+        /// The sender's network coordinate, then each neighbour's (empty: none sent).
+        coords: Vec<Packed>,
     },
     /// Stores `value` under `key` at the replica point `dst`; a zero lease removes it.
     DhtPut {
@@ -181,6 +188,8 @@ pub enum Message {
     Neighbours(Vec<RingAddr>),
     /// The sender's routing links as address prefixes (`RingAddr::prefix`): lookahead.
     Links(Vec<u64>),
+    /// The sender's network coordinate (told at link-up).
+    Coord(Packed),
 }
 
 impl Message {
@@ -247,6 +256,10 @@ impl Message {
                 for p in prefixes {
                     out.extend_from_slice(&p.to_be_bytes());
                 }
+            }
+            Message::Coord(c) => {
+                out.push(12);
+                out.extend_from_slice(&c.0);
             }
         }
         out
@@ -315,6 +328,7 @@ impl Message {
                 }
                 Message::Links((0..count).map(|_| r.u64()).collect::<Result<_, _>>()?)
             }
+            12 => Message::Coord(r.coord()?),
             kind => return Err(Error::Kind(kind)),
         };
         r.finish()?;
@@ -374,11 +388,16 @@ fn emit_body(body: &RoutedBody, out: &mut Vec<u8>) {
             token,
             candidates,
             neighbours,
+            coords,
         } => {
             out.push(2);
             out.extend_from_slice(&token.to_be_bytes());
             put_blob(out, candidates);
             put_addrs(out, neighbours);
+            out.push(coords.len() as u8);
+            for c in coords {
+                out.extend_from_slice(&c.0);
+            }
         }
         RoutedBody::DhtPut { key, lease_s, value } => {
             out.push(3);
@@ -468,11 +487,21 @@ fn parse_body(r: &mut Reader, outer: bool) -> Result<RoutedBody, Error> {
             reply_via: r.addr()?,
             candidates: r.blob(MAX_CANDIDATES, "candidates")?,
         },
-        2 => RoutedBody::CtmReply {
-            token: r.u32()?,
-            candidates: r.blob(MAX_CANDIDATES, "candidates")?,
-            neighbours: r.addrs()?,
-        },
+        2 => {
+            let (token, candidates, neighbours) =
+                (r.u32()?, r.blob(MAX_CANDIDATES, "candidates")?, r.addrs()?);
+            let count = r.u8()? as usize;
+            if count > neighbours.len() + 1 {
+                return Err(Error::TooLong("coordinates"));
+            }
+            let coords = (0..count).map(|_| r.coord()).collect::<Result<_, _>>()?;
+            RoutedBody::CtmReply {
+                token,
+                candidates,
+                neighbours,
+                coords,
+            }
+        }
         3 => RoutedBody::DhtPut {
             key: r.addr()?,
             lease_s: r.u32()?,
@@ -559,6 +588,12 @@ impl Reader<'_> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_be_bytes(b))
+    }
+
+    fn coord(&mut self) -> Result<Packed, Error> {
+        let mut c = [0u8; COORD_LEN];
+        c.copy_from_slice(self.take(COORD_LEN)?);
+        Ok(Packed(c))
     }
 
     fn addr(&mut self) -> Result<RingAddr, Error> {
@@ -655,6 +690,28 @@ mod tests {
         links.truncate(3 + 8 * MAX_LINKS);
         links[2] = MAX_LINKS as u8;
         assert_eq!(Message::parse(&links), Ok(Message::Links(vec![7; MAX_LINKS])));
+        // A ctm reply's coordinates: its sender's and one per neighbour at most.
+        let reply = |coords: usize| {
+            Message::Routed(Routed {
+                src: addr(1),
+                dst: addr(2),
+                mode: Mode::Exact,
+                ttl: 1,
+                hops: 0,
+                uphill: false,
+                body: RoutedBody::CtmReply {
+                    token: 1,
+                    candidates: vec![],
+                    neighbours: vec![addr(3)],
+                    coords: vec![Packed([1; COORD_LEN]); coords],
+                },
+            })
+        };
+        assert!(Message::parse(&reply(2).emit()).is_ok());
+        assert_eq!(
+            Message::parse(&reply(3).emit()),
+            Err(Error::TooLong("coordinates"))
+        );
     }
 
     proptest! {

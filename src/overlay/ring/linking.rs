@@ -12,6 +12,7 @@ use super::{
     Asked, Event, Pending, Ring, COALESCE, COALESCE_MIN_RING, MAX_NEAR_CANDIDATES, RESEEK_MAX_FACTOR,
 };
 use crate::overlay::addr::{RingAddr, RING_SIZE};
+use crate::overlay::coords::Packed;
 use crate::overlay::table::LinkKind;
 use crate::overlay::wire::{Mode, Purpose, RoutedBody};
 
@@ -26,6 +27,10 @@ const LEAF_SEEK_EVERY: Duration = Duration::from_secs(10);
 /// Ring-size estimate below which shortcuts are drawn without proximity trials (the 3
 /// candidates of a draw in a 12-member ring are a quarter of it).
 const PNS_MIN_RING: f64 = 32.0;
+/// Neighbours per side a shortcut CTM's reply lists (with their coordinates), and how many of
+/// them nearest the drawn point are weighed by predicted RTT against the replying node.
+const SHORTCUT_REPLY_NEAR: usize = 4;
+const PNS_BY_COORDS: usize = 8;
 
 impl Ring {
     /// Peers XMPP rendezvous shows online. With no links they bootstrap us; later, any that
@@ -226,11 +231,18 @@ impl Ring {
         } else {
             Vec::new()
         };
-        let neighbours = self.table.near(self.cfg.near);
+        let (neighbours, coords) = if purpose == Purpose::Shortcut {
+            let neighbours = self.table.near(SHORTCUT_REPLY_NEAR.max(self.cfg.near));
+            let coords = self.coords_of(&neighbours);
+            (neighbours, coords)
+        } else {
+            (self.table.near(self.cfg.near), Vec::new())
+        };
         let body = RoutedBody::CtmReply {
             token,
             candidates: reply_candidates,
             neighbours,
+            coords,
         };
         if purpose == Purpose::Shortcut {
             self.originate(now, src, Mode::Exact, body);
@@ -247,13 +259,23 @@ impl Ring {
         token: u32,
         candidates: Vec<u8>,
         neighbours: Vec<RingAddr>,
+        coords: &[Packed],
     ) {
         let pending = self.pending.remove(&token);
         let purpose = pending.map(|p| p.purpose);
         self.learn_list(src, neighbours.clone());
+        // Whether the replying node is the one to link (a shortcut may go to one nearer in time).
+        let mut link_src = true;
         if let (Some(p), false) = (pending, src == self.me()) {
             if p.purpose == Purpose::Shortcut {
-                self.try_alternatives(now, p.target, &neighbours);
+                match self.nearest_in_time(now, p.target, src, &neighbours, coords) {
+                    Some(best) if best != src => {
+                        link_src = false;
+                        self.ask_link(now, best, Asked::Ours(Purpose::Shortcut), Vec::new());
+                    }
+                    Some(_) => {}
+                    None => self.try_alternatives(now, p.target, &neighbours),
+                }
             }
         }
         if let (Some(purpose), false) = (purpose, src == self.me()) {
@@ -261,13 +283,13 @@ impl Ring {
             // A near neighbour answering a shortcut request is no shortcut: draw another.
             let near = self.near.contains(&src);
             match self.table.get_mut(&src) {
-                Some(_) if near && purpose == Purpose::Shortcut => {}
+                Some(_) if (near || !link_src) && purpose == Purpose::Shortcut => {}
                 Some(link) if purpose == Purpose::Shortcut && !link.our_shortcut => {
                     link.our_shortcut = true;
                     link.drawn_for = n;
                 }
                 Some(_) => {}
-                None if !candidates.is_empty() || purpose != Purpose::Shortcut => {
+                None if link_src && (!candidates.is_empty() || purpose != Purpose::Shortcut) => {
                     self.ask_link(now, src, Asked::Ours(purpose), candidates);
                 }
                 None => {}
@@ -276,6 +298,58 @@ impl Ring {
         for n in neighbours {
             self.consider_near(now, n);
         }
+    }
+
+    /// Our coordinate, then each of `peers`' as they told us (an untrusted one when unknown).
+    fn coords_of(&self, peers: &[RingAddr]) -> Vec<Packed> {
+        let theirs = peers.iter().map(|a| {
+            let coord = self.table.get(a).and_then(|l| l.coord);
+            coord.unwrap_or_default().packed()
+        });
+        std::iter::once(self.coord.packed()).chain(theirs).collect()
+    }
+
+    /// Proximity neighbour selection by coordinates: of the node that answered a shortcut CTM
+    /// and its neighbours nearest the drawn point, the one with the least predicted RTT (a
+    /// Symphony shortcut's exact place matters little; its latency is paid on every route
+    /// through it). None when our coordinate or the answerer's cannot be trusted yet, or in a
+    /// ring too small for a choice: then trial links choose.
+    fn nearest_in_time(
+        &self,
+        now: Instant,
+        target: RingAddr,
+        src: RingAddr,
+        neighbours: &[RingAddr],
+        coords: &[Packed],
+    ) -> Option<RingAddr> {
+        let (theirs, listed) = coords.split_first()?;
+        let theirs = theirs.coord();
+        if !self.coord.trusted()
+            || !theirs.trusted()
+            || listed.len() != neighbours.len()
+            || self.size_estimate() < PNS_MIN_RING
+        {
+            return None;
+        }
+        let mut near_point: Vec<(RingAddr, f32)> = neighbours
+            .iter()
+            .zip(listed)
+            .map(|(a, c)| (*a, c.coord()))
+            .filter(|(a, c)| {
+                *a != self.me()
+                    && c.trusted()
+                    && self.table.get(a).is_none()
+                    && !self.direct_failed_recently(now, *a)
+            })
+            .map(|(a, c)| (a, self.coord.rtt_ms(&c)))
+            .collect();
+        near_point.sort_by_key(|(a, _)| a.distance(target));
+        near_point.truncate(PNS_BY_COORDS);
+        near_point
+            .into_iter()
+            .chain(std::iter::once((src, self.coord.rtt_ms(&theirs))))
+            .min_by(|x, y| x.1.total_cmp(&y.1))
+            .map(|(a, _)| a)
     }
 
     /// Proximity neighbour selection: also link to the nodes nearest the drawn point among

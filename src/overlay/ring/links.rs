@@ -9,6 +9,7 @@ use tracing::{debug, trace};
 
 use super::{Asked, Event, Ring, COALESCE, COALESCE_MIN_RING, DIRECT_FAILED_FOR, MAX_KNOWN_LISTS};
 use crate::overlay::addr::RingAddr;
+use crate::overlay::coords::Coord;
 use crate::overlay::table::{Link, LinkKind, Ping};
 use crate::overlay::wire::{Message, Mode, Purpose, Record, RoutedBody, MAX_RECORDS};
 
@@ -47,6 +48,7 @@ impl Ring {
                     // does, so greet it with a keepalive ping at once.
                     self.ping_now(now, peer);
                 }
+                self.send_link(peer, &Message::Coord(self.coord.packed()));
             }
         }
         self.topology_changed(now);
@@ -196,10 +198,15 @@ impl Ring {
 
     pub(super) fn on_pong(&mut self, now: Instant, from: RingAddr, nonce: u32) {
         let limit = self.quiet_limit(from);
+        let mut sample = None;
         if let Some(link) = self.table.get_mut(&from) {
             if let Some(p) = link.ping.filter(|p| p.nonce == nonce) {
                 link.rtt = now.saturating_duration_since(p.sent);
                 link.ping = None;
+                sample = link
+                    .coord
+                    .filter(|_| link.kind == LinkKind::Direct)
+                    .map(|c| (link.rtt, c));
                 if p.tries == 1 {
                     link.quiet_ok = link.quiet_ok.max(p.quiet);
                     // The path outlived a full wait: try twice as long next time.
@@ -209,6 +216,28 @@ impl Ring {
                 }
             }
         }
+        if let Some((rtt, theirs)) = sample {
+            self.observe_coord(rtt, theirs);
+        }
+    }
+
+    /// A link told us its network coordinate: one RTT sample (the link's RTT so far) for ours.
+    pub(super) fn on_coord(&mut self, from: RingAddr, theirs: Coord) {
+        let Some(link) = self.table.get_mut(&from) else {
+            return;
+        };
+        link.coord = Some(theirs);
+        if link.kind == LinkKind::Direct {
+            let rtt = link.rtt;
+            self.observe_coord(rtt, theirs);
+        }
+    }
+
+    /// One RTT sample to a link whose coordinate is `theirs`. Only direct links give them: a
+    /// relay link's RTT is mostly the XMPP servers'.
+    fn observe_coord(&mut self, rtt: Duration, theirs: Coord) {
+        let nudge = (self.rng.random_range(-1.0..1.0), self.rng.random_range(-1.0..1.0));
+        self.coord.observe(rtt, &theirs, nudge);
     }
 
     /// How long a link to `peer` may stay quiet at most.

@@ -38,6 +38,7 @@ use tracing::trace;
 
 use super::addr::RingAddr;
 use super::broadcast::Seen;
+use super::coords::Coord;
 use super::dht::{self, Found, Lookups, Puts, Store};
 use super::table::{Decision, LinkKind, Table};
 use super::wire::{self, Message, Mode, Purpose, Routed, RoutedBody};
@@ -48,7 +49,8 @@ pub struct Config {
     pub near: usize,
     /// Shortcuts to keep; None: ceil(0.5·log2 N̂) once N̂ > 10 (Symphony, as Brunet).
     pub shortcuts: Option<usize>,
-    /// Nodes near a drawn shortcut point linked to; the lowest-RTT one is kept (1: off).
+    /// Nodes near a drawn shortcut point linked to when network coordinates cannot choose
+    /// yet (ours or the answering node's not trusted); the lowest-RTT one is kept (1: off).
     pub pns_candidates: usize,
     /// Most links; inbound shortcut requests beyond it are refused.
     pub max_degree: usize,
@@ -153,8 +155,8 @@ pub struct Stats {
     pub broadcasts_forwarded: u64,
     /// Messages out by their wire kind (`overlay::wire`'s kind byte: 1 ping, 2 pong, 3
     /// routed, 4 broadcast, 5 relay, 6 replicate, 7 bye, 8 neighbours, 9 relayed, 10 links,
-    /// 11 unrelayed).
-    pub out_by_kind: [u64; 12],
+    /// 11 unrelayed, 12 coordinate).
+    pub out_by_kind: [u64; 13],
     /// Routed messages out by their body (1 CTM, 2 CTM reply, 3 DHT put, 4 DHT get, 5 DHT
     /// values, 6 app, 7 neighbours request, 8 neighbours reply, 9 broadcast, 10 via).
     pub routed_by_body: [u64; 11],
@@ -225,6 +227,8 @@ pub struct Ring {
     puts: Puts,
     lookups: Lookups,
     seen: Seen,
+    /// Our network coordinate, moved by every RTT sample to a link that told us its own.
+    coord: Coord,
     /// Our routing links as last sent to them (lookahead), and when.
     links_told: Vec<u64>,
     links_told_at: Option<Instant>,
@@ -281,6 +285,7 @@ impl Ring {
             puts: Puts::default(),
             lookups: Lookups::default(),
             seen: Seen::default(),
+            coord: Coord::default(),
             links_told: Vec::new(),
             links_told_at: None,
             handed: Default::default(),
@@ -481,6 +486,7 @@ impl Ring {
             Message::Bye => self.on_bye(now, from),
             Message::Neighbours(list) => self.on_neighbours(now, from, list),
             Message::Links(prefixes) => self.on_links(from, prefixes),
+            Message::Coord(c) => self.on_coord(from, c.coord()),
         }
     }
 
@@ -580,7 +586,8 @@ impl Ring {
                 token,
                 candidates,
                 neighbours,
-            } => self.on_ctm_reply(now, src, token, candidates, neighbours),
+                coords,
+            } => self.on_ctm_reply(now, src, token, candidates, neighbours, &coords),
             RoutedBody::NeighboursRequest { req, reply_via } => {
                 let neighbours = self.table.near(self.cfg.near);
                 self.reply(
@@ -717,6 +724,32 @@ impl Ring {
 mod tests {
     use super::*;
     use crate::overlay::addr::filled as addr;
+
+    /// Links tell each other their coordinates at link-up; a direct link's RTT moves ours, a
+    /// relay link's (mostly the XMPP servers') does not.
+    #[test]
+    fn coordinates_are_told_at_link_up_and_move_on_direct_links_only() {
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(1), Config::default(), 7);
+        ring.handle_link_up(now, addr(2), LinkKind::Relay, Duration::from_millis(90));
+        ring.handle_link_up(now, addr(3), LinkKind::Direct, Duration::from_millis(30));
+        let told: Vec<RingAddr> = std::iter::from_fn(|| ring.poll_transmit())
+            .filter(|t| matches!(Message::parse(&t.bytes), Ok(Message::Coord(_))))
+            .map(|t| t.peer)
+            .collect();
+        assert_eq!(told, vec![addr(2), addr(3)]);
+        let theirs = crate::overlay::coords::Coord {
+            x: 12.0,
+            ..Default::default()
+        };
+        let fresh = ring.coord;
+        ring.handle_message(now, addr(2), &Message::Coord(theirs.packed()).emit());
+        assert_eq!(ring.coord, fresh, "a relay link's RTT says little of where we are");
+        ring.handle_message(now, addr(3), &Message::Coord(theirs.packed()).emit());
+        assert_ne!(ring.coord, fresh);
+        assert!(ring.coord.rtt_ms(&theirs) > fresh.rtt_ms(&theirs), "moved away: 30 ms apart");
+        assert_eq!(ring.table().get(&addr(2)).and_then(|l| l.coord), Some(theirs.packed().coord()));
+    }
 
     #[test]
     fn bad_messages_are_counted_and_change_nothing() {
@@ -1273,60 +1306,130 @@ mod small_ring_tests {
         assert_eq!(forwarded, 6);
     }
 
+    /// A ring at 100 with near neighbours `spread` apart on each side (2 per side over
+    /// 4·spread of 256), after its first tick: the token of the shortcut CTM it sent.
+    fn drawing_a_shortcut(spread: u8) -> (Ring, Instant, u32) {
+        use crate::overlay::addr::filled as addr;
+        let now = Instant::now();
+        let mut ring = Ring::new(now, addr(100), Config::default(), 7);
+        for n in [100 - 2 * spread, 100 - spread, 100 + spread, 100 + 2 * spread] {
+            ring.handle_link_up(now, addr(n), LinkKind::Direct, Duration::from_millis(10));
+        }
+        while ring.poll_event().is_some() {}
+        while ring.poll_transmit().is_some() {}
+        let later = now + ring.cfg.tick;
+        ring.handle_timeout(later);
+        let token = std::iter::from_fn(|| ring.poll_transmit())
+            .find_map(|t| match Message::parse(&t.bytes) {
+                Ok(Message::Routed(Routed {
+                    body:
+                        RoutedBody::Ctm {
+                            token,
+                            purpose: Purpose::Shortcut,
+                            ..
+                        },
+                    ..
+                })) => Some(token),
+                _ => None,
+            })
+            .expect("a shortcut CTM");
+        while ring.poll_event().is_some() {}
+        (ring, later, token)
+    }
+
+    /// Hands `ring` a reply to its shortcut CTM from `sender`; returns the links it asks for.
+    fn answered(
+        ring: &mut Ring,
+        now: Instant,
+        token: u32,
+        sender: RingAddr,
+        beside: &[RingAddr],
+        coords: Vec<crate::overlay::coords::Packed>,
+    ) -> Vec<RingAddr> {
+        let reply = Message::Routed(Routed {
+            src: sender,
+            dst: ring.me(),
+            mode: Mode::Exact,
+            ttl: 8,
+            hops: 2,
+            uphill: false,
+            body: RoutedBody::CtmReply {
+                token,
+                candidates: vec![1, 2, 3],
+                neighbours: beside.to_vec(),
+                coords,
+            },
+        });
+        let via = ring.table().near(1)[0];
+        ring.handle_message(now, via, &reply.emit());
+        let mut asked: Vec<RingAddr> = std::iter::from_fn(|| ring.poll_event())
+            .filter_map(|e| match e {
+                Event::Connect { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        asked.sort();
+        asked
+    }
+
+    /// With coordinates it trusts, a node links only the one candidate nearest in time among
+    /// the answering node and its neighbours nearest the drawn point; with none, trial links
+    /// choose (see `proximity_trials_only_in_rings_big_enough_for_them`).
+    #[test]
+    fn a_shortcut_goes_to_the_candidate_nearest_in_time() {
+        use crate::overlay::addr::filled as addr;
+        use crate::overlay::coords::Coord;
+        let at = |x: f32, error: f32| {
+            Coord {
+                x,
+                y: 0.0,
+                height: 1.0,
+                error,
+            }
+            .packed()
+        };
+        let (sender, beside) = (addr(200), [addr(199), addr(201), addr(202)]);
+        let cases = [
+            // (sender, 199, 201, 202) → asked
+            (
+                [at(80.0, 0.1), at(60.0, 0.1), at(5.0, 0.1), at(90.0, 0.1)],
+                vec![addr(201)],
+            ),
+            (
+                [at(3.0, 0.1), at(60.0, 0.1), at(5.0, 0.1), at(90.0, 0.1)],
+                vec![sender],
+            ),
+            // 201's coordinate is not trusted: the next best.
+            (
+                [at(80.0, 0.1), at(60.0, 0.1), at(5.0, 1.2), at(90.0, 0.1)],
+                vec![addr(199)],
+            ),
+        ];
+        for (coords, want) in cases {
+            let (mut ring, now, token) = drawing_a_shortcut(1);
+            ring.coord = Coord {
+                error: 0.1,
+                ..Coord::default()
+            };
+            let asked = answered(&mut ring, now, token, sender, &beside, coords.to_vec());
+            assert_eq!(asked, want);
+        }
+        let (mut ring, now, token) = drawing_a_shortcut(1);
+        let coords = [at(80.0, 0.1), at(60.0, 0.1), at(5.0, 0.1), at(90.0, 0.1)];
+        let asked = answered(&mut ring, now, token, sender, &beside, coords.to_vec());
+        assert_eq!(asked.len(), 3, "our own coordinate untrusted: trials, {asked:?}");
+    }
+
     /// A shortcut reply makes us link to its sender and, where the ring is big enough, also
     /// to the sender's neighbours nearest the drawn point (proximity trials); in a ring of a
     /// dozen those trials would be a quarter of it, so only the sender is linked.
     #[test]
     fn proximity_trials_only_in_rings_big_enough_for_them() {
         use crate::overlay::addr::filled as addr;
-        // Near neighbours `spread` apart on each side: 2 per side over 4·spread of 256.
         for (spread, links_asked) in [(20u8, 1usize), (1, 3)] {
-            let now = Instant::now();
-            let mut ring = Ring::new(now, addr(100), Config::default(), 7);
-            for n in [100 - 2 * spread, 100 - spread, 100 + spread, 100 + 2 * spread] {
-                ring.handle_link_up(now, addr(n), LinkKind::Direct, Duration::from_millis(10));
-            }
-            while ring.poll_event().is_some() {}
-            while ring.poll_transmit().is_some() {}
-            let later = now + ring.cfg.tick;
-            ring.handle_timeout(later);
-            let token = std::iter::from_fn(|| ring.poll_transmit())
-                .find_map(|t| match Message::parse(&t.bytes) {
-                    Ok(Message::Routed(Routed {
-                        body:
-                            RoutedBody::Ctm {
-                                token,
-                                purpose: Purpose::Shortcut,
-                                ..
-                            },
-                        ..
-                    })) => Some(token),
-                    _ => None,
-                })
-                .expect("a shortcut CTM");
-            while ring.poll_event().is_some() {}
+            let (mut ring, later, token) = drawing_a_shortcut(spread);
             let (sender, beside) = (addr(200), [addr(199), addr(201), addr(202)]);
-            let reply = Message::Routed(Routed {
-                src: sender,
-                dst: ring.me(),
-                mode: Mode::Exact,
-                ttl: 8,
-                hops: 2,
-                uphill: false,
-                body: RoutedBody::CtmReply {
-                    token,
-                    candidates: vec![1, 2, 3],
-                    neighbours: beside.to_vec(),
-                },
-            });
-            ring.handle_message(later, addr(100 + spread), &reply.emit());
-            let mut asked: Vec<RingAddr> = std::iter::from_fn(|| ring.poll_event())
-                .filter_map(|e| match e {
-                    Event::Connect { peer, .. } => Some(peer),
-                    _ => None,
-                })
-                .collect();
-            asked.sort();
+            let asked = answered(&mut ring, later, token, sender, &beside, Vec::new());
             let n_hat = ring.size_estimate();
             assert_eq!(asked.len(), links_asked, "N̂ {n_hat:.0}: asked {asked:?}");
             assert!(asked.contains(&sender), "N̂ {n_hat:.0}");
