@@ -744,11 +744,20 @@ mod tests {
         };
         let fresh = ring.coord;
         ring.handle_message(now, addr(2), &Message::Coord(theirs.packed()).emit());
-        assert_eq!(ring.coord, fresh, "a relay link's RTT says little of where we are");
+        assert_eq!(
+            ring.coord, fresh,
+            "a relay link's RTT says little of where we are"
+        );
         ring.handle_message(now, addr(3), &Message::Coord(theirs.packed()).emit());
         assert_ne!(ring.coord, fresh);
-        assert!(ring.coord.rtt_ms(&theirs) > fresh.rtt_ms(&theirs), "moved away: 30 ms apart");
-        assert_eq!(ring.table().get(&addr(2)).and_then(|l| l.coord), Some(theirs.packed().coord()));
+        assert!(
+            ring.coord.rtt_ms(&theirs) > fresh.rtt_ms(&theirs),
+            "moved away: 30 ms apart"
+        );
+        assert_eq!(
+            ring.table().get(&addr(2)).and_then(|l| l.coord),
+            Some(theirs.packed().coord())
+        );
     }
 
     #[test]
