@@ -668,18 +668,21 @@ mod tests {
         let mut ping = Message::Ping(1).emit();
         ping.push(0);
         assert_eq!(Message::parse(&ping), Err(Error::Trailing));
-        let mut put = Message::Routed(Routed {
-            src: addr(1),
-            dst: addr(2),
-            mode: Mode::Exact,
-            ttl: 1,
-            hops: 0,
-            uphill: false,
-            body: RoutedBody::DhtPut {
-                key: addr(3),
-                lease_s: 1,
-                value: vec![],
-            },
+        let routed = |body| {
+            Message::Routed(Routed {
+                src: addr(1),
+                dst: addr(2),
+                mode: Mode::Exact,
+                ttl: 1,
+                hops: 0,
+                uphill: false,
+                body,
+            })
+        };
+        let mut put = routed(RoutedBody::DhtPut {
+            key: addr(3),
+            lease_s: 1,
+            value: vec![],
         })
         .emit();
         let len = put.len();
@@ -692,19 +695,11 @@ mod tests {
         assert_eq!(Message::parse(&links), Ok(Message::Links(vec![7; MAX_LINKS])));
         // A ctm reply's coordinates: its sender's and one per neighbour at most.
         let reply = |coords: usize| {
-            Message::Routed(Routed {
-                src: addr(1),
-                dst: addr(2),
-                mode: Mode::Exact,
-                ttl: 1,
-                hops: 0,
-                uphill: false,
-                body: RoutedBody::CtmReply {
-                    token: 1,
-                    candidates: vec![],
-                    neighbours: vec![addr(3)],
-                    coords: vec![Packed([1; COORD_LEN]); coords],
-                },
+            routed(RoutedBody::CtmReply {
+                token: 1,
+                candidates: vec![],
+                neighbours: vec![addr(3)],
+                coords: vec![Packed([1; COORD_LEN]); coords],
             })
         };
         assert!(Message::parse(&reply(2).emit()).is_ok());
