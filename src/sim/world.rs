@@ -306,8 +306,9 @@ impl World {
                 // close travels behind it, as the link layer's Close frame does): the receiver
                 // has not been told yet. One the receiver closed delivers nothing more.
                 let from_addr = self.addr(from);
-                let open = self.links.contains(&pair(to, from))
-                    || self.nodes[to as usize].ring.table().get(&from_addr).is_some();
+                // The receiver's table first: it is prefetched, the world's link set is not.
+                let open = self.nodes[to as usize].ring.table().get(&from_addr).is_some()
+                    || self.links.contains(&pair(to, from));
                 if self.alive(to) && open {
                     self.nodes[to as usize]
                         .ring
