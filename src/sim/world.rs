@@ -397,7 +397,7 @@ impl World {
             let peer = self.online[self.rng.random_range(0..self.online.len())];
             let p = &self.nodes[peer as usize];
             let refused = self.revocation.as_ref().is_some_and(|s| s.refuses(node, peer));
-            if peer != node && p.alive && p.online && (self.merged || p.group == group) && !refused {
+            if peer != node && p.alive && (self.merged || p.group == group) && !refused {
                 out.push(p.ring.me());
             }
         }
@@ -566,7 +566,7 @@ impl World {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(i, n)| n.alive && self.spots[*i].class != Class::Blocked)
+                .filter(|(i, n)| n.alive && self.class(*i as NodeIx) != Class::Blocked)
                 .map(|(i, n)| (n.ring.me(), i as NodeIx))
                 .collect();
             v.sort();
