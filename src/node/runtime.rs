@@ -151,7 +151,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         vpn,
         app_malformed: 0,
     };
-    let mut tun_buf = vec![0u8; 65_536];
+    let mut tun_buf = vec![0u8; ringlet_tun::FRAME_MAX];
     // `Session::connect` returned with the first session bound: start from it.
     let now = Instant::now();
     tracing::info!("online");
@@ -475,6 +475,7 @@ impl Runtime {
             }
         }
         self.reach.flush();
+        self.flush_device();
         let seeking = self.core.members().any(|m| m.addresses.is_none());
         self.core.set_seeking(now, seeking);
     }

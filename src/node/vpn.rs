@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ringlet_tun::Tun;
+use ringlet_tun::{Batch, Tun};
 use ringlet_xmpp::NodeIdBytes;
 
 use super::dht::key_addr;
@@ -38,9 +38,11 @@ pub const BROADCAST_VPN: u8 = 2;
 /// message sizes); the price is that a node gone for good holds its address that much
 /// longer (a newcomer deriving the same one picks another).
 const CLAIM_LEASE_S: u32 = 4 * 3600;
-/// Packets read from the device in one loop turn at most (the rest wait for the next turn,
-/// so XMPP and timers are not starved).
+/// Frames read from the device in one loop turn at most, and packets they may hold (a TCP
+/// super-packet holds up to ~50); the rest wait for the next turn, so XMPP and timers are not
+/// starved.
 const TUN_BURST: usize = 64;
+const TUN_BURST_PACKETS: usize = 128;
 /// How long after a claim its check looks (the put must reach the replicas first).
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// How often addresses are looked at: while settling, and after.
@@ -77,6 +79,8 @@ enum Claim {
 pub(super) struct VpnState {
     pub core: Vpn,
     pub tun: Tun,
+    /// Packets for the device, written (TCP segments merged) when the loop turn ends.
+    to_device: Batch,
     pub mtu: u32,
     subnet: Cidr4,
     fixed: bool,
@@ -121,10 +125,11 @@ pub(super) fn open(
     }
     tun.set_mtu(mtu).map_err(err)?;
     tun.up().map_err(err)?;
-    tracing::info!(device = %cfg.device, %address, mtu, "VPN device up");
+    tracing::info!(device = %cfg.device, %address, mtu, offload = tun.offload(), "VPN device up");
     Ok(VpnState {
         core: Vpn::new(address, prefix6, node),
         tun,
+        to_device: Batch::default(),
         mtu,
         subnet: cfg.subnet,
         fixed: cfg.address.is_some(),
@@ -172,18 +177,40 @@ impl Runtime {
         self.drain_vpn(now);
     }
 
-    /// The packet read into `buf[..first]`, then the rest of the burst waiting on the device,
-    /// up to [`TUN_BURST`] packets: their datagrams leave in one batch (GSO) when the loop
-    /// turn ends, not one system call each.
+    /// The frame read into `buf[..first]`, then the rest of the burst waiting on the device,
+    /// up to [`TUN_BURST`] frames or [`TUN_BURST_PACKETS`] packets: their datagrams leave in
+    /// one batch (GSO) when the loop turn ends, not one system call each.
     pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8], first: usize) {
-        self.on_tun(now, buf[..first].to_vec());
-        for _ in 1..TUN_BURST {
-            let Some(vpn) = self.vpn.as_ref() else { return };
-            match vpn.tun.try_recv(buf) {
-                Ok(n) => self.on_tun(now, buf[..n].to_vec()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => return self.vpn_read_failed(&e),
+        let mut packets = Vec::new();
+        let mut frame = first;
+        for read in 1..=TUN_BURST {
+            let Some(vpn) = self.vpn.as_mut() else { return };
+            if let Err(e) = vpn.tun.unpack(&buf[..frame], &mut packets) {
+                vpn.device_errors += 1;
+                tracing::debug!(error = %e, "VPN device frame refused");
             }
+            if read == TUN_BURST || packets.len() >= TUN_BURST_PACKETS {
+                break;
+            }
+            match vpn.tun.try_recv(buf) {
+                Ok(n) => frame = n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.vpn_read_failed(&e);
+                    break;
+                }
+            }
+        }
+        for packet in packets {
+            self.on_tun(now, packet);
+        }
+    }
+
+    /// Writes the packets the loop turn delivered to the device.
+    pub(super) fn flush_device(&mut self) {
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        if !vpn.to_device.is_empty() {
+            vpn.device_errors += vpn.tun.write_batch(&mut vpn.to_device).dropped;
         }
     }
 
@@ -221,10 +248,7 @@ impl Runtime {
                 Output::Lookup(ip) => self.vpn_lookup(now, Lookup::Address(ip)),
                 Output::Deliver(packet) => {
                     let vpn = self.vpn.as_mut().expect("output came from it");
-                    if let Err(e) = vpn.tun.try_send(&packet) {
-                        vpn.device_errors += 1;
-                        tracing::debug!(error = %e, "VPN device write failed");
-                    }
+                    vpn.to_device.push(packet);
                 }
             }
         }

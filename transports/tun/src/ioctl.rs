@@ -11,6 +11,11 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: the kernel may leave L4 checksums to us and hand
+/// over TCP super-packets.
+const TUN_OFFLOADS: libc::c_uint = 0x01 | 0x02 | 0x04;
 
 /// Linux's `struct in6_ifreq`.
 #[repr(C)]
@@ -41,7 +46,8 @@ fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+/// Opens the device; with `vnet_hdr`, every read and write carries a virtio-net header.
+pub fn open_tun(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     let path = CString::new("/dev/net/tun").expect("no NUL in a literal");
     // SAFETY: path is a valid C string; the returned descriptor is owned below.
     let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -55,7 +61,7 @@ pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
     // SAFETY: raw is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut req = request(name);
-    req.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI;
+    req.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
     // SAFETY: TUNSETIFF reads and writes one ifreq.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) }).map_err(|e| {
         match e.raw_os_error() {
@@ -71,6 +77,19 @@ pub fn set_persist(fd: &OwnedFd, persist: bool) -> io::Result<()> {
     // SAFETY: TUNSETPERSIST takes an integer argument by value.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST as _, libc::c_ulong::from(persist)) })
         .map_err(|e| context(e, "cannot clear the device's persist flag"))
+}
+
+/// Offers the kernel checksum and TCP segmentation offload (needs a virtio-net header).
+pub fn set_offload(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes an integer argument by value.
+    check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            TUNSETOFFLOAD as _,
+            libc::c_ulong::from(TUN_OFFLOADS),
+        )
+    })
+    .map_err(|e| context(e, "cannot enable TUN offloads"))
 }
 
 /// A datagram socket of `family` to carry interface ioctls.
@@ -211,6 +230,25 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 pub fn write(fd: RawFd, packet: &[u8]) -> io::Result<usize> {
     // SAFETY: packet is valid for packet.len() bytes of reads.
     let n = unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes `parts` as one packet (gathered by the kernel, not copied here first).
+pub fn writev(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let count = libc::c_int::try_from(iov.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: every iovec points into a live slice of its length; writev only reads them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

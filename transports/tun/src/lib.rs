@@ -6,8 +6,19 @@
 //! goes with the process, also when the process crashes. [`Tun::create`] also takes over a
 //! persistent device of the same name that some earlier run left behind and clears its
 //! persist flag, so that it too goes when this process ends.
+//!
+//! Where the kernel allows, the device is opened with TCP segmentation offload: a read may
+//! return a TCP super-packet of up to 64 KB, which [`Tun::unpack`] cuts into MTU-sized
+//! packets, and [`Tun::write_batch`] merges in-order TCP segments back into super-packets.
+//! Either way one kernel pass carries up to 64 KB instead of one MTU.
 
+mod checksum;
+mod coalesce;
 mod ioctl;
+mod offload;
+
+pub use coalesce::Batch;
+pub use offload::Malformed;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -18,10 +29,26 @@ use tokio::io::unix::AsyncFd;
 /// Longest interface name Linux accepts (IFNAMSIZ − 1).
 pub const NAME_MAX: usize = 15;
 
+/// Room for the longest frame a read returns: a virtio header and an IPv6 super-packet.
+pub const FRAME_MAX: usize = offload::VNET_HDR_LEN + 40 + 65_535;
+
 /// An open TUN device.
 pub struct Tun {
     fd: AsyncFd<OwnedFd>,
     name: String,
+    /// Opened with virtio headers and TCP offloads.
+    offload: bool,
+}
+
+/// What [`Tun::write_batch`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Packets the device took.
+    pub packets: u64,
+    /// System calls that took them.
+    pub writes: u64,
+    /// Packets dropped (the device refused their write).
+    pub dropped: u64,
 }
 
 impl Tun {
@@ -29,7 +56,14 @@ impl Tun {
     /// name is held by a running process or by a device that is not a TUN.
     pub fn create(name: &str) -> io::Result<Tun> {
         validate_name(name)?;
-        let fd = ioctl::open_tun(name)?;
+        let (fd, offload) =
+            match ioctl::open_tun(name, true).and_then(|fd| ioctl::set_offload(&fd).map(|()| fd)) {
+                Ok(fd) => (fd, true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN without offloads");
+                    (ioctl::open_tun(name, false)?, false)
+                }
+            };
         // A leftover persistent device: make it go with us.
         ioctl::set_persist(&fd, false)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, which owns it (and so keeps the same
@@ -38,11 +72,17 @@ impl Tun {
         Ok(Tun {
             fd,
             name: name.to_owned(),
+            offload,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the device runs with TCP segmentation offload.
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
     /// Sets the IPv4 address with its prefix length (and the subnet's broadcast address, so
@@ -78,7 +118,8 @@ impl Tun {
         ioctl::set_up(&self.name)
     }
 
-    /// Reads one IP packet; waits until there is one.
+    /// Reads one frame (give it [`FRAME_MAX`] bytes); waits until there is one. The frame
+    /// holds one packet or, with offloads, a TCP super-packet: [`Tun::unpack`] it.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
@@ -89,16 +130,68 @@ impl Tun {
         }
     }
 
-    /// Reads one IP packet if one is waiting now; an empty queue is `WouldBlock`. Lets a
+    /// Reads one frame if one is waiting now; an empty queue is `WouldBlock`. Lets a
     /// caller that was woken by [`Tun::recv`] take the rest of a burst in the same turn.
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         ioctl::read(self.fd.get_ref().as_raw_fd(), buf)
     }
 
+    /// The IP packets in a frame read from the device, appended to `out`: the packet, or the
+    /// segments of a TCP super-packet (with their checksums). A frame the kernel should never
+    /// give is refused and adds nothing.
+    pub fn unpack(&self, frame: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Malformed> {
+        if self.offload {
+            offload::split(frame, out)
+        } else {
+            out.push(frame.to_vec());
+            Ok(())
+        }
+    }
+
     /// Writes one IP packet if the device takes it now; a full device queue is
     /// `WouldBlock` (the packet is dropped, as a router would).
     pub fn try_send(&self, packet: &[u8]) -> io::Result<usize> {
-        ioctl::write(self.fd.get_ref().as_raw_fd(), packet)
+        let fd = self.fd.get_ref().as_raw_fd();
+        if self.offload {
+            let hdr = offload::VnetHdr::default().encode();
+            ioctl::writev(fd, &[&hdr, packet]).map(|n| n.saturating_sub(hdr.len()))
+        } else {
+            ioctl::write(fd, packet)
+        }
+    }
+
+    /// Writes every packet of `batch` and empties it: with offloads, consecutive segments of a
+    /// TCP flow as one super-packet. A write the device refuses drops its packets (counted;
+    /// the first error is logged at debug level).
+    pub fn write_batch(&self, batch: &mut Batch) -> Written {
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut done = Written::default();
+        let mut count = |result: io::Result<usize>, packets: usize| match result {
+            Ok(_) => {
+                done.packets += packets as u64;
+                done.writes += 1;
+            }
+            Err(e) => {
+                if done.dropped == 0 {
+                    tracing::debug!(error = %e, packets, "VPN device write failed");
+                }
+                done.dropped += packets as u64;
+            }
+        };
+        if self.offload {
+            batch.drain(|w| {
+                let hdr = w.hdr.encode();
+                let mut parts = Vec::with_capacity(w.parts.len() + 1);
+                parts.push(hdr.as_slice());
+                parts.extend(w.parts);
+                count(ioctl::writev(fd, &parts), w.packets);
+            });
+        } else {
+            for packet in batch.take() {
+                count(ioctl::write(fd, &packet), 1);
+            }
+        }
+        done
     }
 }
 
