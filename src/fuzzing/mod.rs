@@ -15,7 +15,7 @@ use crate::overlay::wire::Message;
 use crate::reach::stun_msg;
 use crate::secure::cert::MemberCert;
 use crate::secure::noise::{respond, Purpose};
-use crate::secure::transport::Transport;
+use crate::secure::transport::{Cipher, Transport};
 use crate::secure::wire::Packet;
 
 /// One decoder's exercise.
@@ -104,7 +104,7 @@ pub fn secure_packet(data: &[u8]) {
     }) = Packet::parse(data)
     {
         let now = Instant::now();
-        let mut t = Transport::new(now, &mut [1; 32], &mut [2; 32]);
+        let mut t = Transport::new(now, Cipher::ChaCha20Poly1305, &mut [1; 32], &mut [2; 32]);
         let mut buf = sealed.to_vec();
         assert!(
             t.open(now, header, counter, &mut buf).is_err(),

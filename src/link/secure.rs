@@ -674,10 +674,11 @@ impl Links {
             self.session_index.remove(&old.local_index);
         }
         let peer_crl = est.peer.crl_version;
+        let cipher = est.transport.cipher().name();
         link.session.previous = link.session.current.replace(est);
         link.session.began_current = began;
         self.counters.handshakes += 1;
-        tracing::debug!(peer = %NodeId(peer), "link session up");
+        tracing::debug!(peer = %NodeId(peer), cipher, "link session up");
         let queued = std::mem::take(&mut link.session.queued);
         for (frame, relay) in queued {
             if let Some(t) = self.out_bytes(now, peer, frame, relay) {

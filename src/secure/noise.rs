@@ -21,18 +21,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
-use snow::types::{Cipher, Dh, Hash, Random};
+use snow::types::{Cipher as NoiseCipher, Dh, Hash, Random};
 use snow::{Builder, HandshakeState};
 use zeroize::Zeroizing;
 
 use super::cert::{CertError, MemberCert};
-use super::transport::Transport;
+use super::transport::{Cipher, Transport};
 use super::wire::{self, PATTERN_IK, PATTERN_XX};
 use crate::codec::Reader;
 
 const IK: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 const XX: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-const HELLO_VERSION: u8 = 0;
+/// Version 1 added the cipher flags; version 0 hellos are still read (no flags: ChaCha).
+const HELLO_VERSION: u8 = 1;
 
 /// What the handshake protects: a link (one hop) or an end-to-end session across the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct Local {
     ca: [u8; 32],
     cert: Vec<u8>,
     crl_version: u64,
+    /// The [`Cipher`] flags our hellos carry.
+    ciphers: u8,
 }
 
 impl Local {
@@ -72,7 +75,14 @@ impl Local {
             ca: cert.ca,
             cert: cert.emit(),
             crl_version,
+            ciphers: Cipher::local_flags(),
         }
+    }
+
+    /// Overrides the cipher flags this CPU would give (tests of the agreement).
+    pub fn with_cipher_flags(mut self, flags: u8) -> Self {
+        self.ciphers = flags;
+        self
     }
 
     /// The CRL version our hellos carry from now on.
@@ -81,7 +91,7 @@ impl Local {
     }
 
     fn hello(&self, timestamp: u64, early: &[Vec<u8>]) -> Vec<u8> {
-        Hello::emit(&self.cert, self.crl_version, timestamp, early)
+        Hello::emit(&self.cert, self.crl_version, timestamp, self.ciphers, early)
     }
 
     fn builder(
@@ -129,22 +139,25 @@ impl Local {
 
 /// The handshake payload: `u8 version · u16 length + certificate · u64 CRL version ·
 /// u64 timestamp (ms; a responder refuses inits not newer than the last it took, so a
-/// replayed init cannot replace a session) · u8 count · (u16 length + frame)*` (early frames:
-/// what the initiator had queued, delivered with the init so that it costs no round trip).
+/// replayed init cannot replace a session) · u8 cipher flags (version ≥ 1) · u8 count ·
+/// (u16 length + frame)*` (early frames: what the initiator had queued, delivered with the
+/// init so that it costs no round trip).
 struct Hello {
     cert: MemberCert,
     crl_version: u64,
     timestamp: u64,
+    ciphers: u8,
     early: Vec<Vec<u8>>,
 }
 
 impl Hello {
-    fn emit(cert: &[u8], crl_version: u64, timestamp: u64, early: &[Vec<u8>]) -> Vec<u8> {
+    fn emit(cert: &[u8], crl_version: u64, timestamp: u64, ciphers: u8, early: &[Vec<u8>]) -> Vec<u8> {
         let mut out = vec![HELLO_VERSION];
         out.extend_from_slice(&(cert.len() as u16).to_be_bytes());
         out.extend_from_slice(cert);
         out.extend_from_slice(&crl_version.to_be_bytes());
         out.extend_from_slice(&timestamp.to_be_bytes());
+        out.push(ciphers);
         out.push(early.len() as u8);
         for f in early {
             out.extend_from_slice(&(f.len() as u16).to_be_bytes());
@@ -156,12 +169,14 @@ impl Hello {
     fn parse(bytes: &[u8]) -> Result<Hello, HandshakeError> {
         let mut r = Reader::new(bytes);
         let bad = |_| HandshakeError::Hello;
-        if r.u8().map_err(bad)? != HELLO_VERSION {
+        let version = r.u8().map_err(bad)?;
+        if version > HELLO_VERSION {
             return Err(HandshakeError::Hello);
         }
         let cert = MemberCert::parse(r.bytes16().map_err(bad)?).map_err(|_| HandshakeError::Hello)?;
         let crl_version = r.u64().map_err(bad)?;
         let timestamp = r.u64().map_err(bad)?;
+        let ciphers = if version >= 1 { r.u8().map_err(bad)? } else { 0 };
         let count = usize::from(r.u8().map_err(bad)?);
         if count > MAX_EARLY {
             return Err(HandshakeError::Hello);
@@ -176,6 +191,7 @@ impl Hello {
             cert,
             crl_version,
             timestamp,
+            ciphers,
             early,
         })
     }
@@ -190,6 +206,8 @@ pub struct Peer {
     pub crl_version: u64,
     /// When the peer says it sent its hello (ms; only ever compared with its own earlier ones).
     pub timestamp: u64,
+    /// Its [`Cipher`] flags.
+    pub ciphers: u8,
     /// Frames the initiator sent with its IK init (empty otherwise).
     pub early: Vec<Vec<u8>>,
 }
@@ -270,7 +288,7 @@ impl Initiating {
         } else {
             None
         };
-        let transport = split(now, self.hs, true)?;
+        let transport = split(now, self.hs, true, Cipher::agreed(local.ciphers, peer.ciphers))?;
         Ok((
             Established {
                 transport,
@@ -309,7 +327,7 @@ pub fn respond(
     if pattern == PATTERN_IK {
         let peer = judge(&hs, &payload, verify)?;
         let noise = write(&mut hs, &local.hello(0, &[]))?;
-        let transport = split(now, hs, false)?;
+        let transport = split(now, hs, false, Cipher::agreed(local.ciphers, peer.ciphers))?;
         let est = Established {
             transport,
             peer,
@@ -330,6 +348,7 @@ pub fn respond(
             hs,
             index,
             remote_index: sender,
+            ciphers: local.ciphers,
         }),
         wire::response(index, sender, &noise),
     ))
@@ -340,6 +359,8 @@ pub struct Responding {
     hs: HandshakeState,
     index: u32,
     remote_index: u32,
+    /// Our cipher flags (the hello that carried them is sent).
+    ciphers: u8,
 }
 
 impl Responding {
@@ -355,7 +376,7 @@ impl Responding {
     ) -> Result<Established, HandshakeError> {
         let payload = read(&mut self.hs, noise)?;
         let peer = judge(&self.hs, &payload, verify)?;
-        let transport = split(now, self.hs, false)?;
+        let transport = split(now, self.hs, false, Cipher::agreed(self.ciphers, peer.ciphers))?;
         Ok(Established {
             transport,
             peer,
@@ -396,6 +417,7 @@ fn judge(
         cert,
         crl_version,
         timestamp,
+        ciphers,
         early,
     } = Hello::parse(payload)?;
     let key: [u8; 32] = hs
@@ -410,19 +432,25 @@ fn judge(
         cert,
         crl_version,
         timestamp,
+        ciphers,
         early,
     };
     verify(&peer)?;
     Ok(peer)
 }
 
-fn split(now: Instant, mut hs: HandshakeState, initiator: bool) -> Result<Transport, HandshakeError> {
+fn split(
+    now: Instant,
+    mut hs: HandshakeState,
+    initiator: bool,
+    cipher: Cipher,
+) -> Result<Transport, HandshakeError> {
     if !hs.is_handshake_finished() {
         return Err(HandshakeError::Step);
     }
     let (i2r, r2i) = hs.dangerously_get_raw_split();
     let (mut send, mut recv) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
-    Ok(Transport::new(now, &mut send, &mut recv))
+    Ok(Transport::new(now, cipher, &mut send, &mut recv))
 }
 
 /// snow's default primitives, with randomness from a seed the caller's RNG drew (cores never
@@ -451,7 +479,38 @@ impl CryptoResolver for Seeded {
         DefaultResolver.resolve_hash(choice)
     }
 
-    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn NoiseCipher>> {
         DefaultResolver.resolve_cipher(choice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secure::cert::Ca;
+
+    #[test]
+    fn a_version_0_hello_still_reads_and_means_chacha() {
+        let ca = Ca::from_seed("friends", [42; 32]).unwrap();
+        let cert = ca
+            .sign([3; 32], &"carol@c.example".parse().unwrap(), 1, 0, 2_000)
+            .emit();
+        let v1 = Hello::emit(&cert, 5, 7, Cipher::HELLO_AES, &[b"early".to_vec()]);
+        assert_eq!(Hello::parse(&v1).unwrap().ciphers, Cipher::HELLO_AES);
+        // Version 0: no flags byte after the timestamp.
+        let flags_at = 1 + 2 + cert.len() + 16;
+        let mut v0 = v1.clone();
+        v0[0] = 0;
+        v0.remove(flags_at);
+        let hello = Hello::parse(&v0).unwrap();
+        assert_eq!((hello.ciphers, hello.crl_version, hello.timestamp), (0, 5, 7));
+        assert_eq!(hello.early, vec![b"early".to_vec()]);
+        let mut future = v1.clone();
+        future[0] = HELLO_VERSION + 1;
+        assert!(matches!(Hello::parse(&future), Err(HandshakeError::Hello)));
+        assert!(matches!(
+            Hello::parse(&v1[..flags_at]),
+            Err(HandshakeError::Hello)
+        ));
     }
 }

@@ -8,6 +8,7 @@ use ringlet_xmpp::BareJid;
 
 use super::cert::{Ca, CertError, MemberCert};
 use super::noise::{respond, Established, HandshakeError, Initiating, Local, Purpose, Responded};
+use super::transport::Cipher;
 use super::wire::{self, Packet};
 use super::{member_check, Expect};
 use crate::identity::{NodeId, NodeKey};
@@ -18,6 +19,8 @@ struct Member {
     key: NodeKey,
     cert: MemberCert,
     jid: BareJid,
+    /// The cipher flags its hellos carry (as if its CPU had AES instructions).
+    ciphers: u8,
 }
 
 impl Member {
@@ -25,11 +28,16 @@ impl Member {
         let key = NodeKey::from_secret([seed; 32]);
         let jid: BareJid = jid.parse().unwrap();
         let cert = ca.sign(key.public_bytes(), &jid, u64::from(seed), 0, 2_000);
-        Member { key, cert, jid }
+        Member {
+            key,
+            cert,
+            jid,
+            ciphers: Cipher::HELLO_AES,
+        }
     }
 
     fn local(&self) -> Local {
-        Local::new(self.key.secret_bytes(), &self.cert, 0)
+        Local::new(self.key.secret_bytes(), &self.cert, 0).with_cipher_flags(self.ciphers)
     }
 }
 
@@ -115,6 +123,35 @@ fn talk(a: &mut Established, b: &mut Established) {
     assert_eq!(b.local_index, a.remote_index);
     b.transport.open(now, &header, counter, &mut buf).unwrap();
     assert_eq!(buf, b"hello bob");
+}
+
+#[test]
+fn sessions_use_aes_gcm_only_when_both_hellos_say_aes() {
+    let ca = ca();
+    let (mut alice, mut bob) = (
+        Member::new(&ca, 1, "alice@a.example"),
+        Member::new(&ca, 2, "bob@b.example"),
+    );
+    let aes = Cipher::HELLO_AES;
+    for (a_flags, b_flags, expected) in [
+        (aes, aes, Cipher::Aes256Gcm),
+        (aes, 0, Cipher::ChaCha20Poly1305),
+        (0, aes, Cipher::ChaCha20Poly1305),
+        (0, 0, Cipher::ChaCha20Poly1305),
+    ] {
+        (alice.ciphers, bob.ciphers) = (a_flags, b_flags);
+        for ik in [true, false] {
+            let (mut a, mut b) = handshake(&alice, &bob, ik).unwrap();
+            let what = format!("alice {a_flags}, bob {b_flags}, ik {ik}");
+            assert_eq!(
+                (a.transport.cipher(), b.transport.cipher()),
+                (expected, expected),
+                "{what}"
+            );
+            talk(&mut a, &mut b);
+            talk(&mut b, &mut a);
+        }
+    }
 }
 
 #[test]
