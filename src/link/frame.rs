@@ -26,6 +26,8 @@ use crate::reach::punch::Credentials;
 
 pub const VERSION: u8 = 0;
 pub const HEADER_LEN: usize = 10;
+pub const KIND_DATA: u8 = 1;
+pub const KIND_SECURE: u8 = 9;
 /// Most candidates one offer may carry.
 pub const MAX_CANDIDATES: usize = 32;
 
@@ -125,11 +127,31 @@ impl Frame {
     /// Emits a data frame without building a `Frame` (the hot path).
     pub fn emit_data(path: &PathId, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + data.len());
-        out.push(FRAME_MARKER | VERSION);
-        out.push(1);
-        out.extend_from_slice(path);
+        out.extend_from_slice(&header(path, KIND_DATA));
         out.extend_from_slice(data);
         out
+    }
+
+    /// The body of `bytes` if it is a secure frame of `path`, without copying it (the hot
+    /// path: once links are secure, every frame is one).
+    pub fn secure_body<'a>(bytes: &'a [u8], path: &PathId) -> Option<&'a [u8]> {
+        let ours = bytes.len() >= HEADER_LEN
+            && bytes[0] == FRAME_MARKER | VERSION
+            && bytes[1] == KIND_SECURE
+            && bytes[2..HEADER_LEN] == path[..];
+        ours.then(|| &bytes[HEADER_LEN..])
+    }
+
+    /// [`Frame::parse`] of a buffer we own: a data frame keeps the buffer (its header
+    /// dropped) rather than copying the body out.
+    pub fn parse_owned(mut bytes: Vec<u8>) -> Result<Self, FrameError> {
+        if bytes.len() < HEADER_LEN || bytes[0] != FRAME_MARKER | VERSION || bytes[1] != KIND_DATA {
+            return Self::parse(&bytes);
+        }
+        let mut path = [0u8; 8];
+        path.copy_from_slice(&bytes[2..HEADER_LEN]);
+        bytes.drain(..HEADER_LEN);
+        Ok(Self::data(path, bytes))
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, FrameError> {
@@ -171,6 +193,15 @@ impl Frame {
         }
         Ok(Self { path, body })
     }
+}
+
+/// The header of a frame of `kind` on `path`.
+pub fn header(path: &PathId, kind: u8) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = FRAME_MARKER | VERSION;
+    h[1] = kind;
+    h[2..].copy_from_slice(path);
+    h
 }
 
 fn emit_offer(o: &Offer) -> Vec<u8> {

@@ -760,29 +760,38 @@ impl Links {
 
     /// A ringlet frame that arrived over UDP.
     pub fn handle_frame(&mut self, now: Instant, socket: SocketId, from: SocketAddr, bytes: &[u8]) {
-        let Some(frame) = self.parse(bytes) else {
-            return;
-        };
-        let (frame, sealed_by) = match (frame.body, self.is_secure()) {
-            (Body::Secure(packet), true) => {
-                let opened = self.open_secure(now, secure::Via::Udp(socket, from), &packet);
-                self.handle_early(now);
-                match opened {
-                    Some((peer, inner)) => (inner, Some(peer)),
-                    None => return self.drain(now),
+        let via = secure::Via::Udp(socket, from);
+        let (frame, sealed_by) = match Frame::secure_body(bytes, &self.path_id).filter(|_| self.is_secure()) {
+            // The hot path: a sealed frame for us, opened where it lies (no parsed copy).
+            Some(packet) => {
+                self.counters.frames_in += 1;
+                match self.open_udp(now, via, packet) {
+                    Some(opened) => opened,
+                    None => return,
                 }
             }
-            (Body::Secure(_), false) | (_, true) => {
-                self.counters.plaintext_refused += 1;
-                return;
+            None => {
+                let Some(frame) = self.parse(bytes) else {
+                    return;
+                };
+                match (frame.body, self.is_secure()) {
+                    (Body::Secure(packet), true) => match self.open_udp(now, via, &packet) {
+                        Some(opened) => opened,
+                        None => return,
+                    },
+                    (Body::Secure(_), false) | (_, true) => {
+                        self.counters.plaintext_refused += 1;
+                        return;
+                    }
+                    (body, false) => (
+                        Frame {
+                            path: frame.path,
+                            body,
+                        },
+                        None,
+                    ),
+                }
             }
-            (body, false) => (
-                Frame {
-                    path: frame.path,
-                    body,
-                },
-                None,
-            ),
         };
         // A session proves who sealed the frame, wherever it came from (a path one side has
         // just closed, a NAT that rebound the port); unsealed frames need a known address.
@@ -795,6 +804,25 @@ impl Links {
         };
         self.on_direct_frame(now, socket, from, id, frame);
         self.drain(now);
+    }
+
+    /// Opens a secure packet that came over UDP: the frame it sealed and who sealed it, or
+    /// `None` (a handshake message, or refused) after acting on it.
+    fn open_udp(
+        &mut self,
+        now: Instant,
+        via: secure::Via,
+        packet: &[u8],
+    ) -> Option<(Frame, Option<NodeIdBytes>)> {
+        let opened = self.open_secure(now, via, packet);
+        self.handle_early(now);
+        match opened {
+            Some((peer, inner)) => Some((inner, Some(peer))),
+            None => {
+                self.drain(now);
+                None
+            }
+        }
     }
 
     /// A frame of member `id` that came over UDP from `from` (opened, when links are secure).
@@ -895,6 +923,29 @@ impl Links {
         let bytes = Frame::emit_data(&self.path_id, data);
         let relay = data.len() > self.cfg.max_direct_payload;
         Ok(self.out_bytes(now, *peer, bytes, relay))
+    }
+
+    /// [`Links::send`] of an app datagram made of a `channel` byte and `payload`: sealed in
+    /// one buffer when the session is live (the VPN's hot path).
+    pub fn send_app(
+        &mut self,
+        now: Instant,
+        peer: &NodeIdBytes,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<Option<Transmit>, SendError> {
+        if !self.links.contains_key(peer) {
+            return Err(SendError::UnknownPeer);
+        }
+        let relay = 1 + payload.len() > self.cfg.max_direct_payload;
+        if let Some(t) = self.seal_data(now, *peer, channel, payload, relay) {
+            self.app_traffic(now, peer);
+            return Ok(Some(t));
+        }
+        let mut data = Vec::with_capacity(1 + payload.len());
+        data.push(channel);
+        data.extend_from_slice(payload);
+        self.send(now, peer, &data)
     }
 
     /// Whether direct paths are possible at all (false: UDP is disabled).

@@ -321,28 +321,25 @@ impl Runtime {
 
     /// [`Runtime::send_on`] without the counting: picks the path and hands the datagram to it.
     fn send_path(&mut self, to: NodeId, channel: u8, payload: &[u8]) -> Result<(), SendError> {
-        let mut data = Vec::with_capacity(payload.len() + 1);
-        data.push(channel);
-        data.extend_from_slice(payload);
-        let data = &data[..];
+        let len = 1 + payload.len();
         // Relayed datagrams travel as link frames, which add their header.
         let max = self.core.relay_config().max_datagram - link::frame::HEADER_LEN;
-        if data.len() > max {
-            let err = ringlet_xmpp::relay::SendError::TooLarge {
-                len: data.len(),
-                limit: max,
-            };
+        if len > max {
+            let err = ringlet_xmpp::relay::SendError::TooLarge { len, limit: max };
             return Err(SendError::Relay(err.into()));
         }
-        if self.tunnel_to(&to.0, data.len()) {
-            self.e2e_send(Instant::now(), to.0, data);
+        if self.tunnel_to(&to.0, len) {
+            let mut data = Vec::with_capacity(len);
+            data.push(channel);
+            data.extend_from_slice(payload);
+            self.e2e_send(Instant::now(), to.0, &data);
             self.app_tunnelled += 1;
             return Ok(());
         }
         match self
             .reach
             .links
-            .send(Instant::now(), &to.0, data)
+            .send_app(Instant::now(), &to.0, channel, payload)
             .map_err(|_| SendError::UnknownPeer(to))?
         {
             Some(link::Transmit::Udp { socket, to, data }) => {

@@ -235,6 +235,19 @@ impl Transport {
     /// Encrypts `buf` in place and appends the tag; `header` (which must hold
     /// [`Transport::next_counter`]) is authenticated with it. Returns the counter used.
     pub fn seal(&mut self, now: Instant, header: &[u8], buf: &mut Vec<u8>) -> Result<u64, TransportError> {
+        let (counter, tag) = self.seal_in_place(now, header, buf)?;
+        buf.extend_from_slice(&tag);
+        Ok(counter)
+    }
+
+    /// Encrypts `buf` in place and returns the counter used and the tag, which the caller
+    /// puts right after it (for a caller that built the whole datagram around `buf`).
+    pub fn seal_in_place(
+        &mut self,
+        now: Instant,
+        header: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(u64, [u8; TAG_LEN]), TransportError> {
         if self.expired(now) {
             return Err(TransportError::Expired);
         }
@@ -244,10 +257,11 @@ impl Transport {
             .key()
             .seal_in_place_separate_tag(nonce(counter), Aad::from(header), buf)
             .map_err(|_| TransportError::Expired)?;
-        buf.extend_from_slice(tag.as_ref());
         self.next_counter += 1;
         self.count(now);
-        Ok(counter)
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok((counter, out))
     }
 
     /// Authenticates and decrypts `buf` (ciphertext then tag) in place, leaving the plaintext.

@@ -176,7 +176,14 @@ impl World {
 
     fn send(&mut self, from: usize, data: &[u8]) {
         let to = self.nodes[1 - from].id;
-        match self.nodes[from].links.send(self.now, &to, data).unwrap() {
+        // As the daemon sends: a channel byte and a payload (sealed in one buffer once the
+        // session is live).
+        let (channel, payload) = data.split_first().expect("a datagram has a channel byte");
+        match self.nodes[from]
+            .links
+            .send_app(self.now, &to, *channel, payload)
+            .unwrap()
+        {
             Some(Transmit::Relay { data, .. }) => {
                 self.sent.1 += 1;
                 self.put(

@@ -452,6 +452,7 @@ fn a_revocation_closes_a_live_link_at_once_and_refuses_the_peer_after() {
     // nothing goes to it.
     let now = w.now;
     assert_eq!(w.nodes[0].links.send(now, &peer, b"to revoked"), Ok(None));
+    assert_eq!(w.nodes[0].links.send_app(now, &peer, 0, b"to revoked"), Ok(None));
     assert!(w.nodes[0].links.counters().revoked_refused >= 1);
     for _ in 0..3 {
         w.send(1, b"after");
