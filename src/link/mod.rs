@@ -264,7 +264,7 @@ impl Link {
 
 struct Link {
     jid: FullJid,
-    attempt: Option<Attempt>,
+    attempt: Option<Box<Attempt>>,
     path: Path,
     retry_at: Option<Instant>,
     failures: u32,
@@ -560,7 +560,7 @@ impl Links {
         }
         let frame = match (frame.body, self.is_secure()) {
             (Body::Secure(packet), true) => self
-                .open_secure(now, secure::Via::Relay(peer), &packet)
+                .open_secure(now, secure::Via::Relay(peer), packet, 0)
                 .map(|(_, inner)| inner),
             (Body::Secure(_), false) | (_, true) => {
                 self.counters.plaintext_refused += 1;
@@ -759,23 +759,24 @@ impl Links {
     }
 
     /// A ringlet frame that arrived over UDP.
-    pub fn handle_frame(&mut self, now: Instant, socket: SocketId, from: SocketAddr, bytes: &[u8]) {
+    pub fn handle_frame(&mut self, now: Instant, socket: SocketId, from: SocketAddr, bytes: Vec<u8>) {
         let via = secure::Via::Udp(socket, from);
-        let (frame, sealed_by) = match Frame::secure_body(bytes, &self.path_id).filter(|_| self.is_secure()) {
+        let ours_sealed = self.is_secure() && Frame::secure_body(&bytes, &self.path_id).is_some();
+        let (frame, sealed_by) = match ours_sealed {
             // The hot path: a sealed frame for us, opened where it lies (no parsed copy).
-            Some(packet) => {
+            true => {
                 self.counters.frames_in += 1;
-                match self.open_udp(now, via, packet) {
+                match self.open_udp(now, via, bytes, frame::HEADER_LEN) {
                     Some(opened) => opened,
                     None => return,
                 }
             }
-            None => {
-                let Some(frame) = self.parse(bytes) else {
+            false => {
+                let Some(frame) = self.parse(&bytes) else {
                     return;
                 };
                 match (frame.body, self.is_secure()) {
-                    (Body::Secure(packet), true) => match self.open_udp(now, via, &packet) {
+                    (Body::Secure(packet), true) => match self.open_udp(now, via, packet, 0) {
                         Some(opened) => opened,
                         None => return,
                     },
@@ -812,9 +813,10 @@ impl Links {
         &mut self,
         now: Instant,
         via: secure::Via,
-        packet: &[u8],
+        datagram: Vec<u8>,
+        at: usize,
     ) -> Option<(Frame, Option<NodeIdBytes>)> {
-        let opened = self.open_secure(now, via, packet);
+        let opened = self.open_secure(now, via, datagram, at);
         self.handle_early(now);
         match opened {
             Some((peer, inner)) => Some((inner, Some(peer))),

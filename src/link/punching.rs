@@ -24,15 +24,17 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
-    pub(super) fn new(id: u32, agent: PunchAgent, initiator: bool) -> Self {
-        Self {
+    /// Boxed: `Links::drain` takes each attempt out of its link and puts it back once per
+    /// frame handled, and the agent is big enough for those moves to show in profiles.
+    pub(super) fn new(id: u32, agent: PunchAgent, initiator: bool) -> Box<Self> {
+        Box::new(Self {
             id,
             agent,
             initiator,
             peer_nat: NatInfo::default(),
             peer_srflx: None,
             birthday: false,
-        }
+        })
     }
 
     /// What the peer told us about itself (offer, answer or trickle).

@@ -398,15 +398,17 @@ impl Links {
         })
     }
 
-    /// Handles a secure packet; returns the frame it sealed and whose session it was in.
+    /// Handles the secure packet in `datagram[at..]`; returns the frame it sealed and whose
+    /// session it was in. A data packet is opened inside `datagram`, not copied out first.
     pub(super) fn open_secure(
         &mut self,
         now: Instant,
         via: Via,
-        bytes: &[u8],
+        datagram: Vec<u8>,
+        at: usize,
     ) -> Option<(NodeIdBytes, Frame)> {
         self.security.as_ref()?;
-        let Ok(packet) = Packet::parse(bytes) else {
+        let Ok(packet) = Packet::parse(&datagram[at..]) else {
             self.counters.secure_dropped += 1;
             return None;
         };
@@ -453,8 +455,11 @@ impl Links {
                 receiver,
                 counter,
                 header,
-                sealed,
-            } => self.open_data(now, via, receiver, counter, header, sealed),
+                ..
+            } => {
+                let header: [u8; wire::DATA_HEADER_LEN] = header.try_into().ok()?;
+                self.open_data(now, via, receiver, counter, &header, datagram, at + header.len())
+            }
         }
     }
 
@@ -734,6 +739,8 @@ impl Links {
         self.open_overtaken(now, peer);
     }
 
+    /// Opens the data packet sealed in `buf[sealed..]` (its plaintext ends up in `buf`).
+    #[allow(clippy::too_many_arguments)] // the parts of one parsed packet, where it came from
     fn open_data(
         &mut self,
         now: Instant,
@@ -741,11 +748,12 @@ impl Links {
         receiver: u32,
         counter: u64,
         header: &[u8],
-        sealed: &[u8],
+        mut buf: Vec<u8>,
+        sealed: usize,
     ) -> Option<(NodeIdBytes, Frame)> {
         let peer = self.session_index.get(&receiver).copied();
         if let Some(peer) = peer.filter(|p| self.finishing(p, receiver)) {
-            self.hold_overtaken(peer, via, header, sealed);
+            self.hold_overtaken(peer, via, header, &buf[sealed..]);
             return None;
         }
         let opened = peer.and_then(|peer| {
@@ -755,8 +763,9 @@ impl Links {
                 .into_iter()
                 .flatten()
                 .find(|e| e.local_index == receiver)?;
-            let mut buf = sealed.to_vec();
-            est.transport.open(now, header, counter, &mut buf).ok()?;
+            est.transport
+                .open_at(now, header, counter, &mut buf, sealed)
+                .ok()?;
             Some((peer, buf))
         });
         let Some((peer, plain)) = opened else {
@@ -817,7 +826,7 @@ impl Links {
             None => return,
         };
         for (via, packet) in held {
-            if let Some((from, frame)) = self.open_secure(now, via, &packet) {
+            if let Some((from, frame)) = self.open_secure(now, via, packet, 0) {
                 self.early_in.push((from, frame, Some(via)));
             }
         }

@@ -284,7 +284,7 @@ impl Reach {
                 PacketKind::Stun => self.on_stun(now, r),
                 PacketKind::Frame => {
                     self.counters.frames_in += 1;
-                    self.links.handle_frame(now, r.socket, r.from, &r.data);
+                    self.links.handle_frame(now, r.socket, r.from, r.data);
                 }
                 PacketKind::Unknown => self.counters.unknown_in += 1,
             }

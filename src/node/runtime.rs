@@ -62,7 +62,9 @@ pub(super) struct Runtime {
     /// Application datagrams handed to a path: (direct UDP, XMPP relay).
     pub app_sent: (u64, u64),
     /// Application and VPN payload bytes per online member: (received, sent).
-    pub peer_bytes: HashMap<NodeIdBytes, (u64, u64)>,
+    /// Bytes in and out per member; touched twice per VPN packet, so a fast hash (NodeIds
+    /// are public key hashes, not chosen by an attacker per lookup).
+    pub peer_bytes: HashMap<NodeIdBytes, (u64, u64), foldhash::fast::RandomState>,
     pings: BTreeMap<u64, PendingPing>,
     next_ping: u64,
     /// The NAT behaviour last logged at INFO (it is logged again only when it changes).
@@ -135,7 +137,7 @@ async fn run(parts: Parts) -> Result<(), NodeError> {
         app_sent: (0, 0),
         logged_nat: None,
         logged_ring_agreed: false,
-        peer_bytes: HashMap::new(),
+        peer_bytes: HashMap::default(),
         pings: BTreeMap::new(),
         next_ping: 1,
         ring: super::ring::new_ring(Instant::now(), node_id),

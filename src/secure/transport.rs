@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use std::mem::MaybeUninit;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use zeroize::Zeroize;
 
 use super::replay::ReplayWindow;
@@ -273,36 +273,48 @@ impl Transport {
         counter: u64,
         buf: &mut Vec<u8>,
     ) -> Result<(), TransportError> {
+        self.open_at(now, header, counter, buf, 0)
+    }
+
+    /// [`Transport::open`] of the ciphertext and tag in `buf[at..]`: the plaintext replaces
+    /// all of `buf` (decrypted and moved to the front in one pass), so a caller can open a
+    /// received datagram where it lies, headers and all.
+    pub fn open_at(
+        &mut self,
+        now: Instant,
+        header: &[u8],
+        counter: u64,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), TransportError> {
         if now >= self.reject_at() {
             return Err(TransportError::Expired);
         }
-        if buf.len() < TAG_LEN {
+        if buf.len() < at + TAG_LEN {
             return Err(TransportError::Short);
         }
         if !self.replay.fresh(counter) {
             return Err(TransportError::Replay);
         }
-        let split = buf.len() - TAG_LEN;
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&buf[split..]);
-        let mut body = std::mem::take(buf);
-        body.truncate(split);
-        let opened = self.recv.key().open_in_place_separate_tag(
-            nonce(counter),
-            Aad::from(header),
-            Tag::from(tag),
-            &mut body,
-            0..,
-        );
-        if opened.is_err() {
-            body.zeroize();
-            return Err(TransportError::Forged);
+        let opened = self
+            .recv
+            .key()
+            .open_within(nonce(counter), Aad::from(header), buf, at..)
+            .map(|plain| plain.len());
+        match opened {
+            Ok(len) => {
+                buf.truncate(len);
+                self.replay.accept(counter);
+                self.opened += 1;
+                self.count(now);
+                Ok(())
+            }
+            Err(_) => {
+                // Whatever was decrypted before the tag failed is not left behind.
+                buf.zeroize();
+                Err(TransportError::Forged)
+            }
         }
-        self.replay.accept(counter);
-        self.opened += 1;
-        self.count(now);
-        *buf = body;
-        Ok(())
     }
 }
 
@@ -406,6 +418,31 @@ mod tests {
         // None of that consumed the counter: the real datagram still opens.
         bob.open(now, b"hdr", c, &mut buf).unwrap();
         assert_eq!(buf, b"secret");
+    }
+
+    #[test]
+    fn a_datagram_opens_where_it_lies_behind_its_headers() {
+        for cipher in [Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm] {
+            let now = Instant::now();
+            let (mut alice, mut bob) = pair_with(now, cipher);
+            let mut sealed = b"inner frame".to_vec();
+            let c = alice.seal(now, b"hdr", &mut sealed).unwrap();
+            let mut datagram = [b"outer+hdr".as_slice(), &sealed].concat();
+            let mut forged = datagram.clone();
+            forged[12] ^= 1;
+            assert_eq!(
+                bob.open_at(now, b"hdr", c, &mut forged, 9),
+                Err(TransportError::Forged)
+            );
+            assert!(forged.iter().all(|&b| b == 0), "nothing decrypted is left behind");
+            let mut short = datagram[..9 + TAG_LEN - 1].to_vec();
+            assert_eq!(
+                bob.open_at(now, b"hdr", c, &mut short, 9),
+                Err(TransportError::Short)
+            );
+            bob.open_at(now, b"hdr", c, &mut datagram, 9).unwrap();
+            assert_eq!(datagram, b"inner frame", "{cipher:?}");
+        }
     }
 
     /// Makes a session busy: `n` datagrams from alice to bob at `at`.

@@ -313,7 +313,7 @@ impl World {
                     PacketKind::Frame => {
                         self.seen.push(data.clone());
                         self.seen_to.push(to);
-                        n.links.handle_frame(now, socket, from, &data)
+                        n.links.handle_frame(now, socket, from, data)
                     }
                     PacketKind::Unknown => {}
                 }
@@ -428,8 +428,8 @@ fn strangers_garbage_and_other_overlays_are_dropped_and_counted() {
     let now = w.now;
     let links = &mut w.nodes[1].links;
     let stranger: SocketAddr = "192.0.2.66:4444".parse().unwrap();
-    links.handle_frame(now, MAIN_SOCKET, stranger, &Frame::emit_data(&[9; 8], b"inject"));
-    links.handle_frame(now, MAIN_SOCKET, stranger, &[0xc0, 1, 2]);
+    links.handle_frame(now, MAIN_SOCKET, stranger, Frame::emit_data(&[9; 8], b"inject"));
+    links.handle_frame(now, MAIN_SOCKET, stranger, vec![0xc0, 1, 2]);
     let remote = match links.path(&[1; 20]) {
         Some(Path::Direct { remote, .. }) => remote,
         other => panic!("{other:?}"),
@@ -438,7 +438,7 @@ fn strangers_garbage_and_other_overlays_are_dropped_and_counted() {
         now,
         MAIN_SOCKET,
         remote,
-        &Frame::emit_data(&[8; 8], b"other overlay"),
+        Frame::emit_data(&[8; 8], b"other overlay"),
     );
     links.handle_relay(now, [1; 20], b"\xc0\x02garbage");
     let c = links.counters().clone();

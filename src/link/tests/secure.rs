@@ -263,14 +263,14 @@ fn replayed_tampered_truncated_and_plaintext_frames_are_dropped_without_effect()
     };
     let now = w.now;
     let links = &mut w.nodes[1].links;
-    links.handle_frame(now, socket, remote, &sealed); // replay
+    links.handle_frame(now, socket, remote, sealed.clone()); // replay
     let mut flipped = sealed.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    links.handle_frame(now, socket, remote, &flipped);
-    links.handle_frame(now, socket, remote, &sealed[..sealed.len() - 5]);
+    links.handle_frame(now, socket, remote, flipped);
+    links.handle_frame(now, socket, remote, sealed[..sealed.len() - 5].to_vec());
     let plain = Frame::emit_data(&[9; 8], b"forged");
-    links.handle_frame(now, socket, remote, &plain);
+    links.handle_frame(now, socket, remote, plain.clone());
     let from = w.nodes[0].id;
     w.nodes[1].links.handle_relay(now, from, &plain);
     w.flush();
