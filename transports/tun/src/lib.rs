@@ -54,16 +54,28 @@ pub struct Written {
 impl Tun {
     /// Opens (creating) the TUN device `name`. Fails with `AlreadyExists`-like errors when the
     /// name is held by a running process or by a device that is not a TUN.
+    /// Offloads are on where the kernel takes them.
     pub fn create(name: &str) -> io::Result<Tun> {
+        Self::open(name, true)
+    }
+
+    /// [`Tun::create`] with offloads off: one IP packet per read and write.
+    pub fn create_without_offload(name: &str) -> io::Result<Tun> {
+        Self::open(name, false)
+    }
+
+    fn open(name: &str, try_offload: bool) -> io::Result<Tun> {
         validate_name(name)?;
-        let (fd, offload) =
-            match ioctl::open_tun(name, true).and_then(|fd| ioctl::set_offload(&fd).map(|()| fd)) {
-                Ok(fd) => (fd, true),
-                Err(e) => {
+        let with_offload = || ioctl::open_tun(name, true).and_then(|fd| ioctl::set_offload(&fd).map(|()| fd));
+        let (fd, offload) = match try_offload.then(with_offload) {
+            Some(Ok(fd)) => (fd, true),
+            refused => {
+                if let Some(Err(e)) = refused {
                     tracing::debug!(error = %e, "TUN without offloads");
-                    (ioctl::open_tun(name, false)?, false)
                 }
-            };
+                (ioctl::open_tun(name, false)?, false)
+            }
+        };
         // A leftover persistent device: make it go with us.
         ioctl::set_persist(&fd, false)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, which owns it (and so keeps the same

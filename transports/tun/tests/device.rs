@@ -67,13 +67,25 @@ fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
 
 #[test]
 fn packets_cross_a_real_tun_device_both_ways() {
-    in_private_netns(|| {
+    for offload in [true, false] {
+        packets_cross_both_ways(offload);
+    }
+}
+
+fn packets_cross_both_ways(offload: bool) {
+    in_private_netns(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async {
-            let tun = Tun::create("rgltest0").expect("create the TUN device");
+            let tun = if offload {
+                Tun::create("rgltest0")
+            } else {
+                Tun::create_without_offload("rgltest0")
+            }
+            .expect("create the TUN device");
+            assert_eq!(tun.offload(), offload, "this kernel takes TUN offloads");
             tun.set_ipv4(Ipv4Addr::new(10, 99, 0, 1), 16).unwrap();
             tun.add_ipv6("fd00:99::1".parse().unwrap(), 64).unwrap();
             tun.set_mtu(1300).unwrap();
@@ -120,6 +132,20 @@ fn packets_cross_a_real_tun_device_both_ways() {
                     .recv_from(&mut buf)
                     .unwrap_or_else(|e| panic!("the packet to {dst} was not delivered: {e}"));
                 assert_eq!((&buf[..n], src), (&b"in"[..], from.into()), "to {dst}");
+            }
+            // As the daemon writes: a batch (no TCP here, so one write per packet).
+            let mut batch = ringlet_tun::Batch::default();
+            let to = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 4000);
+            for payload in [b"b1", b"b2"] {
+                batch.push(udp_packet(from, to, payload));
+            }
+            let written = tun.write_batch(&mut batch);
+            assert_eq!((written.packets, written.writes, written.dropped), (2, 2, 0));
+            for payload in [b"b1", b"b2"] {
+                let (n, _) = sock
+                    .recv_from(&mut buf)
+                    .expect("a batched packet was not delivered");
+                assert_eq!(&buf[..n], payload);
             }
         });
     });
