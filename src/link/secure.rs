@@ -248,10 +248,24 @@ impl Links {
             body: Body::Secure(packet),
         }
         .emit();
+        self.sealed_out(now, peer, outer, relay, rekey)
+    }
+
+    /// Hands a sealed datagram to `peer`'s path (or the relay) and starts the handshake its
+    /// session asked for.
+    fn sealed_out(
+        &mut self,
+        now: Instant,
+        peer: NodeIdBytes,
+        datagram: Vec<u8>,
+        relay: bool,
+        rekey: bool,
+    ) -> Option<Transmit> {
+        let link = self.links.get(&peer)?;
         let t = if relay {
-            link.relay(outer)
+            link.relay(datagram)
         } else {
-            link.transmit(outer)
+            link.transmit(datagram)
         };
         if rekey && link.session.initiating.is_none() {
             self.start_handshake(now, peer, 0);
@@ -291,15 +305,7 @@ impl Links {
             .ok()?;
         out.extend_from_slice(&tag);
         let rekey = est.transport.rekey_due(now, began);
-        let t = if relay {
-            link.relay(out)
-        } else {
-            link.transmit(out)
-        };
-        if rekey && link.session.initiating.is_none() {
-            self.start_handshake(now, peer, 0);
-        }
-        Some(t)
+        self.sealed_out(now, peer, out, relay, rekey)
     }
 
     fn start_handshake(&mut self, now: Instant, peer: NodeIdBytes, tries: u32) {

@@ -154,6 +154,7 @@ impl Run {
         let payload = packet.len() - layout.headers;
         let last = &packets[*self.members.last().expect("not empty")];
         let fits = layout.headers == tcp.layout.headers
+            && ip_length(packet, layout) == packet.len()
             && seq(packet, layout) == tcp.next_seq
             && merge_flags(packet, layout)
             && last[layout.tcp + 13] & TCP_PSH == 0
@@ -371,6 +372,15 @@ mod tests {
                 {
                     let mut s = segs[..2].to_vec();
                     s[1][28] ^= 1;
+                    s
+                },
+                vec![1, 1],
+            ),
+            (
+                "an IP length that is not the packet's",
+                {
+                    let mut s = segs[..2].to_vec();
+                    s[1].extend_from_slice(b"trailing");
                     s
                 },
                 vec![1, 1],
