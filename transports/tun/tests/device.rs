@@ -4,6 +4,8 @@
 //! the device is delivered to a local socket, also when it is a subnet broadcast. Needs root
 //! (CAP_NET_ADMIN); fails loudly without it.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
@@ -51,14 +53,7 @@ fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
 
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's network namespace.
-        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            ret,
-            0,
-            "unshare(CLONE_NEWNET) failed (this test needs root): {}",
-            std::io::Error::last_os_error()
-        );
+        common::unshare_network();
         f()
     })
     .join()

@@ -8,6 +8,8 @@
 
 #![allow(clippy::disallowed_methods)] // a test against real devices runs on the real clock
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,14 +36,7 @@ fn in_netns<T: Send + 'static>(
 ) -> std::thread::JoinHandle<T> {
     let rt = rt.clone();
     std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's network namespace.
-        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            ret,
-            0,
-            "unshare(CLONE_NEWNET) failed (this test needs root): {}",
-            std::io::Error::last_os_error()
-        );
+        common::unshare_network();
         let tun = {
             let _reactor = rt.enter();
             Tun::create(name).expect("create the TUN device")
