@@ -61,9 +61,8 @@ pub(super) struct Runtime {
     pub relay_send_failures: u64,
     /// Application datagrams handed to a path: (direct UDP, XMPP relay).
     pub app_sent: (u64, u64),
-    /// Application and VPN payload bytes per online member: (received, sent).
-    /// Bytes in and out per member; touched twice per VPN packet, so a fast hash (NodeIds
-    /// are public key hashes, not chosen by an attacker per lookup).
+    /// Application and VPN payload bytes per online member: (received, sent). Touched twice
+    /// per VPN packet, so a fast hash (NodeIds are public key hashes, not chosen per lookup).
     pub peer_bytes: HashMap<NodeIdBytes, (u64, u64), foldhash::fast::RandomState>,
     pings: BTreeMap<u64, PendingPing>,
     next_ping: u64,

@@ -30,12 +30,14 @@ pub struct Batch {
 struct Run {
     /// Indices into `Batch::packets`, in sequence order.
     members: Vec<usize>,
-    /// Set when this run can take more segments.
-    tcp: Option<OpenTcp>,
+    /// Set when the run started with a segment others may join.
+    tcp: Option<TcpRun>,
 }
 
 #[derive(Clone, Copy)]
-struct OpenTcp {
+struct TcpRun {
+    /// Whether later segments may still join.
+    open: bool,
     layout: TcpLayout,
     next_seq: u32,
     /// Payload length of the first segment (the GSO size).
@@ -58,10 +60,6 @@ impl Batch {
         self.packets.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.packets.len()
-    }
-
     pub fn push(&mut self, packet: Vec<u8>) {
         let index = self.packets.len();
         let layout = TcpLayout::of(&packet);
@@ -69,11 +67,11 @@ impl Batch {
         match (layout, open) {
             (Some(layout), Some(run)) if self.runs[run].extend(index, &packet, layout, &self.packets) => {}
             (layout, open) => {
-                if let Some(run) = open {
+                if let Some(tcp) = open.and_then(|run| self.runs[run].tcp.as_mut()) {
                     // This packet goes after the run: the run takes no more.
-                    self.runs[run].tcp = None;
+                    tcp.open = false;
                 }
-                let tcp = layout.and_then(|l| OpenTcp::start(&packet, l));
+                let tcp = layout.and_then(|l| TcpRun::start(&packet, l));
                 self.runs.push(Run {
                     members: vec![index],
                     tcp,
@@ -89,7 +87,7 @@ impl Batch {
             .iter()
             .enumerate()
             .rev()
-            .filter(|(_, r)| r.tcp.is_some())
+            .filter(|(_, r)| r.tcp.is_some_and(|t| t.open))
             .take(OPEN_RUNS_SCANNED)
             .find(|(_, r)| same_flow(&self.packets[r.members[0]], packet, layout))
             .map(|(i, _)| i)
@@ -99,24 +97,22 @@ impl Batch {
     /// packet gets its headers rewritten for the whole run.
     pub fn drain(&mut self, mut write: impl FnMut(Write<'_>)) {
         for run in &self.runs {
-            if run.members.len() > 1 {
-                let tcp = run.tcp_layout(&self.packets);
-                let psh = self.packets[*run.members.last().expect("not empty")][tcp.tcp + 13] & TCP_PSH;
-                let ip_len = run.ip_len(&self.packets, tcp);
-                prepare_merged(&mut self.packets[run.members[0]], tcp, ip_len, psh);
+            if let Some(tcp) = run.merged() {
+                let psh =
+                    self.packets[*run.members.last().expect("not empty")][tcp.layout.tcp + 13] & TCP_PSH;
+                prepare_merged(&mut self.packets[run.members[0]], tcp.layout, tcp.ip_len, psh);
             }
         }
         for run in &self.runs {
             let first = &self.packets[run.members[0]];
-            if run.members.len() == 1 {
+            let Some(TcpRun { layout: tcp, .. }) = run.merged() else {
                 write(Write {
                     hdr: VnetHdr::default(),
                     parts: vec![first],
                     packets: 1,
                 });
                 continue;
-            }
-            let tcp = run.tcp_layout(&self.packets);
+            };
             let mut parts = Vec::with_capacity(run.members.len());
             parts.push(first.as_slice());
             parts.extend(run.members[1..].iter().map(|&i| &self.packets[i][tcp.headers..]));
@@ -147,7 +143,7 @@ impl Batch {
 impl Run {
     /// Adds segment `index` if it continues this run; says whether it did.
     fn extend(&mut self, index: usize, packet: &[u8], layout: TcpLayout, packets: &[Vec<u8>]) -> bool {
-        let Some(tcp) = self.tcp.as_mut() else {
+        let Some(tcp) = self.tcp.as_mut().filter(|t| t.open) else {
             return false;
         };
         let first = &packets[self.members[0]];
@@ -172,31 +168,20 @@ impl Run {
         fits
     }
 
-    fn tcp_layout(&self, packets: &[Vec<u8>]) -> TcpLayout {
-        match self.tcp {
-            Some(t) => t.layout,
-            // A closed run keeps its members; their layout is the first's.
-            None => TcpLayout::of(&packets[self.members[0]]).expect("a merged run is TCP"),
-        }
-    }
-
-    fn ip_len(&self, packets: &[Vec<u8>], tcp: TcpLayout) -> usize {
-        let first = packets[self.members[0]].len();
-        first
-            + self.members[1..]
-                .iter()
-                .map(|&i| packets[i].len() - tcp.headers)
-                .sum::<usize>()
+    /// The TCP run, if segments were merged into it.
+    fn merged(&self) -> Option<TcpRun> {
+        self.tcp.filter(|_| self.members.len() > 1)
     }
 }
 
-impl OpenTcp {
+impl TcpRun {
     /// A run that later segments may join, if `packet` could start one.
-    fn start(packet: &[u8], layout: TcpLayout) -> Option<OpenTcp> {
+    fn start(packet: &[u8], layout: TcpLayout) -> Option<TcpRun> {
         let payload = packet.len() - layout.headers;
         let whole = ip_length(packet, layout) == packet.len();
         (whole && payload > 0 && merge_flags(packet, layout) && (layout.v6 || dont_fragment(packet))).then(
-            || OpenTcp {
+            || TcpRun {
+                open: true,
                 layout,
                 next_seq: seq(packet, layout).wrapping_add(payload as u32),
                 segment: payload,

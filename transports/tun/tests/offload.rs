@@ -69,6 +69,7 @@ async fn forward(a: Tun, b: Tun, stop: Arc<AtomicBool>) -> Moved {
         vec![0u8; ringlet_tun::FRAME_MAX],
         vec![0u8; ringlet_tun::FRAME_MAX],
     );
+    let mut more = vec![0u8; ringlet_tun::FRAME_MAX];
     let mut batch = Batch::default();
     let start = Instant::now();
     while !stop.load(Ordering::Relaxed) && start.elapsed() < LIMIT {
@@ -82,7 +83,6 @@ async fn forward(a: Tun, b: Tun, stop: Arc<AtomicBool>) -> Moved {
             .expect("the kernel gave a well-formed frame");
         moved.frames += 1;
         moved.super_frames += u64::from(packets.len() > 1);
-        let mut more = vec![0u8; ringlet_tun::FRAME_MAX];
         for _ in 0..64 {
             let Ok(n) = from.try_recv(&mut more) else { break };
             let before = packets.len();
