@@ -24,6 +24,7 @@ use super::runtime::Runtime;
 use crate::config::VpnConfig;
 use crate::overlay::dht::Found;
 use crate::vpn::address::{claim_key, ipv6_address, ipv6_prefix, node_key, Cidr4};
+use crate::vpn::asks::MemberAsks;
 use crate::vpn::{Output, Vpn};
 
 /// App datagram channels: the first byte of every datagram between members.
@@ -45,11 +46,10 @@ const TUN_BURST: usize = 64;
 const TUN_BURST_PACKETS: usize = 128;
 /// How long after a claim its check looks (the put must reach the replicas first).
 const CHECK_AFTER: Duration = Duration::from_secs(1);
-/// How often addresses are looked at: while settling, and after.
-const TICK_SETTLING: Duration = Duration::from_secs(1);
+/// How often membership and our claim are looked at: until the claim is settled, and after.
+/// Members whose address is unknown are asked on their own schedule (`vpn::asks`).
+const TICK_SETTLING: Duration = Duration::from_millis(250);
 const TICK_SETTLED: Duration = Duration::from_secs(10);
-/// How often a member whose address is unknown is asked again (it may not have published yet).
-const ASK_AGAIN: Duration = Duration::from_secs(2);
 /// Derived addresses tried before giving up on a conflict-free one.
 const MAX_ATTEMPTS: u32 = 32;
 /// What the worst path adds to a VPN packet (ring tunnel: two link frames, ring routing
@@ -87,9 +87,10 @@ pub(super) struct VpnState {
     attempt: u32,
     claim: Claim,
     lookups: BTreeMap<u32, Lookup>,
-    /// Online members, with when we last asked for their published address (`None`: not
-    /// yet, the ring did not route when they came).
-    asked: BTreeMap<NodeIdBytes, Option<Instant>>,
+    /// Online members, and when to ask for the published address of those still unknown.
+    asks: MemberAsks,
+    /// The earliest ask due (`None` while the ring does not route: the tick looks again).
+    next_ask: Option<Instant>,
     next_tick: Instant,
     pub conflicts: u64,
     pub device_errors: u64,
@@ -136,7 +137,8 @@ pub(super) fn open(
         attempt: 0,
         claim: Claim::None,
         lookups: BTreeMap::new(),
-        asked: BTreeMap::new(),
+        asks: MemberAsks::default(),
+        next_ask: None,
         next_tick: now,
         conflicts: 0,
         device_errors: 0,
@@ -374,56 +376,43 @@ impl Runtime {
         }
     }
 
-    /// When the VPN wants `vpn_tick` next.
+    /// When the VPN wants `vpn_tick` next: its own tick, or sooner a member's next ask.
     pub(super) fn vpn_due(&self) -> Option<Instant> {
-        self.vpn.as_ref().map(|v| v.next_tick)
+        let vpn = self.vpn.as_ref()?;
+        Some(vpn.next_ask.map_or(vpn.next_tick, |a| a.min(vpn.next_tick)))
+    }
+
+    /// Whether DHT requests reach the right replicas: records put before the ring has both
+    /// neighbours may land on the wrong ones; a leaf's relay links carry its requests.
+    fn ring_routes(&self) -> bool {
+        let table = self.ring.table();
+        if self.is_leaf() {
+            !table.is_empty()
+        } else {
+            table.nearest_left().is_some() && table.nearest_right().is_some()
+        }
     }
 
     /// Claims our address once the ring routes, checks the claim, and asks for the addresses
     /// of members that came online; members that left are forgotten.
     pub(super) fn vpn_tick(&mut self, now: Instant) {
-        // Records put before the ring has both neighbours may land on the wrong replicas; a
-        // leaf's relay links carry its DHT requests.
-        let table = self.ring.table();
-        let routes = if self.is_leaf() {
-            !table.is_empty()
-        } else {
-            table.nearest_left().is_some() && table.nearest_right().is_some()
-        };
+        let routes = self.ring_routes();
         let online = self.vpn_members();
         let Some(vpn) = self.vpn.as_mut() else { return };
-        let gone: Vec<NodeIdBytes> = vpn
-            .asked
-            .keys()
-            .filter(|n| !online.contains(*n))
-            .copied()
-            .collect();
-        for node in gone {
-            vpn.asked.remove(&node);
+        let changes = vpn.asks.sync(now, &online);
+        for node in changes.left {
             vpn.core.handle_member(node, false);
         }
-        for &node in &online {
-            if !vpn.asked.contains_key(&node) {
-                vpn.core.handle_member(node, true);
-            }
+        for node in changes.joined {
+            vpn.core.handle_member(node, true);
         }
-        let unknown: Vec<NodeIdBytes> = online
-            .iter()
-            .filter(|n| vpn.core.address_of(n).is_none())
-            .filter(|n| {
-                vpn.asked
-                    .get(*n)
-                    .copied()
-                    .flatten()
-                    .is_none_or(|at| now >= at + ASK_AGAIN)
-            })
-            .copied()
-            .collect();
-        let settled = vpn.claim == Claim::Settled && online.iter().all(|n| vpn.core.address_of(n).is_some());
-        vpn.next_tick = now + if settled { TICK_SETTLED } else { TICK_SETTLING };
-        for &node in &online {
-            vpn.asked.entry(node).or_insert(None);
-        }
+        vpn.next_tick = now
+            + if vpn.claim == Claim::Settled {
+                TICK_SETTLED
+            } else {
+                TICK_SETTLING
+            };
+        vpn.next_ask = None;
         if !routes {
             return;
         }
@@ -436,10 +425,12 @@ impl Runtime {
             }
             _ => {}
         }
-        for node in unknown {
-            if let Some(vpn) = self.vpn.as_mut() {
-                vpn.asked.insert(node, Some(now));
-            }
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        let core = &vpn.core;
+        let due = vpn.asks.take_due(now, |n| core.address_of(n).is_some());
+        // Answers only make it later: a stale early value costs one quiet tick.
+        vpn.next_ask = vpn.asks.next_due(|n| core.address_of(n).is_some());
+        for node in due {
             self.vpn_lookup(now, Lookup::Member(node));
         }
         self.drain_vpn(now);
