@@ -80,6 +80,7 @@ impl MemberAsks {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick an arbitrary start instant
 mod tests {
     use super::*;
 
