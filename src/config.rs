@@ -81,8 +81,9 @@ pub struct VpnConfig {
     pub mtu: Option<u32>,
 }
 
-/// The smallest and largest TUN MTU accepted (IPv4's minimum datagram; a jumbo frame).
-pub const VPN_MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
+/// The smallest and largest TUN MTU accepted: IPv4's minimum datagram, and the largest packet
+/// a direct path carries (with its channel byte); anything larger would take the XMPP relay.
+pub const VPN_MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=(crate::link::MAX_DIRECT_PAYLOAD as u32 - 1);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -397,7 +398,8 @@ fn vpn_config(v: &VpnSection) -> Result<VpnConfig, (&'static str, String)> {
             return Err((
                 "vpn.mtu",
                 format!(
-                    "must be between {} and {}",
+                    "must be between {} and {} (larger packets fit no direct path and would all take \
+                     the XMPP relay)",
                     VPN_MTU_RANGE.start(),
                     VPN_MTU_RANGE.end()
                 ),
@@ -470,6 +472,8 @@ friends = ["bob@example.org"]
         )
         .unwrap();
         assert_eq!(fixed.vpn.unwrap().subnet.to_string(), "10.9.0.5/24");
+        let largest = Config::parse(&format!("{on}mtu = 1399\n"), Path::new("/x/c.toml")).unwrap();
+        assert_eq!(largest.vpn.unwrap().mtu, Some(1399));
         for (extra, key) in [
             ("device = \"a/b\"", "vpn.device"),
             ("address = \"10.9.0.0/24\"", "vpn.address"),
@@ -480,6 +484,8 @@ friends = ["bob@example.org"]
             ),
             ("subnet = \"10.8.0.0/31\"", "vpn.subnet"),
             ("mtu = 100", "vpn.mtu"),
+            ("mtu = 1400", "vpn.mtu"),
+            ("mtu = 9000", "vpn.mtu"),
         ] {
             assert!(
                 err(&format!("{on}{extra}\n")).contains(key),

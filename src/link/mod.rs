@@ -49,6 +49,10 @@ use crate::reach::nat::NatInfo;
 use crate::reach::punch::{self, Credentials, PunchAgent};
 use crate::reach::stun_msg::{self, StunMessage};
 
+/// The default [`Config::max_direct_payload`]: an app datagram of this size (channel byte
+/// included) still fits a 1,500-byte underlay with its headers (28 IP/UDP + 49 framing).
+pub const MAX_DIRECT_PAYLOAD: usize = 1400;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub punch: punch::Config,
@@ -101,7 +105,7 @@ impl Default for Config {
             punch: punch::Config::default(),
             first_retry: Duration::from_secs(5),
             max_retry: Duration::from_secs(600),
-            max_direct_payload: 1400,
+            max_direct_payload: MAX_DIRECT_PAYLOAD,
             responder_patience: Duration::from_secs(2),
             offer_interval: Duration::from_secs(1),
             direct: true,
