@@ -46,10 +46,13 @@ const TUN_BURST: usize = 64;
 const TUN_BURST_PACKETS: usize = 128;
 /// How long after a claim its check looks (the put must reach the replicas first).
 const CHECK_AFTER: Duration = Duration::from_secs(1);
-/// How often membership and our claim are looked at: until the claim is settled, and after.
-/// Members whose address is unknown are asked on their own schedule (`vpn::asks`).
-const TICK_SETTLING: Duration = Duration::from_millis(250);
+/// How often membership and our claim are looked at: in the first [`STARTING`] while the claim
+/// is not settled, later while it is not (alone, say), and once it is. Members whose address is
+/// unknown are asked on their own schedule (`vpn::asks`).
+const TICK_STARTING: Duration = Duration::from_millis(250);
+const TICK_SETTLING: Duration = Duration::from_secs(1);
 const TICK_SETTLED: Duration = Duration::from_secs(10);
+const STARTING: Duration = Duration::from_secs(30);
 /// Derived addresses tried before giving up on a conflict-free one.
 const MAX_ATTEMPTS: u32 = 32;
 /// What the worst path adds to a VPN packet (ring tunnel: two link frames, ring routing
@@ -92,6 +95,7 @@ pub(super) struct VpnState {
     /// The earliest ask due (`None` while the ring does not route: the tick looks again).
     next_ask: Option<Instant>,
     next_tick: Instant,
+    started: Instant,
     pub conflicts: u64,
     pub device_errors: u64,
 }
@@ -140,6 +144,7 @@ pub(super) fn open(
         asks: MemberAsks::default(),
         next_ask: None,
         next_tick: now,
+        started: now,
         conflicts: 0,
         device_errors: 0,
     })
@@ -409,6 +414,8 @@ impl Runtime {
         vpn.next_tick = now
             + if vpn.claim == Claim::Settled {
                 TICK_SETTLED
+            } else if now < vpn.started + STARTING {
+                TICK_STARTING
             } else {
                 TICK_SETTLING
             };
