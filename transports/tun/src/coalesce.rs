@@ -318,6 +318,12 @@ mod tests {
     #[test]
     fn segments_that_would_not_merge_in_the_kernel_are_written_alone_in_order() {
         let segs = segments(false, 0, &[1_000, 1_000, 1_000, 1_000, 1_000]);
+        // The first two segments, the second changed by `change`.
+        let pair_with = |change: fn(&mut Vec<u8>)| {
+            let mut s = segs[..2].to_vec();
+            change(&mut s[1]);
+            s
+        };
         let cases: Vec<Case> = vec![
             (
                 "a gap in the sequence",
@@ -343,49 +349,17 @@ mod tests {
                 },
                 vec![2, 1],
             ),
-            (
-                "a FIN is never merged",
-                {
-                    let mut s = segs[..2].to_vec();
-                    s[1][33] = 0x11;
-                    s
-                },
-                vec![1, 1],
-            ),
-            (
-                "another ack number",
-                {
-                    let mut s = segs[..2].to_vec();
-                    s[1][28] ^= 1;
-                    s
-                },
-                vec![1, 1],
-            ),
+            ("a FIN is never merged", pair_with(|p| p[33] = 0x11), vec![1, 1]),
+            ("another ack number", pair_with(|p| p[28] ^= 1), vec![1, 1]),
             (
                 "an IP length that is not the packet's",
-                {
-                    let mut s = segs[..2].to_vec();
-                    s[1].extend_from_slice(b"trailing");
-                    s
-                },
+                pair_with(|p| p.extend_from_slice(b"trailing")),
                 vec![1, 1],
             ),
-            (
-                "another window",
-                {
-                    let mut s = segs[..2].to_vec();
-                    s[1][34] ^= 1;
-                    s
-                },
-                vec![1, 1],
-            ),
+            ("another window", pair_with(|p| p[34] ^= 1), vec![1, 1]),
             (
                 "other options (timestamps)",
-                {
-                    let mut s = segs[..2].to_vec();
-                    s[1][47] ^= 1;
-                    s
-                },
+                pair_with(|p| p[47] ^= 1),
                 vec![1, 1],
             ),
         ];
