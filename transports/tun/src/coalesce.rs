@@ -8,12 +8,13 @@
 //! number, flags ACK (PSH only on the last), identical IP and TCP headers otherwise (TTL, TOS,
 //! DF, ack, window, options), every segment but the last as long as the first.
 
-use crate::offload::{TcpLayout, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
+use crate::offload::{Malformed, TcpLayout, VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-/// Segments merged into one write at most.
-const MAX_SEGMENTS: usize = 64;
+/// Segments merged into one write at most, and in a super-packet written whole (the
+/// kernel's GRO merges no more either).
+pub const MAX_SEGMENTS: usize = 64;
 /// IP length a super-packet may reach (its length fields are 16 bits).
 const MAX_IP_LEN: usize = 65_535;
 /// Open runs looked through for a segment's flow (a few bulk flows at once is the case
@@ -30,8 +31,10 @@ pub struct Batch {
 struct Run {
     /// Indices into `Batch::packets`, in sequence order.
     members: Vec<usize>,
-    /// Set when the run started with a segment others may join.
+    /// Set when the run started with a segment others may join, or is a whole super-packet.
     tcp: Option<TcpRun>,
+    /// A super-packet pushed whole: written with its GSO header although it is one member.
+    whole: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -75,10 +78,43 @@ impl Batch {
                 self.runs.push(Run {
                     members: vec![index],
                     tcp,
+                    whole: false,
                 });
             }
         }
         self.packets.push(packet);
+    }
+
+    /// Adds a TCP super-packet that another host's device gave whole (see
+    /// `offload::super_packet`), to be written as one GSO frame of `gso_size`-byte segments.
+    /// Refused, adding nothing, unless it has the shape [`whole_shape`] asks.
+    pub fn push_super(&mut self, packet: Vec<u8>, gso_size: u16) -> Result<(), Malformed> {
+        let layout = TcpLayout::of(&packet).ok_or(Malformed::Headers)?;
+        if !whole_shape(&packet, layout, gso_size) {
+            return Err(Malformed::Headers);
+        }
+        if let Some(run) = self.open_run_of(&packet, layout) {
+            // What this flow sends later goes after the super-packet.
+            if let Some(tcp) = self.runs[run].tcp.as_mut() {
+                tcp.open = false;
+            }
+        }
+        let payload = packet.len() - layout.headers;
+        let segment = usize::from(gso_size);
+        self.runs.push(Run {
+            members: vec![self.packets.len()],
+            tcp: Some(TcpRun {
+                open: false,
+                layout,
+                next_seq: seq(&packet, layout).wrapping_add(payload as u32),
+                segment,
+                last_payload: (payload - 1) % segment + 1,
+                ip_len: packet.len(),
+            }),
+            whole: true,
+        });
+        self.packets.push(packet);
+        Ok(())
     }
 
     /// The open run of `packet`'s flow, if one of the last few is.
@@ -105,7 +141,10 @@ impl Batch {
         }
         for run in &self.runs {
             let first = &self.packets[run.members[0]];
-            let Some(TcpRun { layout: tcp, .. }) = run.merged() else {
+            let Some(TcpRun {
+                layout: tcp, segment, ..
+            }) = run.merged()
+            else {
                 write(Write {
                     hdr: VnetHdr::default(),
                     parts: vec![first],
@@ -121,7 +160,7 @@ impl Batch {
                     flags: F_NEEDS_CSUM,
                     gso_type: if tcp.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
                     hdr_len: tcp.headers as u16,
-                    gso_size: (first.len() - tcp.headers) as u16,
+                    gso_size: segment as u16,
                     csum_start: tcp.tcp as u16,
                     csum_offset: 16,
                 },
@@ -168,9 +207,9 @@ impl Run {
         fits
     }
 
-    /// The TCP run, if segments were merged into it.
+    /// The TCP run, if segments were merged into it or it is a whole super-packet.
     fn merged(&self) -> Option<TcpRun> {
-        self.tcp.filter(|_| self.members.len() > 1)
+        self.tcp.filter(|_| self.members.len() > 1 || self.whole)
     }
 }
 
@@ -190,6 +229,21 @@ impl TcpRun {
             },
         )
     }
+}
+
+/// Whether a TCP super-packet may be carried and written whole: its IP length is its length,
+/// it is more than one segment of `gso_size` but at most [`MAX_SEGMENTS`], its flags are ACK
+/// (and PSH), and an IPv4 one may not be fragmented — what the kernel's GRO would build from
+/// segments. The sending end (`offload::super_packet`) and the writing end judge by this rule.
+pub(crate) fn whole_shape(packet: &[u8], layout: TcpLayout, gso_size: u16) -> bool {
+    let gso = usize::from(gso_size);
+    let payload = packet.len() - layout.headers;
+    gso > 0
+        && ip_length(packet, layout) == packet.len()
+        && payload > gso
+        && payload.div_ceil(gso) <= MAX_SEGMENTS
+        && merge_flags(packet, layout)
+        && (layout.v6 || dont_fragment(packet))
 }
 
 fn seq(packet: &[u8], layout: TcpLayout) -> u32 {
@@ -254,8 +308,9 @@ fn prepare_merged(first: &mut [u8], layout: TcpLayout, ip_len: usize, psh: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::tests::{checksums_verify, data, tcp_packet};
+    use crate::offload::tests::{checksums_verify, data, tcp_packet, tso_frame};
     use crate::offload::{split, F_NEEDS_CSUM};
+    use crate::offload::{super_packet, VNET_HDR_LEN};
 
     const ACK: u8 = 0x10;
     const PSH_ACK: u8 = 0x18;
@@ -268,7 +323,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| {
                 let p = tcp_packet(v6, seq, if i == last { PSH_ACK } else { ACK }, &data(n));
-                seq += n as u32;
+                seq = seq.wrapping_add(n as u32);
                 p
             })
             .collect()
@@ -421,5 +476,52 @@ mod tests {
             assert!(bytes.len() <= MAX_IP_LEN, "{}", bytes.len());
         }
         assert_eq!(frames.iter().map(|f| f.2).sum::<usize>(), 60);
+    }
+
+    #[test]
+    fn a_super_packet_from_another_device_is_written_whole_after_what_came_before() {
+        for v6 in [false, true] {
+            let frame = tso_frame(v6, &data(10_000), 1_247);
+            let whole = super_packet(&frame).unwrap();
+            let layout = TcpLayout::of(whole.packet).unwrap();
+            // Two segments of the same flow before it: they must not take later segments.
+            let before = segments(v6, 1_000u32.wrapping_sub(2 * 1_247), &[1_247, 1_247]);
+            let mut batch = Batch::default();
+            for s in &before {
+                batch.push(s.clone());
+            }
+            let mut packet = whole.packet.to_vec();
+            // The sender's partial checksum is not trusted: the writer puts its own.
+            packet[layout.tcp + 16] ^= 0xff;
+            batch.push_super(packet, whole.gso_size).unwrap();
+            let after = segments(v6, 11_000, &[1_247]);
+            batch.push(after[0].clone());
+            let frames = written(&mut batch);
+            let counts: Vec<usize> = frames.iter().map(|f| f.2).collect();
+            assert_eq!(counts, vec![2, 1, 1], "v6 {v6}");
+            let (hdr, bytes, _) = &frames[1];
+            assert_eq!(hdr.gso_size, 1_247);
+            assert_eq!(hdr.hdr_len as usize, layout.headers);
+            // What the kernel makes of it: the segments the sending device's frame holds.
+            let (mut written_segs, mut sent_segs) = (Vec::new(), Vec::new());
+            split(&[hdr.encode().as_slice(), bytes].concat(), &mut written_segs).unwrap();
+            split(&frame, &mut sent_segs).unwrap();
+            assert_eq!(written_segs, sent_segs, "v6 {v6}");
+            assert!(written_segs.iter().all(|s| checksums_verify(s)));
+        }
+    }
+
+    #[test]
+    fn a_super_packet_of_the_wrong_shape_is_refused_and_changes_nothing() {
+        let frame = tso_frame(false, &data(10_000), 1_247);
+        let packet = frame[VNET_HDR_LEN..].to_vec();
+        let mut batch = Batch::default();
+        assert_eq!(batch.push_super(packet.clone(), 0), Err(Malformed::Headers));
+        assert_eq!(batch.push_super(packet.clone(), 20_000), Err(Malformed::Headers));
+        assert_eq!(
+            batch.push_super(packet[..30].to_vec(), 1_247),
+            Err(Malformed::Headers)
+        );
+        assert!(batch.is_empty());
     }
 }

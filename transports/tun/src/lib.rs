@@ -18,7 +18,7 @@ mod ioctl;
 mod offload;
 
 pub use coalesce::Batch;
-pub use offload::Malformed;
+pub use offload::{split_super, Malformed, SuperPacket};
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -158,6 +158,12 @@ impl Tun {
             out.push(frame.to_vec());
             Ok(())
         }
+    }
+
+    /// The frame as a TCP super-packet that may travel whole to another host's device, if it
+    /// is one (never without offloads); other frames are for [`Tun::unpack`].
+    pub fn super_packet<'a>(&self, frame: &'a [u8]) -> Option<SuperPacket<'a>> {
+        self.offload.then(|| offload::super_packet(frame)).flatten()
     }
 
     /// Writes one IP packet if the device takes it now; a full device queue is

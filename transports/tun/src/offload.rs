@@ -95,6 +95,51 @@ pub fn split(frame: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), Malformed> {
     }
 }
 
+/// A TCP super-packet that can travel whole to another host's TUN, which takes it back in one
+/// write ([`crate::Batch::push_super`]): the IP packet and its payload bytes per segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuperPacket<'a> {
+    pub packet: &'a [u8],
+    pub gso_size: u16,
+}
+
+/// The frame as a [`SuperPacket`], if it is a TCP super-packet of the shape that travels whole
+/// (`coalesce::whole_shape`); anything else is for [`split`].
+pub fn super_packet(frame: &[u8]) -> Option<SuperPacket<'_>> {
+    let (hdr, packet) = frame.split_first_chunk::<VNET_HDR_LEN>()?;
+    let hdr = VnetHdr::decode(hdr);
+    let layout = TcpLayout::of(packet)?;
+    let gso_type = if layout.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+    let fits = hdr.gso_type == gso_type
+        && hdr.flags & F_NEEDS_CSUM != 0
+        && usize::from(hdr.csum_start) == layout.tcp
+        && hdr.csum_offset == 16
+        && crate::coalesce::whole_shape(packet, layout, hdr.gso_size);
+    fits.then_some(SuperPacket {
+        packet,
+        gso_size: hdr.gso_size,
+    })
+}
+
+/// The segments of a super-packet that came whole from another host (see [`super_packet`]),
+/// appended to `out`, for a device without offloads; refused unless it has the shape that
+/// travels whole.
+pub fn split_super(packet: &[u8], gso_size: u16, out: &mut Vec<Vec<u8>>) -> Result<(), Malformed> {
+    let layout = TcpLayout::of(packet).ok_or(Malformed::Headers)?;
+    if !crate::coalesce::whole_shape(packet, layout, gso_size) {
+        return Err(Malformed::Headers);
+    }
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if layout.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+        hdr_len: layout.headers as u16,
+        gso_size,
+        csum_start: layout.tcp as u16,
+        csum_offset: 16,
+    };
+    segment_tcp(&hdr, packet, out)
+}
+
 /// Completes a partial L4 checksum: the sum from `csum_start` to the end (which includes the
 /// pseudo-header sum already in the field), complemented, into the field.
 fn finish_checksum(hdr: &VnetHdr, packet: &mut [u8]) -> Result<(), Malformed> {
@@ -269,7 +314,7 @@ pub(crate) mod tests {
     }
 
     /// The kernel's form of a TSO super-packet: pseudo-header sum in the checksum field.
-    fn super_packet(v6: bool, payload: &[u8], gso: u16) -> Vec<u8> {
+    pub fn tso_frame(v6: bool, payload: &[u8], gso: u16) -> Vec<u8> {
         let mut p = tcp_packet(v6, 1_000, 0x18, payload);
         let layout = TcpLayout::of(&p).unwrap();
         let partial = layout.pseudo_header(&p, p.len() - layout.tcp);
@@ -290,7 +335,7 @@ pub(crate) mod tests {
         for v6 in [false, true] {
             let payload = data(10_000);
             let mut out = Vec::new();
-            split(&super_packet(v6, &payload, 1_247), &mut out).unwrap();
+            split(&tso_frame(v6, &payload, 1_247), &mut out).unwrap();
             assert_eq!(out.len(), 9, "v6 {v6}");
             let mut joined = Vec::new();
             for (i, seg) in out.iter().enumerate() {
@@ -339,7 +384,7 @@ pub(crate) mod tests {
     fn malformed_frames_are_refused_and_produce_nothing() {
         let mut out = Vec::new();
         assert_eq!(split(&[0; 5], &mut out), Err(Malformed::NoHeader));
-        let good = super_packet(false, &data(3_000), 1_000);
+        let good = tso_frame(false, &data(3_000), 1_000);
         let mut bad_size = good.clone();
         bad_size[4..6].copy_from_slice(&0u16.to_ne_bytes());
         assert_eq!(split(&bad_size, &mut out), Err(Malformed::SegmentSize));
@@ -365,5 +410,52 @@ pub(crate) mod tests {
             Err(Malformed::ChecksumOutside { .. })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn super_packets_travel_whole_only_in_the_shape_a_writer_takes_back() {
+        for v6 in [false, true] {
+            let frame = tso_frame(v6, &data(10_000), 1_247);
+            let whole = super_packet(&frame).expect("a TSO frame");
+            assert_eq!(whole.gso_size, 1_247);
+            assert_eq!(whole.packet, &frame[VNET_HDR_LEN..]);
+            // Cut at the far end, it gives what cutting it here gives.
+            let (mut here, mut there) = (Vec::new(), Vec::new());
+            split(&frame, &mut here).unwrap();
+            split_super(whole.packet, whole.gso_size, &mut there).unwrap();
+            assert_eq!(here, there, "v6 {v6}");
+        }
+        let layout_of = |f: &[u8]| TcpLayout::of(&f[VNET_HDR_LEN..]).unwrap();
+        let with_flags = |flags: u8| {
+            let mut f = tso_frame(false, &data(10_000), 1_247);
+            let t = VNET_HDR_LEN + layout_of(&f).tcp;
+            f[t + 13] = flags;
+            f
+        };
+        let one_segment = tso_frame(false, &data(1_000), 1_247);
+        let too_many = tso_frame(false, &data(65 * 100), 100);
+        let mut plain = tso_frame(false, &data(10_000), 1_247);
+        plain[..VNET_HDR_LEN].copy_from_slice(&VnetHdr::default().encode());
+        let mut may_fragment = tso_frame(false, &data(10_000), 1_247);
+        may_fragment[VNET_HDR_LEN + 6] = 0;
+        let mut short_ip_length = tso_frame(false, &data(10_000), 1_247);
+        short_ip_length[VNET_HDR_LEN + 2..VNET_HDR_LEN + 4].copy_from_slice(&1_500u16.to_be_bytes());
+        for (why, frame) in [
+            ("FIN", with_flags(0x11)),
+            ("CWR", with_flags(0x90)),
+            ("one segment", one_segment),
+            ("more than 64 segments", too_many),
+            ("no GSO header", plain),
+            ("IPv4 without DF", may_fragment),
+            ("IP length is not the packet's", short_ip_length),
+        ] {
+            assert_eq!(super_packet(&frame), None, "{why}");
+            let (hdr, packet) = frame.split_first_chunk::<VNET_HDR_LEN>().unwrap();
+            assert_eq!(
+                split_super(packet, VnetHdr::decode(hdr).gso_size, &mut Vec::new()),
+                Err(Malformed::Headers),
+                "{why}"
+            );
+        }
     }
 }
