@@ -285,6 +285,31 @@ impl UdpMux {
         dropped
     }
 
+    /// Sends `data` as datagrams of `size` bytes each (the last may be shorter) from one
+    /// socket to one destination: segmented sends straight from `data` where the kernel
+    /// offers them, else one by one. Returns how many were dropped.
+    pub fn send_segments(&mut self, socket: SocketId, to: SocketAddr, data: &[u8], size: usize) -> usize {
+        let size = size.max(1);
+        let max_segments = self
+            .slot(self.route(socket, to))
+            .map_or(1, |s| s.state.max_gso_segments());
+        let per_send = (MAX_GSO_BYTES / size).min(max_segments).max(1);
+        let mut dropped = 0;
+        for run in data.chunks(per_send * size) {
+            let count = run.len().div_ceil(size);
+            if count > 1 && self.try_send(socket, to, run, Some(size)) {
+                self.datagrams_sent += count as u64;
+                continue;
+            }
+            for datagram in run.chunks(size) {
+                if !self.send(socket, to, datagram) {
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
     /// How many datagrams at the head of `batch` can leave as one segmented send.
     fn gso_run(&self, batch: &[Outgoing<'_>]) -> usize {
         let first = batch[0];
@@ -589,6 +614,30 @@ mod tests {
             assert_eq!(a.send_calls, 3, "GSO offers {gso} segments per call");
         } else {
             assert_eq!(a.send_calls, 37);
+        }
+    }
+
+    #[tokio::test]
+    async fn segments_laid_end_to_end_arrive_as_their_datagrams_in_order() {
+        let mut a = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut b = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to_b = b.local_addr(MAIN_SOCKET).unwrap();
+        // 70 datagrams of 1,300 bytes and a short one: more than one segmented send holds.
+        let datagrams: Vec<Vec<u8>> = (0..71u8)
+            .map(|i| vec![i; if i == 70 { 100 } else { 1_300 }])
+            .collect();
+        let data = datagrams.concat();
+        assert_eq!(a.send_segments(MAIN_SOCKET, to_b, &data, 1_300), 0);
+        assert_eq!(a.datagrams_sent, 71);
+        let mut got = Vec::new();
+        while got.len() < 71 {
+            got.extend(recv(&mut b).await.into_iter().map(|r| r.data));
+        }
+        assert_eq!(got, datagrams);
+        let gso = a.slots[&MAIN_SOCKET].state.max_gso_segments();
+        if gso > 1 {
+            // 46 segments of 1,300 bytes fit under MAX_GSO_BYTES: two sends.
+            assert_eq!(a.send_calls, 2, "GSO offers {gso} segments per call");
         }
     }
 }
