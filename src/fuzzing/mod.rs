@@ -47,7 +47,26 @@ pub fn exercises() -> Vec<(&'static str, Exercise, Vec<Vec<u8>>)> {
             ],
         ),
         ("xmpp_payload", xmpp_payload, seeds::xmpp_payloads()),
+        ("fragment", fragment, seeds::fragments()),
     ]
+}
+
+/// Feeds bytes to a reassembly as a fragment, then as each other piece its header names: no
+/// panic, and a record that comes out fits the room records have.
+pub fn fragment(data: &[u8]) {
+    use crate::link::fragment::{Reassembly, MAX_RECORD};
+    let mut r = Reassembly::default();
+    let (now, from) = (Instant::now(), std::net::SocketAddr::from(([10, 0, 0, 1], 9)));
+    let count = data.get(15).map_or(1, |&c| c.clamp(1, 64));
+    for index in 0..count {
+        let mut piece = data.to_vec();
+        if let Some(i) = piece.get_mut(14) {
+            *i = index;
+        }
+        if let Ok(Some(record)) = r.add(now, 0, from, &piece) {
+            assert!(record.len() <= MAX_RECORD, "a {}-byte record", record.len());
+        }
+    }
 }
 
 pub fn link_frame(data: &[u8]) {

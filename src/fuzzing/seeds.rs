@@ -232,3 +232,10 @@ pub fn revocations() -> Vec<Vec<u8>> {
     .map(|t| Revocation::sign(&ca, t, 1).emit())
     .collect()
 }
+
+/// Fragments of a record (`link::fragment`): a middle piece and the short last one.
+pub fn fragments() -> Vec<Vec<u8>> {
+    let record: Vec<u8> = (0..3_000u32).map(|i| i as u8).collect();
+    let joined = crate::link::fragment::cut(&[7; 8], 1, &record, 1_000).expect("three pieces");
+    joined.chunks(1_000).map(<[u8]>::to_vec).collect()
+}

@@ -3,7 +3,8 @@
 //! ```text
 //! byte 0      0b11 + 6-bit version (0xc0 for version 0); tells frames from STUN
 //! byte 1      kind: 1 data, 2 offer, 3 answer, 4 candidates, 5 ping, 6 pong, 7 overlay,
-//!             8 close, 9 secure (a `secure::wire` packet sealing one inner frame)
+//!             8 close, 9 secure (a `secure::wire` packet sealing one inner frame),
+//!             10 fragment (a piece of a secure frame too big for one datagram: `fragment`)
 //! bytes 2..10 path id: the overlay's namespace id, so one socket serves every overlay
 //! bytes 10..  body
 //! ```

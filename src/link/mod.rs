@@ -20,7 +20,9 @@
 //! 2. call [`Links::handle_timeout`] when [`Links::poll_timeout`] is due;
 //! 3. drain [`Links::poll_transmit`] and [`Links::poll_event`].
 
+mod bulk;
 mod cookie;
+pub mod fragment;
 pub mod frame;
 mod punching;
 mod revoke;
@@ -28,6 +30,7 @@ mod secure;
 #[cfg(test)]
 mod tests;
 
+pub use self::bulk::{Fragments, SEALED_OVERHEAD};
 pub use self::revoke::{Revoked, CRL_PUSH_MAX};
 pub use self::secure::{Security, HANDSHAKE_TRIES, INIT_BURST, INIT_REFILL, QUEUE_MAX};
 
@@ -238,6 +241,11 @@ pub struct Counters {
     pub cookie_inits: u64,
     /// Frames not sent because the peer is revoked.
     pub revoked_refused: u64,
+    /// Fragments refused (malformed, at odds with their record) and records they rebuilt
+    /// that were not sealed ones of ours.
+    pub fragments_refused: u64,
+    /// Fragmented records given up with pieces missing.
+    pub records_lost: u64,
 }
 
 impl Link {
@@ -311,6 +319,9 @@ pub struct Links {
     /// address: handled as relayed) and those that overtook their session's handshake.
     early_in: Vec<(NodeIdBytes, Frame, Option<secure::Via>)>,
     cookies: cookie::Cookies,
+    /// The number our next fragmented record carries.
+    next_record: u32,
+    reassembly: fragment::Reassembly,
 }
 
 impl Links {
@@ -331,6 +342,8 @@ impl Links {
             last_timestamp: 0,
             early_in: Vec::new(),
             cookies: cookie::Cookies::default(),
+            next_record: 0,
+            reassembly: fragment::Reassembly::default(),
         }
     }
 
@@ -764,6 +777,10 @@ impl Links {
 
     /// A ringlet frame that arrived over UDP.
     pub fn handle_frame(&mut self, now: Instant, socket: SocketId, from: SocketAddr, bytes: Vec<u8>) {
+        if bulk::is_fragment(&bytes, &self.path_id) {
+            self.on_fragment(now, socket, from, &bytes);
+            return;
+        }
         let via = secure::Via::Udp(socket, from);
         let ours_sealed = self.is_secure() && Frame::secure_body(&bytes, &self.path_id).is_some();
         let (frame, sealed_by) = match ours_sealed {

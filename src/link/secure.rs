@@ -26,7 +26,8 @@ use super::{Links, Transmit};
 use crate::identity::NodeId;
 use crate::secure::cert::{CertError, MemberCert};
 use crate::secure::noise::{
-    respond, Established, Initiating, Local, Peer, Purpose, Responded, Responding, MAX_EARLY, MAX_EARLY_BYTES,
+    respond, Established, Initiating, Local, Peer, Purpose, Responded, Responding, HELLO_FRAGMENTS,
+    MAX_EARLY, MAX_EARLY_BYTES,
 };
 use crate::secure::revocation::Crl;
 use crate::secure::transport::TAG_LEN;
@@ -267,9 +268,7 @@ impl Links {
         } else {
             link.transmit(datagram)
         };
-        if rekey && link.session.initiating.is_none() {
-            self.start_handshake(now, peer, 0);
-        }
+        self.rekey_if_due(now, peer, rekey);
         Some(t)
     }
 
@@ -286,26 +285,65 @@ impl Links {
         payload: &[u8],
         relay: bool,
     ) -> Option<Transmit> {
+        let (datagram, rekey) = self.seal_record(now, peer, channel, &[payload])?;
+        self.sealed_out(now, peer, datagram, relay, rekey)
+    }
+
+    /// [`Links::seal_data`] of the app datagram `channel` + `parts` (joined), without sending
+    /// it: the sealed datagram, and whether the session asked for a fresh handshake (which
+    /// the caller starts with [`Links::rekey_if_due`] once it sent the datagram).
+    pub(super) fn seal_record(
+        &mut self,
+        now: Instant,
+        peer: NodeIdBytes,
+        channel: u8,
+        parts: &[&[u8]],
+    ) -> Option<(Vec<u8>, bool)> {
         self.security.as_ref()?;
         let path = self.path_id;
         let link = self.links.get_mut(&peer).filter(|l| !l.revoked)?;
         let began = link.session.began_current;
         let est = link.session.live(now)?;
         let header = wire::data_header(est.remote_index, est.transport.next_counter());
-        let mut out = Vec::with_capacity(2 * frame::HEADER_LEN + header.len() + 1 + payload.len() + TAG_LEN);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(2 * frame::HEADER_LEN + header.len() + 1 + len + TAG_LEN);
         out.extend_from_slice(&frame::header(&path, frame::KIND_SECURE));
         out.extend_from_slice(&header);
         let sealed = out.len();
         out.extend_from_slice(&frame::header(&path, frame::KIND_DATA));
         out.push(channel);
-        out.extend_from_slice(payload);
+        for part in parts {
+            out.extend_from_slice(part);
+        }
         let (_, tag) = est
             .transport
             .seal_in_place(now, &header, &mut out[sealed..])
             .ok()?;
         out.extend_from_slice(&tag);
-        let rekey = est.transport.rekey_due(now, began);
-        self.sealed_out(now, peer, out, relay, rekey)
+        Some((out, est.transport.rekey_due(now, began)))
+    }
+
+    /// Starts the fresh handshake a session asked for, unless one runs.
+    pub(super) fn rekey_if_due(&mut self, now: Instant, peer: NodeIdBytes, rekey: bool) {
+        if rekey
+            && self
+                .links
+                .get(&peer)
+                .is_some_and(|l| l.session.initiating.is_none())
+        {
+            self.start_handshake(now, peer, 0);
+        }
+    }
+
+    /// Whether `peer`'s live session is with a side that takes fragmented records.
+    pub(super) fn takes_fragments(&mut self, now: Instant, peer: &NodeIdBytes) -> bool {
+        self.security.is_some()
+            && self
+                .links
+                .get_mut(peer)
+                .filter(|l| !l.revoked)
+                .and_then(|l| l.session.live(now))
+                .is_some_and(|est| est.peer.ciphers & HELLO_FRAGMENTS != 0)
     }
 
     fn start_handshake(&mut self, now: Instant, peer: NodeIdBytes, tries: u32) {

@@ -64,9 +64,12 @@ pub struct Local {
     ca: [u8; 32],
     cert: Vec<u8>,
     crl_version: u64,
-    /// The [`Cipher`] flags our hellos carry.
+    /// The flags our hellos carry ([`Cipher`]'s and [`HELLO_FRAGMENTS`]).
     ciphers: u8,
 }
+
+/// The hello flag: this side rebuilds records sent in fragments (`link::fragment`).
+pub const HELLO_FRAGMENTS: u8 = 2;
 
 impl Local {
     pub fn new(secret: [u8; 32], cert: &MemberCert, crl_version: u64) -> Self {
@@ -75,11 +78,11 @@ impl Local {
             ca: cert.ca,
             cert: cert.emit(),
             crl_version,
-            ciphers: Cipher::local_flags(),
+            ciphers: Cipher::local_flags() | HELLO_FRAGMENTS,
         }
     }
 
-    /// Overrides the cipher flags this CPU would give (tests of the agreement).
+    /// Overrides the hello flags this build and CPU would give (tests of the agreement).
     pub fn with_cipher_flags(mut self, flags: u8) -> Self {
         self.ciphers = flags;
         self
@@ -139,7 +142,8 @@ impl Local {
 
 /// The handshake payload: `u8 version · u16 length + certificate · u64 CRL version ·
 /// u64 timestamp (ms; a responder refuses inits not newer than the last it took, so a
-/// replayed init cannot replace a session) · u8 cipher flags (version ≥ 1) · u8 count ·
+/// replayed init cannot replace a session) · u8 flags (version ≥ 1: [`Cipher`]'s and
+/// [`HELLO_FRAGMENTS`]) · u8 count ·
 /// (u16 length + frame)*` (early frames: what the initiator had queued, delivered with the
 /// init so that it costs no round trip).
 struct Hello {
@@ -206,7 +210,7 @@ pub struct Peer {
     pub crl_version: u64,
     /// When the peer says it sent its hello (ms; only ever compared with its own earlier ones).
     pub timestamp: u64,
-    /// Its [`Cipher`] flags.
+    /// Its hello flags ([`Cipher`]'s and [`HELLO_FRAGMENTS`]).
     pub ciphers: u8,
     /// Frames the initiator sent with its IK init (empty otherwise).
     pub early: Vec<Vec<u8>>,

@@ -14,6 +14,7 @@ use crate::reach::candidate::{Candidate, Kind as CandidateKind};
 use crate::reach::nat::{Mapping, NatInfo, Ports, Udp};
 use crate::reach::testnet::{Kind, Nat, Step, Wire};
 
+mod fragments;
 mod secure;
 
 const UDP_LATENCY: Duration = Duration::from_millis(10);

@@ -10,21 +10,21 @@ use crate::secure::revocation::{Crl, Revocation, Target};
 const UNIX: u64 = 1_800_000_000;
 
 /// Who a test node claims to be: its certificate's CA seed and user.
-struct Grant {
+pub(super) struct Grant {
     ca: u8,
     user: &'static str,
 }
 
-const MEMBER_0: Grant = Grant {
+pub(super) const MEMBER_0: Grant = Grant {
     ca: 1,
     user: "n0@example.test",
 };
-const MEMBER_1: Grant = Grant {
+pub(super) const MEMBER_1: Grant = Grant {
     ca: 1,
     user: "n1@example.test",
 };
 
-fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
+pub(super) fn secure_world(a: Kind, b: Kind, grants: [Grant; 2]) -> World {
     secure_world_with(a, b, grants, &Config::default())
 }
 
@@ -34,6 +34,18 @@ fn secure_world_with(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config) -> Worl
 
 /// Every node's CRL revokes the certificates with these serials (node `i`'s serial is `i`).
 fn secure_world_revoking(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config, revoked: &[u64]) -> World {
+    build_secure_world(a, b, grants, cfg, revoked, [None, None])
+}
+
+/// Node `i`'s hellos carry `hello_flags[i]` where given (else what this build and CPU say).
+pub(super) fn build_secure_world(
+    a: Kind,
+    b: Kind,
+    grants: [Grant; 2],
+    cfg: &Config,
+    revoked: &[u64],
+    hello_flags: [Option<u8>; 2],
+) -> World {
     let now = Instant::now();
     let group = Ca::from_seed("friends", [1; 32]).unwrap();
     let mut crl = Crl::default();
@@ -58,8 +70,12 @@ fn secure_world_revoking(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config, rev
                 UNIX + 86_400,
             );
             certs.push(cert.clone());
+            let local = Local::new(key.secret_bytes(), &cert, 0);
             let security = Security {
-                local: Local::new(key.secret_bytes(), &cert, 0),
+                local: match hello_flags[i] {
+                    Some(flags) => local.with_cipher_flags(flags),
+                    None => local,
+                },
                 // Every node believes in CA 1: the group.
                 ca: Ca::from_seed("friends", [1; 32]).unwrap().public(),
                 epoch: now,
@@ -81,7 +97,7 @@ fn secure_world_revoking(a: Kind, b: Kind, grants: [Grant; 2], cfg: &Config, rev
     w
 }
 
-fn kind_of(frame: &[u8]) -> u8 {
+pub(super) fn kind_of(frame: &[u8]) -> u8 {
     frame.get(1).copied().unwrap_or(0)
 }
 
