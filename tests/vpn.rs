@@ -40,6 +40,11 @@ async fn relayed_out(scene: &Scene, i: usize) -> u64 {
     scene.nodes[i].status().await.expect("status").counters["link_relayed_out"]
 }
 
+/// TCP super-packets node `i` sent whole (`link::bulk`).
+async fn whole_out(scene: &Scene, i: usize) -> u64 {
+    scene.nodes[i].status().await.expect("status").counters["vpn_whole_out"]
+}
+
 /// IPv4 fragments the peers' kernels created (`FragCreates` of each namespace's
 /// /proc/net/snmp), summed.
 fn fragments_created(scene: &Scene) -> u64 {
@@ -268,6 +273,7 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
 
     let relayed_before = relayed_out(&scene, SYM_A).await;
     let fragments_before = fragments_created(&scene);
+    let whole_before = whole_out(&scene, PR_A).await;
     for (a, b, len, what) in [
         (PR_A, PR_B, 50 << 20, "direct"),
         (SYM_A, SYM_B, 50 << 20, "tunnel"),
@@ -294,6 +300,14 @@ async fn ping_tcp_and_broadcast_cross_the_vpn_on_every_kind_of_path() {
             "v{b} counts {} bytes from v{a}",
             row.bytes_in
         );
+        if what == "direct" {
+            // TCP super-packets crossed whole, sealed once each, in fragments that fit the
+            // path (the FragCreates check below).
+            let whole = whole_out(&scene, PR_A).await - whole_before;
+            let lost = scene.status(b).await.expect("status").counters["link_records_lost"];
+            eprintln!("direct: {whole} super-packets whole, {lost} records lost");
+            assert!(whole >= 50, "only {whole} super-packets went whole");
+        }
         if what == "tunnel" {
             // Full-size segments fit the tunnel (the MTU allows for it): none took the relay.
             let relayed = relayed_out(&scene, SYM_A).await - relayed_before;

@@ -399,12 +399,16 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
             say(
                 start,
                 format!(
-                    "ringlet {name}: paths {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {}; \
+                    "ringlet {name}: paths {path}; relayed out {}, tunnelled out {}; from TUN {}, to TUN {} \
+                     (TCP super-packets whole: out {}, in {}; records lost {}); \
                      UDP datagrams out {} in {} send calls ({:.2} per call), send errors {}, VPN device errors {}",
                     c("link_relayed_out"),
                     c("link_tunnelled_out"),
                     c("vpn_from_tun"),
                     c("vpn_to_tun"),
+                    c("vpn_whole_out"),
+                    c("vpn_whole_in"),
+                    c("link_records_lost"),
                     c("udp_datagrams_out"),
                     c("udp_send_calls"),
                     c("udp_datagrams_out") as f64 / c("udp_send_calls").max(1) as f64,

@@ -194,6 +194,15 @@ impl Reach {
         }
     }
 
+    /// Sends `data` as datagrams of `size` bytes (the last may be shorter) to one destination
+    /// now, after what was queued before them, without copying it into the queue.
+    pub fn send_segments(&mut self, socket: SocketId, to: SocketAddr, data: &[u8], size: usize) {
+        self.flush();
+        if let Some(mux) = &mut self.mux {
+            mux.send_segments(socket, to, data, size);
+        }
+    }
+
     /// Sends the queued datagrams (dropped ones are counted in the mux's `send_errors`).
     pub fn flush(&mut self) {
         let Some(mux) = &mut self.mux else {

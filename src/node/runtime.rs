@@ -655,6 +655,10 @@ impl Runtime {
             self.app_malformed += 1;
             return;
         };
+        if channel == super::vpn::CHANNEL_VPN_SUPER {
+            self.peer_bytes.entry(from).or_default().0 += data.len() as u64 - 1;
+            return self.vpn_super_datagram(now, from, data);
+        }
         data.remove(0);
         self.peer_bytes.entry(from).or_default().0 += data.len() as u64;
         match channel {

@@ -302,6 +302,8 @@ fn counters(rt: &Runtime) -> BTreeMap<String, u64> {
         ("link_inits_limited", l.inits_limited),
         ("link_revoked", l.links_revoked),
         ("link_revoked_refused", l.revoked_refused),
+        ("link_fragments_refused", l.fragments_refused),
+        ("link_records_lost", l.records_lost),
         (
             "revocations_refused",
             l.revocations_refused + rt.revocations_malformed,
@@ -377,6 +379,8 @@ fn vpn_counters(rt: &Runtime) -> Vec<(&'static str, u64)> {
         ("vpn_from_tun", c.from_tun),
         ("vpn_to_tun", c.to_tun),
         ("vpn_sent", c.sent),
+        ("vpn_whole_out", c.whole_out),
+        ("vpn_whole_in", c.whole_in),
         ("vpn_broadcast", c.broadcast),
         ("vpn_lookups", c.lookups),
         ("vpn_malformed", c.malformed),

@@ -22,6 +22,7 @@ use ringlet_xmpp::NodeIdBytes;
 use super::dht::key_addr;
 use super::runtime::Runtime;
 use crate::config::VpnConfig;
+use crate::link;
 use crate::overlay::dht::Found;
 use crate::vpn::address::{claim_key, ipv6_address, ipv6_prefix, node_key, Cidr4};
 use crate::vpn::asks::MemberAsks;
@@ -30,6 +31,8 @@ use crate::vpn::{Output, Vpn};
 /// App datagram channels: the first byte of every datagram between members.
 pub const CHANNEL_APP: u8 = 0;
 pub const CHANNEL_VPN: u8 = 1;
+/// A TCP super-packet sent whole (`link::bulk`): its segment size (u16), then the packet.
+pub const CHANNEL_VPN_SUPER: u8 = 3;
 /// Whole-ring broadcast payload tag for VPN broadcasts and multicasts.
 pub const BROADCAST_VPN: u8 = 2;
 
@@ -186,15 +189,25 @@ impl Runtime {
 
     /// The frame read into `buf[..first]`, then the rest of the burst waiting on the device,
     /// up to [`TUN_BURST`] frames or [`TUN_BURST_PACKETS`] packets: their datagrams leave in
-    /// one batch (GSO) when the loop turn ends, not one system call each.
+    /// one batch (GSO) when the loop turn ends, not one system call each. A TCP super-packet
+    /// goes whole where it can ([`Runtime::send_super`]), after the packets read before it.
     pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8], first: usize) {
         let mut packets = Vec::new();
         let mut frame = first;
         for read in 1..=TUN_BURST {
+            let Some(vpn) = self.vpn.as_ref() else { return };
+            let sent_whole = vpn.tun.super_packet(&buf[..frame]).is_some() && {
+                for packet in packets.drain(..) {
+                    self.on_tun(now, packet);
+                }
+                self.send_super(now, &buf[..frame])
+            };
             let Some(vpn) = self.vpn.as_mut() else { return };
-            if let Err(e) = vpn.tun.unpack(&buf[..frame], &mut packets) {
-                vpn.device_errors += 1;
-                tracing::debug!(error = %e, "VPN device frame refused");
+            if !sent_whole {
+                if let Err(e) = vpn.tun.unpack(&buf[..frame], &mut packets) {
+                    vpn.device_errors += 1;
+                    tracing::debug!(error = %e, "VPN device frame refused");
+                }
             }
             if read == TUN_BURST || packets.len() >= TUN_BURST_PACKETS {
                 break;
@@ -213,6 +226,41 @@ impl Runtime {
         }
     }
 
+    /// Sends the TCP super-packet in `frame` whole to its member, sealed once and carried in
+    /// fragments, when the member is known and its direct path takes them; false when nothing
+    /// was sent (the caller cuts it into packets).
+    fn send_super(&mut self, now: Instant, frame: &[u8]) -> bool {
+        let Some(vpn) = self.vpn.as_mut() else {
+            return false;
+        };
+        let Some(whole) = vpn.tun.super_packet(frame) else {
+            return false;
+        };
+        // Fragments as big as the datagram of a full-size packet: what the MTU was chosen for.
+        let max_datagram = vpn.mtu as usize + link::SEALED_OVERHEAD;
+        let gso = whole.gso_size.to_be_bytes();
+        let links = &mut self.reach.links;
+        let mut sent = None;
+        let to = vpn.core.route_super(now, whole.packet, |to| {
+            sent = links.send_fragmented(now, to, CHANNEL_VPN_SUPER, &[&gso, whole.packet], max_datagram);
+            sent.is_some()
+        });
+        let (Some(to), Some(fragments)) = (to, sent) else {
+            return false;
+        };
+        self.peer_bytes.entry(to).or_default().1 += (gso.len() + whole.packet.len()) as u64;
+        self.app_sent.0 += 1;
+        let link::Fragments {
+            socket,
+            to,
+            data,
+            size,
+        } = fragments;
+        self.reach.send_segments(socket, to, &data, size);
+        self.drain_vpn(now);
+        true
+    }
+
     /// Writes the packets the loop turn delivered to the device.
     pub(super) fn flush_device(&mut self) {
         let Some(vpn) = self.vpn.as_mut() else { return };
@@ -226,6 +274,21 @@ impl Runtime {
             vpn.device_errors += 1;
         }
         tracing::warn!(error = %e, "VPN device read failed");
+    }
+
+    /// A TCP super-packet member `from` sent whole: `data` is the channel byte, the segment
+    /// size (u16) and the packet.
+    pub(super) fn vpn_super_datagram(&mut self, now: Instant, from: NodeIdBytes, mut data: Vec<u8>) {
+        let Some(vpn) = self.vpn.as_mut() else { return };
+        let Some(&[_, a, b]) = data.first_chunk::<3>() else {
+            vpn.core.counters.malformed += 1;
+            return;
+        };
+        // Channel byte and size leave in one move of a big buffer.
+        data.drain(..3);
+        vpn.core
+            .handle_overlay_super(from, data, u16::from_be_bytes([a, b]));
+        self.drain_vpn(now);
     }
 
     /// A VPN packet from member `from` (a datagram on the VPN channel, or a broadcast).
@@ -256,6 +319,10 @@ impl Runtime {
                 Output::Deliver(packet) => {
                     let vpn = self.vpn.as_mut().expect("output came from it");
                     vpn.to_device.push(packet);
+                }
+                Output::DeliverSuper { packet, gso_size } => {
+                    let vpn = self.vpn.as_mut().expect("output came from it");
+                    vpn.deliver_super(packet, gso_size);
                 }
             }
         }
@@ -441,6 +508,27 @@ impl Runtime {
             self.vpn_lookup(now, Lookup::Member(node));
         }
         self.drain_vpn(now);
+    }
+}
+
+impl VpnState {
+    /// Queues a super-packet a member sent whole for the device: as it is where the device
+    /// takes super-packets, else cut into its segments. One of the wrong shape is dropped.
+    fn deliver_super(&mut self, packet: Vec<u8>, gso_size: u16) {
+        let refused = if self.tun.offload() {
+            self.to_device.push_super(packet, gso_size)
+        } else {
+            let mut segments = Vec::new();
+            let cut = ringlet_tun::split_super(&packet, gso_size, &mut segments);
+            for segment in segments {
+                self.to_device.push(segment);
+            }
+            cut
+        };
+        if let Err(e) = refused {
+            self.core.counters.malformed += 1;
+            tracing::debug!(error = %e, "super-packet from a member refused");
+        }
     }
 }
 

@@ -37,10 +37,18 @@ pub const ROUTES_MAX: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    Send { to: NodeIdBytes, packet: Vec<u8> },
+    Send {
+        to: NodeIdBytes,
+        packet: Vec<u8>,
+    },
     Broadcast(Vec<u8>),
     Lookup(Ipv4Addr),
     Deliver(Vec<u8>),
+    /// A TCP super-packet to write whole, as segments of `gso_size` payload bytes.
+    DeliverSuper {
+        packet: Vec<u8>,
+        gso_size: u16,
+    },
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -48,6 +56,10 @@ pub struct Counters {
     pub from_tun: u64,
     pub to_tun: u64,
     pub sent: u64,
+    /// TCP super-packets sent and delivered whole (each also counts once in `from_tun` and
+    /// `sent`, or `to_tun`).
+    pub whole_out: u64,
+    pub whole_in: u64,
     pub broadcast: u64,
     pub lookups: u64,
     pub malformed: u64,
@@ -158,14 +170,54 @@ impl Vpn {
         self.out.push_back(Output::Send { to, packet });
     }
 
-    fn send_v4(&mut self, now: Instant, dst: Ipv4Addr, packet: Vec<u8>) {
-        if let Some(route) = self.routes.get_mut(&dst) {
-            let to = route.node;
-            if now >= route.expires && !route.refreshing {
-                // Still used meanwhile: a stale route beats dropping traffic.
-                route.refreshing = true;
-                self.lookup(dst);
+    /// A TCP super-packet read from the device (`ringlet_tun::SuperPacket`): the member it
+    /// goes to, counted as sent, when its route is known now and `carry` (asked with that
+    /// member) took it whole. None: the caller cuts it into packets for [`Vpn::handle_tun`],
+    /// which resolve, wait or are refused as any packet.
+    pub fn route_super(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        carry: impl FnOnce(&NodeIdBytes) -> bool,
+    ) -> Option<NodeIdBytes> {
+        let h = Header::parse(packet).ok()?;
+        let to = match h.dst {
+            IpAddr::V4(dst) if self.unicast_member(dst) => self.route_to(now, dst)?,
+            IpAddr::V6(dst) if !dst.is_multicast() && dst.octets()[..8] == self.prefix6 => {
+                let iid: [u8; 8] = dst.octets()[8..].try_into().expect("16 - 8 bytes");
+                *self.members6.get(&iid)?
             }
+            _ => return None,
+        };
+        if !carry(&to) {
+            return None;
+        }
+        self.counters.from_tun += 1;
+        self.counters.sent += 1;
+        self.counters.whole_out += 1;
+        Some(to)
+    }
+
+    /// Whether `dst` is another member's unicast address in our subnet.
+    fn unicast_member(&self, dst: Ipv4Addr) -> bool {
+        self.me.contains(dst) && dst != self.me.addr && dst != self.me.broadcast() && !dst.is_multicast()
+    }
+
+    /// The member holding `dst` by the route cache; a stale route is still used while it is
+    /// looked up again.
+    fn route_to(&mut self, now: Instant, dst: Ipv4Addr) -> Option<NodeIdBytes> {
+        let route = self.routes.get_mut(&dst)?;
+        let to = route.node;
+        if now >= route.expires && !route.refreshing {
+            // Still used meanwhile: a stale route beats dropping traffic.
+            route.refreshing = true;
+            self.lookup(dst);
+        }
+        Some(to)
+    }
+
+    fn send_v4(&mut self, now: Instant, dst: Ipv4Addr, packet: Vec<u8>) {
+        if let Some(to) = self.route_to(now, dst) {
             self.send(to, packet);
             return;
         }
@@ -262,9 +314,24 @@ impl Vpn {
     /// A VPN packet from member `from`: delivered when it is for us and its source is one
     /// `from` may use.
     pub fn handle_overlay(&mut self, from: NodeIdBytes, packet: Vec<u8>) {
-        let Ok(h) = Header::parse(&packet) else {
+        if self.admit(from, &packet) {
+            self.out.push_back(Output::Deliver(packet));
+        }
+    }
+
+    /// [`Vpn::handle_overlay`] of a TCP super-packet a member sent whole.
+    pub fn handle_overlay_super(&mut self, from: NodeIdBytes, packet: Vec<u8>, gso_size: u16) {
+        if self.admit(from, &packet) {
+            self.counters.whole_in += 1;
+            self.out.push_back(Output::DeliverSuper { packet, gso_size });
+        }
+    }
+
+    /// Whether a packet from member `from` may enter the device (counted either way).
+    fn admit(&mut self, from: NodeIdBytes, packet: &[u8]) -> bool {
+        let Ok(h) = Header::parse(packet) else {
             self.counters.malformed += 1;
-            return;
+            return false;
         };
         let ok = match (h.src, h.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -282,10 +349,10 @@ impl Vpn {
         };
         if ok {
             self.counters.to_tun += 1;
-            self.out.push_back(Output::Deliver(packet));
         } else {
             self.counters.refused += 1;
         }
+        ok
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -161,3 +161,69 @@ fn a_member_leaving_forgets_its_address_and_an_unanswered_refresh_keeps_the_rout
     v.handle_member(B, false);
     assert_eq!(v.address_of(&B), None);
 }
+
+#[test]
+fn a_super_packet_goes_whole_only_to_a_known_member_that_carries_it() {
+    let (mut v, now) = vpn();
+    let p = v4([10, 77, 0, 1], PEER_IP, 6, &[0; 3_000]);
+    let mut asked = Vec::new();
+    // Unknown destination: the caller cuts it; nothing is counted or looked up here.
+    let ask = |to: &NodeIdBytes| {
+        asked.push(*to);
+        true
+    };
+    assert_eq!(v.route_super(now, &p, ask), None);
+    assert!(asked.is_empty() && drain(&mut v).is_empty());
+    v.learn(now, Ipv4Addr::from(PEER_IP), B);
+    // The path cannot carry it: not counted either.
+    assert_eq!(v.route_super(now, &p, |_| false), None);
+    assert_eq!((v.counters.from_tun, v.counters.sent), (0, 0));
+    assert_eq!(v.route_super(now, &p, |to| *to == B), Some(B));
+    assert_eq!(
+        (v.counters.from_tun, v.counters.sent, v.counters.whole_out),
+        (1, 1, 1)
+    );
+    // A stale route is used and looked up again, as for any packet.
+    assert_eq!(v.route_super(now + ROUTE_TTL, &p, |_| true), Some(B));
+    assert_eq!(drain(&mut v), vec![Output::Lookup(Ipv4Addr::from(PEER_IP))]);
+    // Never for broadcasts, our own address, IPv6 non-members or garbage.
+    let prefix = [0xfd, 1, 2, 3, 4, 5, 6, 7];
+    for packet in [
+        v4([10, 77, 0, 1], [10, 77, 255, 255], 6, b"x"),
+        v4([10, 77, 0, 1], [10, 77, 0, 1], 6, b"x"),
+        v6(v.address6(), ipv6_address(prefix, &B), 6, b"x"),
+        b"garbage".to_vec(),
+    ] {
+        assert_eq!(v.route_super(now, &packet, |_| true), None);
+    }
+    v.handle_member(B, true);
+    let to_b6 = v6(v.address6(), ipv6_address(prefix, &B), 6, b"x");
+    assert_eq!(v.route_super(now, &to_b6, |_| true), Some(B));
+}
+
+#[test]
+fn a_super_packet_from_a_member_passes_the_same_checks_as_any_packet() {
+    let (mut v, now) = vpn();
+    v.learn(now, Ipv4Addr::from(PEER_IP), B);
+    let ok = v4(PEER_IP, [10, 77, 0, 1], 6, &[1; 3_000]);
+    v.handle_overlay_super(B, ok.clone(), 1_000);
+    const C: NodeIdBytes = [0xcc; 20];
+    v.handle_overlay_super(C, ok.clone(), 1_000); // claims B's address
+    v.handle_overlay_super(B, b"garbage".to_vec(), 1_000);
+    assert_eq!(
+        drain(&mut v),
+        vec![Output::DeliverSuper {
+            packet: ok,
+            gso_size: 1_000
+        }]
+    );
+    assert_eq!(
+        (
+            v.counters.whole_in,
+            v.counters.to_tun,
+            v.counters.refused,
+            v.counters.malformed
+        ),
+        (1, 1, 1, 1)
+    );
+}
