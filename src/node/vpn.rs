@@ -193,23 +193,33 @@ impl Runtime {
     /// goes whole where it can ([`Runtime::send_super`]), after the packets read before it.
     pub(super) fn on_tun_burst(&mut self, now: Instant, buf: &mut [u8], first: usize) {
         let mut packets = Vec::new();
+        // Packets the burst stands for: a super-packet sent whole counts its segments.
+        let mut taken = 0;
         let mut frame = first;
         for read in 1..=TUN_BURST {
             let Some(vpn) = self.vpn.as_ref() else { return };
-            let sent_whole = vpn.tun.super_packet(&buf[..frame]).is_some() && {
+            let segments = vpn
+                .tun
+                .super_packet(&buf[..frame])
+                .map(|w| w.packet.len().div_ceil(usize::from(w.gso_size)));
+            let sent_whole = segments.is_some() && {
                 for packet in packets.drain(..) {
                     self.on_tun(now, packet);
                 }
                 self.send_super(now, &buf[..frame])
             };
             let Some(vpn) = self.vpn.as_mut() else { return };
-            if !sent_whole {
+            if sent_whole {
+                taken += segments.unwrap_or(1);
+            } else {
+                let before = packets.len();
                 if let Err(e) = vpn.tun.unpack(&buf[..frame], &mut packets) {
                     vpn.device_errors += 1;
                     tracing::debug!(error = %e, "VPN device frame refused");
                 }
+                taken += packets.len() - before;
             }
-            if read == TUN_BURST || packets.len() >= TUN_BURST_PACKETS {
+            if read == TUN_BURST || taken >= TUN_BURST_PACKETS {
                 break;
             }
             match vpn.tun.try_recv(buf) {
