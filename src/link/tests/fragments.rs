@@ -30,6 +30,14 @@ fn direct(hello_flags: [Option<u8>; 2]) -> World {
     w
 }
 
+/// Node 0 sends node 1 a `len`-byte app datagram in fragments, if it may.
+fn send_big(w: &mut World, len: usize) -> Option<Fragments> {
+    let (now, peer) = (w.now, w.nodes[1].id);
+    w.nodes[0]
+        .links
+        .send_fragmented(now, &peer, 7, &[&big(len)], MAX_DATAGRAM)
+}
+
 /// Each fragment in a buffer of its own.
 fn apart(f: &Fragments) -> Vec<Vec<u8>> {
     f.data.chunks(f.size).map(<[u8]>::to_vec).collect()
@@ -76,13 +84,8 @@ fn a_big_datagram_crosses_as_fragments_of_one_sealed_record_in_any_order() {
 #[test]
 fn a_record_with_a_forged_or_missing_piece_is_not_delivered() {
     let mut w = direct([None, None]);
-    let peer = w.nodes[1].id;
     let got_before = w.nodes[1].got.len();
-    let now = w.now;
-    let mut forged = w.nodes[0]
-        .links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .unwrap();
+    let mut forged = send_big(&mut w, 20_000).unwrap();
     // The last byte of the fourth piece.
     forged.data[4 * MAX_DATAGRAM - 1] ^= 1;
     let n = apart(&forged).len();
@@ -92,21 +95,11 @@ fn a_record_with_a_forged_or_missing_piece_is_not_delivered() {
         1,
         "the record failed to open"
     );
-    let now = w.now;
-    let short = w.nodes[0]
-        .links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .unwrap();
-    let n = apart(&short).len();
+    let short = send_big(&mut w, 20_000).unwrap();
     deliver(&mut w, &short, (0..n).filter(|&i| i != 5));
     w.run_for(fragment::PARTIAL_TTL);
     // The next fragment that arrives finds the unfinished record out of time.
-    let now = w.now;
-    let next = w.nodes[0]
-        .links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .unwrap();
-    let n = apart(&next).len();
+    let next = send_big(&mut w, 20_000).unwrap();
     deliver(&mut w, &next, 0..n);
     assert_eq!(w.nodes[1].links.counters().records_lost, 1);
     assert_eq!(
@@ -120,29 +113,12 @@ fn a_record_with_a_forged_or_missing_piece_is_not_delivered() {
 fn no_fragments_to_a_peer_that_does_not_take_them_or_over_the_relay() {
     // Node 1's hello does not say it takes fragments: node 0 sends it none.
     let mut w = direct([None, Some(Cipher::HELLO_AES)]);
-    let peer = w.nodes[1].id;
-    let now = w.now;
-    assert!(w.nodes[0]
-        .links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .is_none());
+    assert!(send_big(&mut w, 20_000).is_none());
     // Before any path is direct: none either.
     let mut w = secure_world(Kind::PortRestricted, Kind::PortRestricted, [MEMBER_0, MEMBER_1]);
-    let peer = w.nodes[1].id;
-    let now = w.now;
-    assert!(w.nodes[0]
-        .links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .is_none());
+    assert!(send_big(&mut w, 20_000).is_none());
     // And a datagram that fits in one needs none.
     let mut w = direct([Some(Cipher::HELLO_AES | HELLO_FRAGMENTS), None]);
-    let peer = w.nodes[1].id;
-    let now = w.now;
-    let links = &mut w.nodes[0].links;
-    assert!(links
-        .send_fragmented(now, &peer, 7, &[&big(1_000)], MAX_DATAGRAM)
-        .is_none());
-    assert!(links
-        .send_fragmented(now, &peer, 7, &[&big(20_000)], MAX_DATAGRAM)
-        .is_some());
+    assert!(send_big(&mut w, 1_000).is_none());
+    assert!(send_big(&mut w, 20_000).is_some());
 }
