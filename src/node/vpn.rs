@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ringlet_tun::{Batch, Tun};
+use ringlet_tun::{Batch, SuperPacket, Tun};
 use ringlet_xmpp::NodeIdBytes;
 
 use super::dht::key_addr;
@@ -198,19 +198,16 @@ impl Runtime {
         let mut frame = first;
         for read in 1..=TUN_BURST {
             let Some(vpn) = self.vpn.as_ref() else { return };
-            let segments = vpn
-                .tun
-                .super_packet(&buf[..frame])
-                .map(|w| w.packet.len().div_ceil(usize::from(w.gso_size)));
-            let sent_whole = segments.is_some() && {
+            let whole = vpn.tun.super_packet(&buf[..frame]);
+            let sent_whole = whole.is_some_and(|whole| {
                 for packet in packets.drain(..) {
                     self.on_tun(now, packet);
                 }
-                self.send_super(now, &buf[..frame])
-            };
+                self.send_super(now, whole)
+            });
             let Some(vpn) = self.vpn.as_mut() else { return };
-            if sent_whole {
-                taken += segments.unwrap_or(1);
+            if let (true, Some(whole)) = (sent_whole, whole) {
+                taken += whole.packet.len().div_ceil(usize::from(whole.gso_size));
             } else {
                 let before = packets.len();
                 if let Err(e) = vpn.tun.unpack(&buf[..frame], &mut packets) {
@@ -236,14 +233,11 @@ impl Runtime {
         }
     }
 
-    /// Sends the TCP super-packet in `frame` whole to its member, sealed once and carried in
-    /// fragments, when the member is known and its direct path takes them; false when nothing
-    /// was sent (the caller cuts it into packets).
-    fn send_super(&mut self, now: Instant, frame: &[u8]) -> bool {
+    /// Sends a TCP super-packet read from the device whole to its member, sealed once and
+    /// carried in fragments, when the member is known and its direct path takes them; false
+    /// when nothing was sent (the caller cuts it into packets).
+    fn send_super(&mut self, now: Instant, whole: SuperPacket<'_>) -> bool {
         let Some(vpn) = self.vpn.as_mut() else {
-            return false;
-        };
-        let Some(whole) = vpn.tun.super_packet(frame) else {
             return false;
         };
         // Fragments as big as the datagram of a full-size packet: what the MTU was chosen for.
