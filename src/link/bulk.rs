@@ -81,8 +81,5 @@ impl Links {
 
 /// Whether `bytes` is a fragment for the overlay on `path`.
 pub(super) fn is_fragment(bytes: &[u8], path: &frame::PathId) -> bool {
-    bytes.len() >= frame::HEADER_LEN
-        && bytes[0] == ringlet_udp::FRAME_MARKER | frame::VERSION
-        && bytes[1] == KIND_FRAGMENT
-        && bytes[2..frame::HEADER_LEN] == path[..]
+    frame::Frame::is_kind(bytes, path, KIND_FRAGMENT)
 }

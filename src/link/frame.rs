@@ -136,11 +136,15 @@ impl Frame {
     /// The body of `bytes` if it is a secure frame of `path`, without copying it (the hot
     /// path: once links are secure, every frame is one).
     pub fn secure_body<'a>(bytes: &'a [u8], path: &PathId) -> Option<&'a [u8]> {
-        let ours = bytes.len() >= HEADER_LEN
+        Self::is_kind(bytes, path, KIND_SECURE).then(|| &bytes[HEADER_LEN..])
+    }
+
+    /// Whether `bytes` is a frame of this version, of `kind`, for `path` (header only).
+    pub fn is_kind(bytes: &[u8], path: &PathId, kind: u8) -> bool {
+        bytes.len() >= HEADER_LEN
             && bytes[0] == FRAME_MARKER | VERSION
-            && bytes[1] == KIND_SECURE
-            && bytes[2..HEADER_LEN] == path[..];
-        ours.then(|| &bytes[HEADER_LEN..])
+            && bytes[1] == kind
+            && bytes[2..HEADER_LEN] == path[..]
     }
 
     /// [`Frame::parse`] of a buffer we own: a data frame keeps the buffer (its header

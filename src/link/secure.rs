@@ -30,7 +30,6 @@ use crate::secure::noise::{
     MAX_EARLY, MAX_EARLY_BYTES,
 };
 use crate::secure::revocation::Crl;
-use crate::secure::transport::TAG_LEN;
 use crate::secure::wire::{self, Packet};
 use crate::secure::{member_check, Expect};
 
@@ -306,7 +305,7 @@ impl Links {
         let est = link.session.live(now)?;
         let header = wire::data_header(est.remote_index, est.transport.next_counter());
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(2 * frame::HEADER_LEN + header.len() + 1 + len + TAG_LEN);
+        let mut out = Vec::with_capacity(super::SEALED_OVERHEAD + len);
         out.extend_from_slice(&frame::header(&path, frame::KIND_SECURE));
         out.extend_from_slice(&header);
         let sealed = out.len();

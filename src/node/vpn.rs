@@ -198,15 +198,14 @@ impl Runtime {
         let mut frame = first;
         for read in 1..=TUN_BURST {
             let Some(vpn) = self.vpn.as_ref() else { return };
-            let whole = vpn.tun.super_packet(&buf[..frame]);
-            let sent_whole = whole.is_some_and(|whole| {
+            let sent_whole = vpn.tun.super_packet(&buf[..frame]).filter(|&whole| {
                 for packet in packets.drain(..) {
                     self.on_tun(now, packet);
                 }
                 self.send_super(now, whole)
             });
             let Some(vpn) = self.vpn.as_mut() else { return };
-            if let (true, Some(whole)) = (sent_whole, whole) {
+            if let Some(whole) = sent_whole {
                 taken += whole.packet.len().div_ceil(usize::from(whole.gso_size));
             } else {
                 let before = packets.len();

@@ -145,13 +145,10 @@ impl Vpn {
             }
             IpAddr::V4(dst) if self.me.contains(dst) && dst != self.me.addr => self.send_v4(now, dst, packet),
             IpAddr::V6(dst) if dst.is_multicast() => self.broadcast(h, packet),
-            IpAddr::V6(dst) if dst.octets()[..8] == self.prefix6 => {
-                let iid: [u8; 8] = dst.octets()[8..].try_into().expect("16 - 8 bytes");
-                match self.members6.get(&iid) {
-                    Some(&to) => self.send(to, packet),
-                    None => self.counters.unresolved += 1,
-                }
-            }
+            IpAddr::V6(dst) if dst.octets()[..8] == self.prefix6 => match self.member6(dst) {
+                Some(to) => self.send(to, packet),
+                None => self.counters.unresolved += 1,
+            },
             _ => self.counters.not_carried += 1,
         }
     }
@@ -184,8 +181,7 @@ impl Vpn {
         let to = match h.dst {
             IpAddr::V4(dst) if self.unicast_member(dst) => self.route_to(now, dst)?,
             IpAddr::V6(dst) if !dst.is_multicast() && dst.octets()[..8] == self.prefix6 => {
-                let iid: [u8; 8] = dst.octets()[8..].try_into().expect("16 - 8 bytes");
-                *self.members6.get(&iid)?
+                self.member6(dst)?
             }
             _ => return None,
         };
@@ -196,6 +192,12 @@ impl Vpn {
         self.counters.sent += 1;
         self.counters.whole_out += 1;
         Some(to)
+    }
+
+    /// The online member whose IPv6 address (in our prefix) is `dst`.
+    fn member6(&self, dst: Ipv6Addr) -> Option<NodeIdBytes> {
+        let iid: [u8; 8] = dst.octets()[8..].try_into().expect("16 - 8 bytes");
+        self.members6.get(&iid).copied()
     }
 
     /// Whether `dst` is another member's unicast address in our subnet.

@@ -70,10 +70,8 @@ impl Batch {
         match (layout, open) {
             (Some(layout), Some(run)) if self.runs[run].extend(index, &packet, layout, &self.packets) => {}
             (layout, open) => {
-                if let Some(tcp) = open.and_then(|run| self.runs[run].tcp.as_mut()) {
-                    // This packet goes after the run: the run takes no more.
-                    tcp.open = false;
-                }
+                // This packet goes after the run: the run takes no more.
+                self.close(open);
                 let tcp = layout.and_then(|l| TcpRun::start(&packet, l));
                 self.runs.push(Run {
                     members: vec![index],
@@ -93,12 +91,8 @@ impl Batch {
         if !whole_shape(&packet, layout, gso_size) {
             return Err(Malformed::Headers);
         }
-        if let Some(run) = self.open_run_of(&packet, layout) {
-            // What this flow sends later goes after the super-packet.
-            if let Some(tcp) = self.runs[run].tcp.as_mut() {
-                tcp.open = false;
-            }
-        }
+        // What this flow sends later goes after the super-packet.
+        self.close(self.open_run_of(&packet, layout));
         let payload = packet.len() - layout.headers;
         let segment = usize::from(gso_size);
         self.runs.push(Run {
@@ -115,6 +109,13 @@ impl Batch {
         });
         self.packets.push(packet);
         Ok(())
+    }
+
+    /// Lets `run` take no more segments.
+    fn close(&mut self, run: Option<usize>) {
+        if let Some(tcp) = run.and_then(|r| self.runs[r].tcp.as_mut()) {
+            tcp.open = false;
+        }
     }
 
     /// The open run of `packet`'s flow, if one of the last few is.
