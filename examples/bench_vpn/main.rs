@@ -6,7 +6,11 @@
 //! 2. ringlet's VPN (`ringlet up` with `[vpn] enabled = true`, all four peers in one overlay:
 //!    direct path, and a ring tunnel through another member for the symmetric pair),
 //! 3. tinc 1.0 (a meeting-point node on the public host, router mode, default ciphers),
-//! 4. n2n 1.3 (a supernode on the public host, an edge per peer).
+//! 4. n2n 1.3 (a supernode on the public host, an edge per peer),
+//! 5. "bare", direct pair only: the userspace ceiling, an unencrypted TUN↔UDP forwarder with
+//!    ringlet's kernel offloads and no user-space copy (`bare.rs`; what no userspace TUN VPN
+//!    can beat here), and its variants `bare-1t`, `bare-1t-aead` and `bare-aead` (one thread,
+//!    sealed frames; not run unless named in `--only`).
 //!
 //! Repetitions are interleaved (rep 1 of every system, then rep 2, …) so that drift of the
 //! shared 2-core machine hits every system alike; medians and ratios are printed at the end.
@@ -15,11 +19,12 @@
 //!
 //! `cargo build --release --bin ringlet --example bench_vpn && ./target/release/examples/bench_vpn`
 //! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s;
-//! 200,1000), `--only raw,ringlet,tinc,n2n`, `--quiet P` (before each run wait up to 10 min
+//! 200,1000), `--only raw,ringlet,tinc,n2n,bare,bare-1t,bare-1t-aead,bare-aead`, `--quiet P` (before each run wait up to 10 min
 //! for the rest of the machine to use at most P % CPU, of 100 % per core; 25; a run that
 //! started anyway is marked `*`), `--direct-only` (leave out the symmetric pair).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
+mod bare;
 #[path = "../common/home.rs"]
 mod home;
 mod iperf;
@@ -82,7 +87,9 @@ fn options() -> anyhow::Result<Options> {
         reps: 5,
         secs: 5,
         udp_rates: vec![200, 1000],
-        only: ["raw", "ringlet", "tinc", "n2n"].map(String::from).to_vec(),
+        only: ["raw", "ringlet", "tinc", "n2n", "bare"]
+            .map(String::from)
+            .to_vec(),
         quiet: 25.0,
         relay: true,
     };
@@ -163,6 +170,12 @@ struct System {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, variant, address, peer] = &args[..] {
+        if mode == "--bare-forwarder" {
+            return bare::run(variant, address.parse()?, peer.parse()?);
+        }
+    }
     let opts = options()?;
     ringlet_lab::require_root("bench_vpn (network namespaces)")?;
     ensure_tools()?;
@@ -311,7 +324,24 @@ async fn run(start: Instant, dir: &Path, opts: &Options) -> anyhow::Result<()> {
         }
         vpns.push(vpn);
     }
-    // Pair by pair, systems in the order raw, ringlet, tinc, n2n.
+    for (v, name) in bare::VARIANTS.iter().enumerate().filter(|(_, n)| want(n)) {
+        let (i, j) = pairs[0];
+        let vpn = systems::bare(&lab, &members, (i, j), v, dir).await?;
+        say(
+            start,
+            format!("{name} direct: answering ping, receiver {}", vpn.addresses[j]),
+        );
+        systems.push(System {
+            name,
+            pair: (i, j),
+            path: String::new(),
+            server_ip: vpn.addresses[j],
+            daemons: daemons(&vpn, &[i, j]),
+            device: vpn.device.clone(),
+        });
+        vpns.push(vpn);
+    }
+    // Pair by pair, systems in the order raw, ringlet, tinc, n2n, bare.
     systems.sort_by_key(|s| s.pair);
 
     let tests: Vec<Test> = std::iter::once(Test::Tcp)
@@ -544,6 +574,22 @@ fn print_table(
                 test.label(),
                 cells.join("   ")
             );
+        }
+    }
+    // TCP only: bare sends one datagram per call, so its UDP is no ceiling.
+    let raw = systems.iter().position(|s| s.name == "raw" && s.pair == (0, 1));
+    let bares = systems
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| bare::VARIANTS.contains(&s.name));
+    for (n, (b, sys)) in bares.enumerate() {
+        if n == 0 {
+            println!(
+                "the userspace ceiling (bare variants / raw, TCP; no userspace TUN VPN beats bare here)"
+            );
+        }
+        if let (Some(x), Some(y)) = (medians.get(&(b, 0)), raw.and_then(|r| medians.get(&(r, 0)))) {
+            println!("  direct TCP        {}/raw {:.2}×", sys.name, x / y);
         }
     }
 }

@@ -12,6 +12,7 @@ use ringlet::node::status::Status;
 use ringlet_lab::natlab::PUBLIC_IP;
 use ringlet_lab::{ChildGuard, NatLab, Netns};
 
+use crate::bare;
 use crate::home::{start_vpn_member, status};
 use crate::{DOMAIN, PASSWORD};
 
@@ -260,6 +261,45 @@ pub async fn n2n(lab: &NatLab, peers: &[&str], pairs: Pairs<'_>, dir: &Path) -> 
     Ok(Vpn {
         processes,
         device: "n2n0".into(),
+        addresses,
+        sockets: vec![],
+    })
+}
+
+/// Bare variant `v` (`bare.rs`) on the two members of `pair`, each sending to the other's
+/// NAT; member `i` gets `bare::address(v, i)`.
+pub async fn bare(
+    lab: &NatLab,
+    peers: &[&str],
+    pair: (usize, usize),
+    v: usize,
+    dir: &Path,
+) -> anyhow::Result<Vpn> {
+    let name = bare::VARIANTS[v];
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root)?;
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().context("the benchmark's path is not UTF-8")?;
+    let addresses: Vec<Ipv4Addr> = (0..peers.len()).map(|i| bare::address(v, i)).collect();
+    let mut processes = Vec::new();
+    for (me, other) in [(pair.0, pair.1), (pair.1, pair.0)] {
+        let mut cmd = lab.peer(peers[me]).ns.command(exe);
+        cmd.args(["--bare-forwarder", name])
+            .arg(addresses[me].to_string())
+            .arg(lab.peer(peers[other]).public_ip.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join(format!("{}.log", peers[me])))?);
+        processes.push(ChildGuard::spawn(&format!("{name} {}", peers[me]), &mut cmd)?);
+    }
+    // Processes in the members' order.
+    if pair.0 > pair.1 {
+        processes.reverse();
+    }
+    wait_ping(lab, peers[pair.0], addresses[pair.1], name, &mut processes, &root).await?;
+    Ok(Vpn {
+        processes,
+        device: bare::device(v),
         addresses,
         sockets: vec![],
     })

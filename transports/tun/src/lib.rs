@@ -22,7 +22,7 @@ pub use offload::{split_super, Malformed, SuperPacket};
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use tokio::io::unix::AsyncFd;
 
@@ -210,6 +210,14 @@ impl Tun {
             }
         }
         done
+    }
+}
+
+/// The device's descriptor, for a caller that does its own I/O (a benchmark's baseline
+/// forwarder): non-blocking, and with [`Tun::offload`] every frame carries a virtio-net header.
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
     }
 }
 
