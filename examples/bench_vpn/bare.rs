@@ -99,13 +99,19 @@ pub fn run(name: &str, address: Ipv4Addr, peer: Ipv4Addr) -> anyhow::Result<()> 
         if !threaded {
             return one_thread(device, fd, &heard, aead());
         }
-        s.spawn(|| device_to_udp(device, fd, aead()));
+        // A direction that fails ends the forwarder, loudly, rather than half of it.
+        s.spawn(|| {
+            if let Err(e) = device_to_udp(device, fd, aead()) {
+                eprintln!("bare: {e:#}");
+                std::process::exit(1);
+            }
+        });
         udp_to_device(fd, device, &heard, aead().as_ref())
     })
 }
 
 /// Keepalives: every 100 ms until the peer was heard (opening both NATs), then every 2 s.
-fn punch(socket: RawFd, heard: &AtomicBool) -> anyhow::Result<()> {
+fn punch(socket: RawFd, heard: &AtomicBool) {
     loop {
         // A refused send (nothing listening yet) is retried by the next round.
         let _ = send_frame(socket, &[], PUNCH);

@@ -19,9 +19,10 @@
 //!
 //! `cargo build --release --bin ringlet --example bench_vpn && ./target/release/examples/bench_vpn`
 //! Options: `--reps N` (5), `--time S` (5 s per run), `--udp-rate M[,M…]` (offered Mbit/s;
-//! 200,1000), `--only raw,ringlet,tinc,n2n,bare,bare-1t,bare-1t-aead,bare-aead`, `--quiet P` (before each run wait up to 10 min
-//! for the rest of the machine to use at most P % CPU, of 100 % per core; 25; a run that
-//! started anyway is marked `*`), `--direct-only` (leave out the symmetric pair).
+//! 200,1000), `--only raw,ringlet,tinc,n2n,bare,bare-1t,bare-1t-aead,bare-aead` (the first
+//! five), `--quiet P` (before each run wait up to 10 min for the rest of the machine to use at
+//! most P % CPU, of 100 % per core; 25; a run that started anyway is marked `*`),
+//! `--direct-only` (leave out the symmetric pair).
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 mod bare;
