@@ -107,9 +107,9 @@ fn relay_across_federated_servers() {
                 let mut spec_b = NodeSpec::new("bob@two.test", &two, "alpha", &FRIENDS);
                 spec_a.extra = "[udp]\nenabled = false\n".into();
                 spec_b.extra = spec_a.extra.clone();
-                let (a, mut b) = embedded_pair(&spec_a, &spec_b, dir.path()).await;
+                let (mut a, mut b) = embedded_pair(&spec_a, &spec_b, dir.path()).await;
                 let data = datagrams(1000, 200 * 1024, 43);
-                let report = exchange(&a, &mut b, data, Duration::from_secs(300)).await;
+                let report = exchange(&mut a, &mut b, data, Duration::from_secs(300)).await;
                 eprintln!("federated relay: {report}");
                 assert!(report.send_failures.is_empty(), "{:?}", report.send_failures);
                 a.shutdown().await.unwrap();

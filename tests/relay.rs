@@ -26,9 +26,9 @@ async fn two_nodes(
 async fn thousand_datagrams_arrive_exactly_once() {
     let server = prosody("one.test", &["alice", "bob"], true, |_| {});
     let dir = tempdir("ringlet-relay-");
-    let (a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
+    let (mut a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
     let data = datagrams(1000, 200 * 1024, 42);
-    let report = exchange(&a, &mut b, data, Duration::from_secs(240)).await;
+    let report = exchange(&mut a, &mut b, data, Duration::from_secs(240)).await;
     eprintln!("relay: {report}");
     assert!(report.send_failures.is_empty(), "{:?}", report.send_failures);
     let sa = a.status().await.unwrap();
@@ -61,9 +61,9 @@ async fn thousand_datagrams_arrive_exactly_once() {
 async fn shaped_server_loses_nothing_and_keeps_the_session() {
     let server = prosody("one.test", &["alice", "bob"], true, |s| s.limits = true);
     let dir = tempdir("ringlet-relay-shaped-");
-    let (a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
+    let (mut a, mut b) = two_nodes(&server.c2s_addr(), dir.path()).await;
     let data = datagrams(30, 32 * 1024, 7);
-    let report = exchange(&a, &mut b, data, Duration::from_secs(120)).await;
+    let report = exchange(&mut a, &mut b, data, Duration::from_secs(120)).await;
     let sa = a.status().await.unwrap();
     let wire = sa.counters["relay_bytes_out"] as f64 * 4.0 / 3.0;
     eprintln!(

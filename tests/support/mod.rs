@@ -278,8 +278,9 @@ impl std::fmt::Display for Exchange {
 }
 
 /// Sends every datagram from `a` to `b` and checks that each arrives exactly once and intact.
+/// A send failure `a` reports ends the exchange at once, with its reason.
 pub async fn exchange(
-    a: &ringlet::node::NodeHandle,
+    a: &mut ringlet::node::NodeHandle,
     b: &mut ringlet::node::NodeHandle,
     data: Vec<Vec<u8>>,
     timeout: Duration,
@@ -308,7 +309,15 @@ pub async fn exchange(
     let mut send_failures = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while received.len() < expected.len() {
-        match tokio::time::timeout_at(deadline, b.recv()).await {
+        let event = tokio::select! {
+            event = tokio::time::timeout_at(deadline, b.recv()) => event,
+            Some(AppEvent::SendFailed { to, reason, dropped }) = a.recv() => panic!(
+                "the sender gave up after {} of {} datagrams arrived: {to}: {reason} ({dropped} dropped)",
+                received.len(),
+                expected.len()
+            ),
+        };
+        match event {
             Ok(Some(AppEvent::Datagram { from: f, data })) => {
                 assert_eq!(f, from, "datagram from an unexpected node");
                 received.push(data);
