@@ -328,9 +328,11 @@ pub async fn exchange(
             Ok(Some(_)) => {}
             Ok(None) => panic!("receiver stopped"),
             Err(_) => panic!(
-                "only {} of {} datagrams arrived within {timeout:?}",
+                "only {} of {} datagrams arrived within {timeout:?}; sender {}; receiver {}",
                 received.len(),
-                expected.len()
+                expected.len(),
+                relay_counters(a).await,
+                relay_counters(b).await
             ),
         }
     }
@@ -352,6 +354,20 @@ pub async fn exchange(
         elapsed,
         send_failures,
     }
+}
+
+/// A node's relay counters and dropped app events, for a failure message.
+async fn relay_counters(node: &ringlet::node::NodeHandle) -> String {
+    let Ok(Some(status)) = tokio::time::timeout(Duration::from_secs(5), node.status()).await else {
+        return "(no status within 5 s)".into();
+    };
+    let shown: Vec<String> = status
+        .counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("relay_") || *k == "app_dropped")
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    shown.join(", ")
 }
 
 /// Starts an embedded node.
