@@ -37,8 +37,10 @@ async fn thousand_datagrams_arrive_exactly_once() {
     // link handshake and the frames that waited for it.
     let c = &sa.counters;
     assert!(c["link_handshakes"] >= 1, "no link session");
+    // A keepalive or handshake packet that met a full relay queue was counted as an attempt
+    // and as a failed relay send, not as sent (clean-clone CI once saw 1010 sent of 1011).
     assert_eq!(
-        c["relay_datagrams_out"],
+        c["relay_datagrams_out"] + c["relay_send_failures"],
         1000 + c["ring_relayed_out"] + c["link_handshake_packets_out"] + c["link_held_out"]
     );
     // Exactly once: bob took every datagram alice sent him, no more (alice's later count is
