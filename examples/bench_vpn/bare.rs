@@ -114,7 +114,7 @@ pub fn run(name: &str, address: Ipv4Addr, peer: Ipv4Addr) -> anyhow::Result<()> 
 fn punch(socket: RawFd, heard: &AtomicBool) {
     loop {
         // A refused send (nothing listening yet) is retried by the next round.
-        let _ = send_frame(socket, &[], PUNCH);
+        let _ = send_frame(socket, &[], true);
         let pause = if heard.load(Ordering::Relaxed) { 2_000 } else { 100 };
         std::thread::sleep(Duration::from_millis(pause));
     }
@@ -126,7 +126,7 @@ fn device_to_udp(device: RawFd, socket: RawFd, mut aead: Option<Aead>) -> anyhow
         let n = read_and_seal(device, &mut frame, aead.as_mut());
         anyhow::ensure!(n >= 0, "device read: {}", io::Error::last_os_error());
         // A full socket buffer or an ICMP error drops the frame, as a congested link would.
-        let _ = send_frame(socket, &frame[..n as usize], 0);
+        let _ = send_frame(socket, &frame[..n as usize], false);
     }
 }
 
@@ -190,15 +190,15 @@ impl Aead {
     }
 }
 
-/// Sends `frame` as pieces in one segmented send, each behind its header; `first` is the
-/// first header's index (0, or [`PUNCH`] with an empty frame).
-fn send_frame(socket: RawFd, frame: &[u8], first: u8) -> io::Result<()> {
+/// Sends `frame` as pieces in one segmented send, each behind its header; a `punch` is one
+/// empty piece whose header index is [`PUNCH`].
+fn send_frame(socket: RawFd, frame: &[u8], punch: bool) -> io::Result<()> {
     let count = frame.len().div_ceil(PIECE).max(1);
     if count > MAX_PIECES {
         return Err(io::Error::other("frame longer than the send limit"));
     }
     let headers: [[u8; HEADER]; MAX_PIECES] =
-        std::array::from_fn(|i| [first.wrapping_add(i as u8), count as u8, 0, 0]);
+        std::array::from_fn(|i| [if punch { PUNCH } else { i as u8 }, count as u8, 0, 0]);
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -278,7 +278,7 @@ fn one_thread(
                 if n <= 0 {
                     break;
                 }
-                let _ = send_frame(socket, &frame[..n as usize], 0);
+                let _ = send_frame(socket, &frame[..n as usize], false);
             }
         }
         if fds[1].revents != 0 {

@@ -42,13 +42,12 @@ impl Links {
         max_datagram: usize,
     ) -> Option<Fragments> {
         let len = SEALED_OVERHEAD + parts.iter().map(|p| p.len()).sum::<usize>();
-        let piece = max_datagram.checked_sub(fragment::HEADER_LEN)?;
-        let pieces = len.div_ceil(piece.max(1));
+        // Checked before sealing, which spends a nonce.
+        fragment::pieces(len, max_datagram)?;
         let Some(Path::Direct { socket, remote, .. }) = self.path(peer) else {
             return None;
         };
-        let fits = (2..=fragment::MAX_PIECES).contains(&pieces) && pieces * piece <= fragment::MAX_RECORD;
-        if !fits || !self.takes_fragments(now, peer) {
+        if !self.takes_fragments(now, peer) {
             return None;
         }
         let (record, rekey) = self.seal_record(now, *peer, channel, parts)?;

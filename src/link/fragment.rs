@@ -44,11 +44,7 @@ pub const PARTIAL_TTL: Duration = Duration::from_millis(500);
 /// send (UDP GSO) takes as it is. None when it would need more than [`MAX_PIECES`] pieces, or
 /// fits in one datagram and so needs none.
 pub fn cut(path: &PathId, number: u32, record: &[u8], max_datagram: usize) -> Option<Vec<u8>> {
-    let piece = max_datagram.checked_sub(HEADER_LEN).filter(|&p| p > 0)?;
-    let count = record.len().div_ceil(piece);
-    if !(2..=MAX_PIECES).contains(&count) || count * piece > MAX_RECORD {
-        return None;
-    }
+    let (count, piece) = pieces(record.len(), max_datagram)?;
     let mut out = Vec::with_capacity(count * HEADER_LEN + record.len());
     for (index, chunk) in record.chunks(piece).enumerate() {
         out.extend_from_slice(&frame::header(path, KIND_FRAGMENT));
@@ -59,6 +55,15 @@ pub fn cut(path: &PathId, number: u32, record: &[u8], max_datagram: usize) -> Op
         out.extend_from_slice(chunk);
     }
     Some(out)
+}
+
+/// How a `len`-byte record is cut for datagrams of `max_datagram` bytes: the number of pieces
+/// and their size. None when it fits in one datagram, or needs more than [`MAX_PIECES`] pieces
+/// or more room than [`MAX_RECORD`].
+pub fn pieces(len: usize, max_datagram: usize) -> Option<(usize, usize)> {
+    let piece = max_datagram.checked_sub(HEADER_LEN).filter(|&p| p > 0)?;
+    let count = len.div_ceil(piece);
+    ((2..=MAX_PIECES).contains(&count) && count * piece <= MAX_RECORD).then_some((count, piece))
 }
 
 /// Why a fragment was refused.
